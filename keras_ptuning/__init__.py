@@ -1,0 +1,17 @@
+"""keras-ptuning: P-tuning for frozen keras-hub backbones on any Keras backend."""
+
+from keras_ptuning.prompt_encoder import PromptEncoder
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.prompt_injection import PromptInjection
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.version import __version__
+
+__all__ = [
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptInjection",
+    "PTuningBackbone",
+    "PTuningTextClassifier",
+    "__version__",
+]

@@ -1,0 +1,221 @@
+"""`PromptEncoder`: the trainable part of P-tuning."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+
+
+def _torch_linear_initializers(fan_in):
+    """PyTorch's `nn.Linear` initialisation, as PEFT's encoder gets it.
+
+    Weights and biases are uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`.
+    """
+    limit = 1.0 / math.sqrt(fan_in)
+    return {
+        "kernel_initializer": keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+        ),
+        "bias_initializer": keras.initializers.RandomUniform(-limit, limit),
+    }
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PromptEncoder(keras.layers.Layer):
+    """The P-tuning prompt encoder (Liu et al., 2021), PEFT-compatible.
+
+    Maps virtual-token ids `0..num_virtual_tokens - 1` to continuous
+    embeddings: an embedding table of shape `(num_virtual_tokens, token_dim)`
+    reparameterized either by an MLP applied to each token, or by stacked
+    bidirectional LSTMs over the virtual-token sequence followed by
+    `Dense(2h) ReLU Dense(token_dim)`, exactly as PEFT's `PromptEncoder`.
+
+    The encoder keeps float32 variables and computes in float32 whatever the
+    global dtype policy; the models that use it cast its output to the
+    backbone's compute dtype.
+
+    Args:
+        config: a `keras_ptuning.PromptEncoderConfig` (or its dict) with
+            `token_dim` set. Alternatively pass the config's fields as keyword
+            arguments.
+        num_virtual_tokens, token_dim, encoder_reparameterization_type,
+        encoder_hidden_size, encoder_num_layers, encoder_dropout: the
+            fields of `PromptEncoderConfig`, used when `config` is `None`.
+        **kwargs: standard `keras.layers.Layer` arguments (`name`, ...).
+
+    Example:
+    ```python
+    encoder = keras_ptuning.PromptEncoder(num_virtual_tokens=4, token_dim=16)
+    embeddings = encoder(np.array([[0, 1, 2, 3]]))  # (1, 4, 16)
+    table = encoder.prompt_table()  # (4, 16), inference mode
+    ```
+    """
+
+    def __init__(
+        self,
+        config=None,
+        *,
+        num_virtual_tokens=None,
+        token_dim=None,
+        encoder_reparameterization_type="MLP",
+        encoder_hidden_size=None,
+        encoder_num_layers=2,
+        encoder_dropout=0.0,
+        **kwargs,
+    ):
+        if config is None:
+            config = PromptEncoderConfig(
+                num_virtual_tokens=num_virtual_tokens,
+                token_dim=token_dim,
+                encoder_reparameterization_type=encoder_reparameterization_type,
+                encoder_hidden_size=encoder_hidden_size,
+                encoder_num_layers=encoder_num_layers,
+                encoder_dropout=encoder_dropout,
+            )
+        else:
+            config = PromptEncoderConfig.from_dict(config)
+        if config.token_dim is None:
+            raise ValueError(
+                "`PromptEncoder` needs `token_dim`. Received: token_dim=None. "
+                "Set it, or let `PTuningBackbone` fill it from the backbone."
+            )
+        # The encoder is tiny; float32 keeps its training stable under
+        # mixed precision. Callers cast the output to their compute dtype.
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.prompt_config = config
+        num_tokens = config.num_virtual_tokens
+        dim = config.token_dim
+        hidden = config.hidden_size
+        self.embedding = keras.layers.Embedding(
+            num_tokens,
+            dim,
+            # `torch.nn.Embedding`'s standard-normal initialisation, as PEFT.
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            dtype="float32",
+            name="embedding",
+        )
+        self.encoder_layers = []
+        if config.encoder_reparameterization_type == "MLP":
+            width = dim
+            for i in range(config.encoder_num_layers):
+                self.encoder_layers.append(
+                    keras.layers.Dense(
+                        hidden,
+                        activation="relu",
+                        dtype="float32",
+                        name=f"mlp_dense_{i}",
+                        **_torch_linear_initializers(width),
+                    )
+                )
+                if config.encoder_dropout > 0:
+                    self.encoder_layers.append(
+                        keras.layers.Dropout(
+                            config.encoder_dropout,
+                            dtype="float32",
+                            name=f"mlp_dropout_{i}",
+                        )
+                    )
+                width = hidden
+            head_width = hidden
+        else:
+            for i in range(config.encoder_num_layers):
+                if i > 0 and config.encoder_dropout > 0:
+                    self.encoder_layers.append(
+                        keras.layers.Dropout(
+                            config.encoder_dropout,
+                            dtype="float32",
+                            name=f"lstm_dropout_{i}",
+                        )
+                    )
+                limit = 1.0 / math.sqrt(hidden)
+                uniform = keras.initializers.RandomUniform(-limit, limit)
+                lstm = keras.layers.LSTM(
+                    hidden,
+                    return_sequences=True,
+                    kernel_initializer=uniform,
+                    recurrent_initializer=uniform,
+                    bias_initializer=uniform,
+                    unit_forget_bias=False,
+                    dtype="float32",
+                    name=f"lstm_{i}",
+                )
+                self.encoder_layers.append(
+                    keras.layers.Bidirectional(
+                        lstm, dtype="float32", name=f"bidirectional_lstm_{i}"
+                    )
+                )
+            self.encoder_layers.append(
+                keras.layers.Dense(
+                    2 * hidden,
+                    activation="relu",
+                    dtype="float32",
+                    name="mlp_head_dense_0",
+                    **_torch_linear_initializers(2 * hidden),
+                )
+            )
+            head_width = 2 * hidden
+        self.output_dense = keras.layers.Dense(
+            dim,
+            dtype="float32",
+            name="mlp_head_output" if self.is_lstm else "mlp_output",
+            **_torch_linear_initializers(head_width),
+        )
+        self.build()
+
+    @property
+    def is_lstm(self):
+        return self.prompt_config.encoder_reparameterization_type == "LSTM"
+
+    @property
+    def num_virtual_tokens(self):
+        return self.prompt_config.num_virtual_tokens
+
+    @property
+    def token_dim(self):
+        return self.prompt_config.token_dim
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        shape = (None, self.prompt_config.num_virtual_tokens)
+        self.embedding.build(shape)
+        shape = shape + (self.prompt_config.token_dim,)
+        for layer in self.encoder_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.output_dense.build(shape)
+        self.built = True
+
+    def call(self, indices, training=None):
+        indices = ops.convert_to_tensor(indices)
+        leading_shape = tuple(ops.shape(indices)[:-1])
+        if len(leading_shape) != 1:
+            indices = ops.reshape(indices, (-1, self.num_virtual_tokens))
+        x = self.embedding(indices)
+        for layer in self.encoder_layers:
+            x = layer(x, training=training)
+        x = self.output_dense(x)
+        if len(leading_shape) != 1:
+            x = ops.reshape(
+                x, leading_shape + (self.num_virtual_tokens, self.token_dim)
+            )
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.prompt_config.token_dim,)
+
+    def prompt_table(self):
+        """The `(num_virtual_tokens, token_dim)` prompt, in inference mode."""
+        indices = ops.expand_dims(
+            ops.arange(self.num_virtual_tokens, dtype="int32"), 0
+        )
+        return self(indices, training=False)[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update(self.prompt_config.to_dict())
+        return config

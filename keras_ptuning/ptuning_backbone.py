@@ -1,0 +1,165 @@
+"""`PTuningBackbone`: a frozen keras-hub backbone with virtual tokens."""
+
+import keras
+import keras_hub
+from keras import ops
+from keras import tree
+
+from keras_ptuning.backbone_split import BackboneSplit
+from keras_ptuning.input_validation import check_inputs
+from keras_ptuning.prompt_encoder import PromptEncoder
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.prompt_injection import PromptInjection
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PTuningBackbone(keras_hub.models.Backbone):
+    """A frozen keras-hub backbone run with trainable virtual tokens.
+
+    Wraps any keras-hub text backbone whose graph applies a token embedding to
+    `token_ids` (BERT, DistilBERT, RoBERTa, GPT-2, Gemma, Gemma 3 text,
+    Llama, Llama 3, Mistral, Qwen, ...). It freezes the backbone and never
+    changes its weights. On a call it embeds the real tokens with the
+    backbone's own embedding layer, prepends `num_virtual_tokens` embeddings
+    from a `keras_ptuning.PromptEncoder` (positions `0..N-1`, as PEFT does),
+    extends `padding_mask` with ones and `segment_ids` with zeros, and runs
+    the rest of the backbone. It takes exactly the backbone's inputs and
+    returns the backbone's output structure; sequence outputs cover only the
+    real positions (length `L`, aligned with the inputs), pooled outputs are
+    the backbone's own.
+
+    Args:
+        backbone: a `keras_hub.models.Backbone` for text.
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            A `token_dim` of `None` takes the backbone's hidden size.
+        **kwargs: standard `keras.Model` arguments (`name`, ...).
+
+    Example:
+    ```python
+    backbone = keras_hub.models.BertBackbone.from_preset("bert_tiny_en_uncased")
+    model = keras_ptuning.PTuningBackbone(
+        backbone, keras_ptuning.PromptEncoderConfig(num_virtual_tokens=20)
+    )
+    outputs = model({
+        "token_ids": np.ones((2, 12), "int32"),
+        "segment_ids": np.zeros((2, 12), "int32"),
+        "padding_mask": np.ones((2, 12), "int32"),
+    })
+    outputs["sequence_output"].shape  # (2, 12, 128)
+    ```
+    """
+
+    def __init__(self, backbone, prompt_config, **kwargs):
+        split = BackboneSplit(backbone)
+        if isinstance(prompt_config, dict):
+            prompt_config = PromptEncoderConfig.from_dict(prompt_config)
+        if not isinstance(prompt_config, PromptEncoderConfig):
+            raise TypeError(
+                "`prompt_config` must be a `keras_ptuning.PromptEncoderConfig` "
+                f"or its dict. Received: prompt_config={prompt_config!r}"
+            )
+        prompt_config = prompt_config.with_token_dim(split.hidden_dim)
+        if (
+            split.max_positions is not None
+            and prompt_config.num_virtual_tokens >= split.max_positions
+        ):
+            raise ValueError(
+                f"`num_virtual_tokens` must leave room for real tokens in the "
+                f"backbone's {split.max_positions} positions. Received: "
+                f"num_virtual_tokens={prompt_config.num_virtual_tokens}"
+            )
+        backbone.trainable = False
+
+        # === Layers ===
+        prompt_encoder = PromptEncoder(prompt_config, name="prompt_encoder")
+        injection = PromptInjection(
+            prompt_encoder,
+            max_positions=split.max_positions,
+            dtype=backbone.dtype_policy,
+            name="prompt_injection",
+        )
+        self.backbone = backbone
+        self.prompt_encoder = prompt_encoder
+        self.prompt_injection = injection
+        self.token_embedding = backbone.token_embedding
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in split.input_names
+        }
+        embeddings = split.embed_tokens(inputs["token_ids"])
+        sequence_inputs = {name: inputs[name] for name in split.input_names[1:]}
+        embeddings, sequence_inputs = injection(embeddings, sequence_inputs)
+        embeddings = split.finish_embeddings(embeddings)
+        outputs = split.body(
+            [embeddings] + [sequence_inputs[n] for n in split.input_names[1:]]
+        )
+        num_tokens = prompt_config.num_virtual_tokens
+
+        def drop_virtual_positions(x):
+            return x[:, num_tokens:] if len(x.shape) >= 3 else x
+
+        outputs = tree.map_structure(drop_virtual_positions, outputs)
+        super().__init__(
+            inputs=inputs,
+            outputs=outputs,
+            dtype=backbone.dtype_policy,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.prompt_config = prompt_config
+        self.input_names = list(split.input_names)
+        self.hidden_dim = split.hidden_dim
+        self.is_causal = split.is_causal
+        self.max_positions = split.max_positions
+        self.backbone.trainable = False
+
+    @property
+    def num_virtual_tokens(self):
+        return self.prompt_config.num_virtual_tokens
+
+    @property
+    def max_sequence_length(self):
+        """The longest real sequence that fits, or `None` if unlimited."""
+        if self.max_positions is None:
+            return None
+        return self.max_positions - self.num_virtual_tokens
+
+    @property
+    def trainable(self):
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.Model.trainable.fset(self, value)
+        # The wrapped backbone stays frozen whatever the wrapper is set to.
+        backbone = getattr(self, "backbone", None)
+        if backbone is not None:
+            backbone.trainable = False
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        check_inputs(inputs, self.input_names, type(self).__name__)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("trainable", None)
+        config.update(
+            {
+                "backbone": keras.layers.serialize(self.backbone),
+                "prompt_config": self.prompt_config.to_dict(),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.layers.deserialize(config["backbone"])
+        if "dtype" in config and isinstance(config["dtype"], dict):
+            config["dtype"] = keras.dtype_policies.get(config["dtype"])
+        config.pop("dtype", None)
+        return cls(**config)

@@ -1,0 +1,172 @@
+"""`PTuningTextClassifier`: sequence classification with P-tuning."""
+
+import keras
+import keras_hub
+from keras import ops
+
+from keras_ptuning.input_validation import check_inputs
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+
+
+def _last_real_token(sequence_output, padding_mask):
+    """Hidden state of each row's last non-padding token (HF's choice)."""
+    mask = ops.cast(padding_mask, "int32")
+    positions = ops.cumsum(ops.ones_like(mask), axis=1) - 1
+    last = ops.max(mask * positions, axis=1)
+    index = ops.reshape(last, (-1, 1, 1))
+    return ops.take_along_axis(sequence_output, index, axis=1)[:, 0, :]
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PTuningTextClassifier(keras_hub.models.TextClassifier):
+    """A P-tuned text classifier over a frozen keras-hub backbone.
+
+    Like keras-hub's `TextClassifier`, with the backbone wrapped in a
+    `keras_ptuning.PTuningBackbone`. The head reads the backbone's pooled
+    output where it has one (BERT), the first real token for other encoders
+    (DistilBERT, RoBERTa: their `[CLS]`/`<s>`), and the last non-padding token
+    for decoder-only models (GPT-2, Gemma, Llama, ...), as HF's
+    `*ForSequenceClassification` does; then dropout and a `Dense` layer.
+    Only the prompt encoder and the head are trainable.
+
+    Args:
+        backbone: a keras-hub text backbone (or a `PTuningBackbone`).
+        num_classes: int. The number of classes.
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            Ignored when `backbone` is already a `PTuningBackbone`.
+        preprocessor: `None` or a keras-hub `TextClassifierPreprocessor`. With
+            one, `fit`/`evaluate`/`predict` take raw strings. Its
+            `sequence_length` must leave room for the virtual tokens.
+        activation: `None`, a string or callable applied to the logits.
+            `None` (default) returns logits.
+        dropout: float. Dropout before the `Dense` head. Defaults to 0.1.
+        **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        model_dir, sequence_length=64
+    )
+    classifier = keras_ptuning.PTuningTextClassifier(
+        backbone,
+        num_classes=2,
+        prompt_config=keras_ptuning.PromptEncoderConfig(num_virtual_tokens=20),
+        preprocessor=preprocessor,
+    )
+    classifier.fit(x=["great film", "dull film"], y=[1, 0], batch_size=2)
+    classifier.predict(["What an amazing movie!"])
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        prompt_config=None,
+        preprocessor=None,
+        activation=None,
+        dropout=0.1,
+        **kwargs,
+    ):
+        if not isinstance(backbone, PTuningBackbone):
+            if prompt_config is None:
+                raise ValueError(
+                    "`prompt_config` is required when `backbone` is a plain "
+                    "keras-hub backbone. Received: prompt_config=None"
+                )
+            backbone = PTuningBackbone(backbone, prompt_config)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise ValueError(
+                f"`num_classes` must be an int >= 1. Received: "
+                f"num_classes={num_classes!r}"
+            )
+        if num_classes < 1:
+            raise ValueError(
+                f"`num_classes` must be >= 1. Received: num_classes={num_classes}"
+            )
+        _check_preprocessor(preprocessor, backbone)
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=backbone.dtype_policy, name="output_dropout"
+        )
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            activation=activation,
+            dtype=backbone.dtype_policy,
+            name="logits",
+        )
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in backbone.input_names
+        }
+        outputs = backbone(inputs)
+        if isinstance(outputs, dict) and "pooled_output" in outputs:
+            x = outputs["pooled_output"]
+        else:
+            sequence = (
+                outputs["sequence_output"]
+                if isinstance(outputs, dict)
+                else outputs
+            )
+            if backbone.is_causal:
+                x = _last_real_token(sequence, inputs["padding_mask"])
+            else:
+                x = sequence[:, 0, :]
+        x = self.output_dropout(x)
+        outputs = self.output_dense(x)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.num_classes = num_classes
+        self.activation = keras.activations.get(activation)
+        self.dropout = dropout
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kw):
+        """Configures training, with P-tuning defaults.
+
+        Defaults: `Adam(1e-3)` (the prompt encoder and head train from
+        scratch, so P-tuning uses a larger rate than fine-tuning's 5e-5),
+        sparse categorical cross-entropy (from logits unless `activation` is
+        softmax), and sparse categorical accuracy. Any argument overrides.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kw)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        check_inputs(inputs, self.backbone.input_names, type(self).__name__)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.layers.serialize(self.backbone.backbone),
+                "prompt_config": self.backbone.prompt_config.to_dict(),
+                "num_classes": self.num_classes,
+                "activation": keras.activations.serialize(self.activation),
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+def _check_preprocessor(preprocessor, backbone):
+    if preprocessor is None or backbone.max_sequence_length is None:
+        return
+    sequence_length = getattr(preprocessor, "sequence_length", None)
+    if sequence_length is None:
+        return
+    if sequence_length > backbone.max_sequence_length:
+        raise ValueError(
+            f"The preprocessor's sequence_length={sequence_length} leaves no "
+            f"room for num_virtual_tokens={backbone.num_virtual_tokens}: the "
+            f"backbone has {backbone.max_positions} positions, so "
+            f"sequence_length must be <= {backbone.max_sequence_length}."
+        )

@@ -1,0 +1,42 @@
+"""Tiny randomly initialised keras-hub backbones, one per supported family."""
+
+import keras_hub
+
+VOCABULARY_SIZE = 64
+HIDDEN_DIM = 16
+MAX_SEQUENCE_LENGTH = 32
+
+_ENCODER = dict(
+    vocabulary_size=VOCABULARY_SIZE,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=HIDDEN_DIM,
+    intermediate_dim=32,
+    max_sequence_length=MAX_SEQUENCE_LENGTH,
+    dropout=0.0,
+)
+_ROPE = dict(
+    vocabulary_size=VOCABULARY_SIZE,
+    num_layers=2,
+    num_query_heads=2,
+    num_key_value_heads=1,
+    hidden_dim=HIDDEN_DIM,
+    intermediate_dim=32,
+)
+
+FAMILIES = {
+    "bert": lambda: keras_hub.models.BertBackbone(**_ENCODER),
+    "distil_bert": lambda: keras_hub.models.DistilBertBackbone(**_ENCODER),
+    "roberta": lambda: keras_hub.models.RobertaBackbone(**_ENCODER),
+    "gpt2": lambda: keras_hub.models.GPT2Backbone(**_ENCODER),
+    "gemma": lambda: keras_hub.models.GemmaBackbone(**_ROPE, head_dim=8),
+    "gemma3": lambda: keras_hub.models.Gemma3Backbone(
+        **_ROPE, head_dim=8, image_size=16, sliding_window_size=8
+    ),
+    "llama": lambda: keras_hub.models.LlamaBackbone(**_ROPE),
+    "llama3": lambda: keras_hub.models.Llama3Backbone(**_ROPE),
+    "mistral": lambda: keras_hub.models.MistralBackbone(**_ROPE, sliding_window=8),
+    "qwen": lambda: keras_hub.models.QwenBackbone(**_ROPE),
+}
+
+CAUSAL = {"gpt2", "gemma", "gemma3", "llama", "llama3", "mistral", "qwen"}

@@ -1,0 +1,41 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests.backbones import VOCABULARY_SIZE
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def pytest_report_header(config):
+    return f"keras backend: {keras.config.backend()}"
+
+
+def make_inputs(input_names, batch_size=3, length=7, seed=0, padded=True):
+    """Random token ids with right padding, as keras-hub preprocessors emit."""
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(1, VOCABULARY_SIZE, (batch_size, length))
+    lengths = np.full((batch_size,), length)
+    if padded:
+        lengths = rng.integers(max(1, length // 2), length + 1, (batch_size,))
+        lengths[0] = length
+    padding_mask = np.arange(length)[None, :] < lengths[:, None]
+    token_ids = np.where(padding_mask, token_ids, 0).astype("int32")
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask.astype("int32")}
+    if "segment_ids" in input_names:
+        inputs["segment_ids"] = np.zeros_like(token_ids)
+    return inputs
+
+
+def backbone_weights(backbone):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in backbone.weights]
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
