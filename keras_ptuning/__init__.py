@@ -1,4 +1,4 @@
-"""keras-ptuning: P-tuning for frozen keras-hub backbones on any Keras backend."""
+"""keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig

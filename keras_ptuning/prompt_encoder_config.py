@@ -82,7 +82,9 @@ class PromptEncoderConfig:
                 f"{REPARAMETERIZATION_TYPES} (case-insensitive). Received: "
                 f"encoder_reparameterization_type={kind!r}"
             )
-        object.__setattr__(self, "encoder_reparameterization_type", kind.upper())
+        object.__setattr__(
+            self, "encoder_reparameterization_type", kind.upper()
+        )
         dropout = self.encoder_dropout
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
             raise ValueError(

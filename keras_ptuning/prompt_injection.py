@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_ptuning.backbone_split import SEQUENCE_INPUT_FILL
-from keras_ptuning.prompt_encoder import PromptEncoder
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")

@@ -2,7 +2,6 @@
 
 import keras
 import keras_hub
-from keras import ops
 from keras import tree
 
 from keras_ptuning.backbone_split import BackboneSplit
@@ -139,9 +138,10 @@ class PTuningBackbone(keras_hub.models.Backbone):
         if backbone is not None:
             backbone.trainable = False
 
-    def call(self, inputs, training=None, mask=None, **kwargs):
+    def __call__(self, inputs, *args, **kwargs):
+        # Before Keras standardizes the inputs, so errors name our limits.
         check_inputs(inputs, self.input_names, type(self).__name__)
-        return super().call(inputs, training=training, mask=mask, **kwargs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()

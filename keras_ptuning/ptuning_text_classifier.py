@@ -83,7 +83,8 @@ class PTuningTextClassifier(keras_hub.models.TextClassifier):
             )
         if num_classes < 1:
             raise ValueError(
-                f"`num_classes` must be >= 1. Received: num_classes={num_classes}"
+                "`num_classes` must be >= 1. Received: "
+                f"num_classes={num_classes}"
             )
         _check_preprocessor(preprocessor, backbone)
 
@@ -139,9 +140,19 @@ class PTuningTextClassifier(keras_hub.models.TextClassifier):
             optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kw)
 
-    def call(self, inputs, training=None, mask=None, **kwargs):
+    def compile_from_config(self, config):
+        # Keras skips this for models with a custom `compile()`; restoring
+        # the compile config keeps the optimizer state of a saved model, so
+        # `fit` resumes where it stopped.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Before Keras standardizes the inputs, so errors name our limits.
         check_inputs(inputs, self.backbone.input_names, type(self).__name__)
-        return super().call(inputs, training=training, mask=mask, **kwargs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -35,7 +35,9 @@ FAMILIES = {
     ),
     "llama": lambda: keras_hub.models.LlamaBackbone(**_ROPE),
     "llama3": lambda: keras_hub.models.Llama3Backbone(**_ROPE),
-    "mistral": lambda: keras_hub.models.MistralBackbone(**_ROPE, sliding_window=8),
+    "mistral": lambda: keras_hub.models.MistralBackbone(
+        **_ROPE, sliding_window=8
+    ),
     "qwen": lambda: keras_hub.models.QwenBackbone(**_ROPE),
 }
 

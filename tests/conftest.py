@@ -28,7 +28,10 @@ def make_inputs(input_names, batch_size=3, length=7, seed=0, padded=True):
         lengths[0] = length
     padding_mask = np.arange(length)[None, :] < lengths[:, None]
     token_ids = np.where(padding_mask, token_ids, 0).astype("int32")
-    inputs = {"token_ids": token_ids, "padding_mask": padding_mask.astype("int32")}
+    inputs = {
+        "token_ids": token_ids,
+        "padding_mask": padding_mask.astype("int32"),
+    }
     if "segment_ids" in input_names:
         inputs["segment_ids"] = np.zeros_like(token_ids)
     return inputs

@@ -36,7 +36,9 @@ def test_dict_round_trip():
 
 def test_from_dict_rejects_unknown_field():
     with pytest.raises(ValueError, match="peft_type"):
-        PromptEncoderConfig.from_dict({"num_virtual_tokens": 2, "peft_type": "X"})
+        PromptEncoderConfig.from_dict(
+            {"num_virtual_tokens": 2, "peft_type": "X"}
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,71 @@
+"""Loading GLUE SST-2, the default P-tuning benchmark data."""
+
+import csv
+import os
+
+import keras
+
+SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+SST2_SPLITS = ("train", "dev")
+DATA_DIR_ENV = "KERAS_PTUNING_DATA"
+
+
+def find_sst2_dir(data_dir=None):
+    """Returns a directory holding SST-2's `train.tsv` and `dev.tsv`.
+
+    Looks, in order, at `data_dir`, at `../shared/data/sst2` from the working
+    directory, at `$KERAS_PTUNING_DATA` (the directory itself, or its `sst2`
+    or `SST-2` subdirectory), and otherwise downloads GLUE SST-2 with
+    `keras.utils.get_file` (needs a network).
+    """
+    if data_dir is not None:
+        if not os.path.isfile(os.path.join(data_dir, "dev.tsv")):
+            raise ValueError(
+                f"`data_dir` must hold SST-2's train.tsv and dev.tsv. "
+                f"Received: data_dir={data_dir!r}"
+            )
+        return data_dir
+    candidates = [os.path.join("..", "shared", "data", "sst2")]
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    if env_dir:
+        candidates += [env_dir] + [
+            os.path.join(env_dir, name) for name in ("sst2", "SST-2")
+        ]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "dev.tsv")):
+            return candidate
+    archive = keras.utils.get_file(
+        "SST-2.zip", SST2_URL, extract=True, cache_subdir="datasets"
+    )
+    for root, _, files in os.walk(archive):
+        if "dev.tsv" in files:
+            return root
+    raise FileNotFoundError(f"No dev.tsv in the SST-2 download at {archive}")
+
+
+def load_sst2(split, data_dir=None, max_rows=None):
+    """Reads one SST-2 split.
+
+    Args:
+        split: `"train"` or `"dev"`.
+        data_dir: optional directory holding the TSV files; see
+            `find_sst2_dir` for where it looks otherwise.
+        max_rows: optional int, read only the first rows.
+
+    Returns:
+        `(sentences, labels)`: a list of str and a list of int (0 or 1).
+    """
+    if split not in SST2_SPLITS:
+        raise ValueError(
+            f"`split` must be one of {SST2_SPLITS}. Received: split={split!r}"
+        )
+    path = os.path.join(find_sst2_dir(data_dir), f"{split}.tsv")
+    sentences, labels = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in reader:
+            if max_rows is not None and len(sentences) >= max_rows:
+                break
+            sentences.append(row["sentence"].strip())
+            labels.append(int(row["label"]))
+    return sentences, labels

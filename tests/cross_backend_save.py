@@ -1,0 +1,42 @@
+"""One link of the cross-backend `.keras` chain in `saving_test.py`.
+
+Step 0 builds, trains and saves a classifier with its predictions; each later
+step loads the previous step's file on its own backend, checks the
+predictions, and saves again.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningTextClassifier
+from tests.backbones import FAMILIES
+from tests.conftest import make_inputs
+
+directory, step = sys.argv[1], int(sys.argv[2])
+backend = keras.config.backend()
+inputs = make_inputs(["token_ids", "padding_mask", "segment_ids"], length=6)
+if step == 0:
+    keras.utils.set_random_seed(7)
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, PromptEncoderConfig(3, encoder_hidden_size=8)
+    )
+    model.fit(inputs, np.array([0, 1, 1]), epochs=2, verbose=0)
+    np.save(
+        os.path.join(directory, "expected.npy"),
+        model.predict(inputs, verbose=0),
+    )
+else:
+    model = keras.saving.load_model(
+        os.path.join(directory, f"model_{step - 1}.keras")
+    )
+    expected = np.load(os.path.join(directory, "expected.npy"))
+    np.testing.assert_allclose(
+        model.predict(inputs, verbose=0), expected, atol=1e-5
+    )
+    assert type(model).__name__ == "PTuningTextClassifier"
+model.save(os.path.join(directory, f"model_{step}.keras"))
+print(f"ok {backend}")

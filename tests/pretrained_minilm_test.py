@@ -1,0 +1,46 @@
+"""P-tuning the real pretrained all-MiniLM-L6-v2 on a few SST-2 rows."""
+
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningTextClassifier
+from keras_ptuning.datasets import load_sst2
+from keras_ptuning.presets import minilm_preset_dir
+from tests.conftest import REPO_ROOT
+from tests.conftest import backbone_weights
+
+SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
+
+
+def test_fit_lowers_loss_and_leaves_minilm_unchanged():
+    try:
+        preset = minilm_preset_dir()
+    except ImportError as error:
+        pytest.skip(str(error))
+    sentences, labels = load_sst2("train", data_dir=SST2_DIR, max_rows=16)
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    assert backbone.hidden_dim == 384
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        preset, sequence_length=32
+    )
+    model = PTuningTextClassifier(
+        backbone,
+        num_classes=2,
+        prompt_config=PromptEncoderConfig(num_virtual_tokens=20),
+        preprocessor=preprocessor,
+        dropout=0.0,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    frozen = backbone_weights(backbone)
+    x, y = sentences, np.array(labels)
+    before = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    after = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert after["loss"] < before["loss"]
+    for a, b in zip(frozen, backbone_weights(backbone)):
+        np.testing.assert_array_equal(a, b)

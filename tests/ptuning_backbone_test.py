@@ -1,0 +1,204 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
+from tests.backbones import FAMILIES
+from tests.backbones import HIDDEN_DIM
+from tests.backbones import MAX_SEQUENCE_LENGTH
+from tests.conftest import make_inputs
+
+NUM_TOKENS = 3
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _make_identity_prompt(model, token_ids):
+    """Sets the MLP encoder so its prompt equals the embeddings of token_ids."""
+    encoder = model.prompt_encoder
+    target = _numpy(model.backbone.token_embedding(np.array(token_ids)))
+    shift = (
+        1.0 + 2.0 * np.abs(target).max()
+    )  # keeps the ReLUs in their linear part
+    eye = np.eye(target.shape[-1], dtype="float32")
+    encoder.embedding.embeddings.assign(target)
+    first, second = encoder.encoder_layers
+    first.kernel.assign(eye)
+    first.bias.assign(np.full_like(eye[0], shift))
+    second.kernel.assign(eye)
+    second.bias.assign(np.zeros_like(eye[0]))
+    encoder.output_dense.kernel.assign(eye)
+    encoder.output_dense.bias.assign(np.full_like(eye[0], -shift))
+    return target
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return request.param
+
+
+def test_outputs_match_plain_backbone_on_concatenated_ids(family):
+    backbone = FAMILIES[family]()
+    model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    virtual_ids = [5, 9, 17]
+    _make_identity_prompt(model, virtual_ids)
+    inputs = make_inputs(model.input_names, batch_size=3, length=6)
+
+    batch = inputs["token_ids"].shape[0]
+    reference_inputs = {
+        "token_ids": np.concatenate(
+            [np.tile(virtual_ids, (batch, 1)), inputs["token_ids"]], axis=1
+        ).astype("int32"),
+        "padding_mask": np.concatenate(
+            [np.ones((batch, NUM_TOKENS), "int32"), inputs["padding_mask"]], 1
+        ),
+    }
+    if "segment_ids" in inputs:
+        reference_inputs["segment_ids"] = np.zeros_like(
+            reference_inputs["token_ids"]
+        )
+    reference = backbone.predict(reference_inputs, verbose=0)
+    outputs = model.predict(inputs, verbose=0)
+
+    if isinstance(reference, dict):
+        assert set(outputs) == set(reference)
+        np.testing.assert_allclose(
+            outputs["sequence_output"],
+            reference["sequence_output"][:, NUM_TOKENS:],
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        np.testing.assert_allclose(
+            outputs["pooled_output"], reference["pooled_output"], atol=1e-5
+        )
+    else:
+        assert outputs.shape == (batch, 6, HIDDEN_DIM)
+        np.testing.assert_allclose(
+            outputs, reference[:, NUM_TOKENS:], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_structure_shapes_and_trainable_variables(family):
+    backbone = FAMILIES[family]()
+    model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    assert model.backbone is backbone
+    assert model.input_names == ["token_ids"] + sorted(
+        set(backbone.input) - {"token_ids"}
+    )
+    assert backbone.trainable is False
+    encoder_ids = {id(v) for v in model.prompt_encoder.trainable_variables}
+    assert {id(v) for v in model.trainable_variables} == encoder_ids
+    assert model.count_params() == (
+        backbone.count_params() + model.prompt_encoder.count_params()
+    )
+    for length in (4, 9):
+        inputs = make_inputs(model.input_names, batch_size=2, length=length)
+        outputs = model(inputs)
+        sequence = (
+            outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+        )
+        assert tuple(sequence.shape) == (2, length, HIDDEN_DIM)
+
+
+def test_backbone_stays_frozen_when_wrapper_is_set_trainable():
+    backbone = FAMILIES["bert"]()
+    model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    model.trainable = False
+    assert model.trainable_variables == []
+    model.trainable = True
+    assert backbone.trainable is False
+    assert len(model.trainable_variables) == len(
+        model.prompt_encoder.trainable_variables
+    )
+
+
+def test_lstm_encoder_runs_in_backbone():
+    model = PTuningBackbone(
+        FAMILIES["gpt2"](),
+        PromptEncoderConfig(NUM_TOKENS, encoder_reparameterization_type="LSTM"),
+    )
+    inputs = make_inputs(model.input_names, length=5)
+    assert tuple(model(inputs).shape) == (3, 5, HIDDEN_DIM)
+
+
+def test_token_dim_fills_from_backbone_and_mismatch_is_refused():
+    model = PTuningBackbone(FAMILIES["bert"](), PromptEncoderConfig(2))
+    assert model.prompt_config.token_dim == HIDDEN_DIM
+    with pytest.raises(
+        ValueError, match=f"hidden size \\({HIDDEN_DIM}\\).*token_dim=8"
+    ):
+        PTuningBackbone(FAMILIES["bert"](), PromptEncoderConfig(2, token_dim=8))
+
+
+def test_too_long_sequence_names_the_numbers():
+    model = PTuningBackbone(FAMILIES["bert"](), PromptEncoderConfig(4))
+    assert model.max_sequence_length == MAX_SEQUENCE_LENGTH - 4
+    inputs = make_inputs(model.input_names, length=MAX_SEQUENCE_LENGTH - 1)
+    with pytest.raises(
+        ValueError, match="4 \\+ 31 = 35 exceeds.*maximum of 32"
+    ):
+        model(inputs)
+
+
+def test_too_many_virtual_tokens_is_refused():
+    with pytest.raises(ValueError, match="num_virtual_tokens=32"):
+        PTuningBackbone(FAMILIES["gpt2"](), PromptEncoderConfig(32))
+
+
+def test_missing_and_extra_keys_are_refused():
+    model = PTuningBackbone(FAMILIES["bert"](), PromptEncoderConfig(2))
+    inputs = make_inputs(model.input_names)
+    del inputs["segment_ids"]
+    with pytest.raises(ValueError, match="Missing: \\['segment_ids'\\]"):
+        model(inputs)
+    inputs = make_inputs(model.input_names)
+    inputs["labels"] = inputs["token_ids"]
+    with pytest.raises(ValueError, match="unexpected: \\['labels'\\]"):
+        model(inputs)
+    with pytest.raises(TypeError, match="dict"):
+        model(inputs["token_ids"])
+
+
+def test_float_token_ids_are_refused():
+    model = PTuningBackbone(FAMILIES["gpt2"](), PromptEncoderConfig(2))
+    inputs = make_inputs(model.input_names)
+    inputs["token_ids"] = inputs["token_ids"].astype("float32")
+    with pytest.raises(TypeError, match="integer `token_ids`.*float32"):
+        model(inputs)
+
+
+def test_non_backbone_and_backbone_without_token_embedding():
+    with pytest.raises(TypeError, match="keras_hub.models.Backbone"):
+        PTuningBackbone(
+            keras.Sequential([keras.layers.Dense(2)]), PromptEncoderConfig(2)
+        )
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    outputs = keras.layers.Dense(4)(
+        ops.cast(ops.expand_dims(token_ids, -1), "float32")
+    )
+    plain = keras_hub.models.Backbone(
+        inputs={"token_ids": token_ids}, outputs=outputs
+    )
+    with pytest.raises(ValueError, match="token_embedding"):
+        PTuningBackbone(plain, PromptEncoderConfig(2))
+
+
+def test_wrong_prompt_config_type():
+    with pytest.raises(TypeError, match="prompt_config"):
+        PTuningBackbone(FAMILIES["bert"](), 20)
+
+
+def test_config_round_trip_and_backbone_unchanged(family):
+    backbone = FAMILIES[family]()
+    model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    config = model.get_config()
+    assert config["prompt_config"]["num_virtual_tokens"] == NUM_TOKENS
+    restored = PTuningBackbone.from_config(config)
+    assert restored.prompt_config == model.prompt_config
+    assert type(restored.backbone) is type(backbone)
+    assert restored.count_params() == model.count_params()

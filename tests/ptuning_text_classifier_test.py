@@ -1,0 +1,166 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
+from keras_ptuning import PTuningTextClassifier
+from tests.backbones import CAUSAL
+from tests.backbones import FAMILIES
+from tests.backbones import MAX_SEQUENCE_LENGTH
+from tests.conftest import backbone_weights
+from tests.conftest import make_inputs
+
+NUM_TOKENS = 3
+WORDS = ["the", "a", "film", "was", "good", "bad", "great", "dull", "plot"]
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return request.param
+
+
+def test_fit_trains_prompt_and_head_only_backbone_bit_identical(family):
+    backbone = FAMILIES[family]()
+    model = PTuningTextClassifier(
+        backbone, num_classes=3, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
+    assert isinstance(model.backbone, PTuningBackbone)
+    assert isinstance(model, keras_hub.models.TextClassifier)
+    trainable = {id(v) for v in model.trainable_variables}
+    expected = {
+        id(v)
+        for v in model.backbone.prompt_encoder.trainable_variables
+        + model.output_dense.trainable_variables
+    }
+    assert trainable == expected
+    frozen_before = backbone_weights(backbone)
+    prompt_before = _numpy(model.backbone.prompt_encoder.prompt_table())
+    head_before = _numpy(model.output_dense.kernel)
+
+    inputs = make_inputs(model.backbone.input_names, batch_size=8, length=6)
+    labels = np.arange(8) % 3
+    model.fit(inputs, labels, batch_size=4, epochs=2, verbose=0)
+
+    for before, after in zip(frozen_before, backbone_weights(backbone)):
+        np.testing.assert_array_equal(before, after)
+    assert not np.allclose(
+        prompt_before, _numpy(model.backbone.prompt_encoder.prompt_table())
+    )
+    assert not np.allclose(head_before, _numpy(model.output_dense.kernel))
+    assert model.predict(inputs, verbose=0).shape == (8, 3)
+
+
+@pytest.mark.parametrize("family", sorted(CAUSAL & {"gpt2", "llama"}))
+def test_decoder_head_reads_last_real_token(family):
+    model = PTuningTextClassifier(
+        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
+    )
+    inputs = make_inputs(model.backbone.input_names, batch_size=4, length=7)
+    sequence = _numpy(model.backbone(inputs))
+    last = inputs["padding_mask"].sum(axis=1) - 1
+    features = sequence[np.arange(4), last]
+    expected = features @ _numpy(model.output_dense.kernel) + _numpy(
+        model.output_dense.bias
+    )
+    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-5)
+
+
+def test_encoder_head_reads_pooled_output():
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
+    )
+    inputs = make_inputs(model.backbone.input_names, batch_size=2, length=5)
+    pooled = _numpy(model.backbone(inputs)["pooled_output"])
+    expected = pooled @ _numpy(model.output_dense.kernel) + _numpy(
+        model.output_dense.bias
+    )
+    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-5)
+
+
+def test_built_at_construction():
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+    )
+    assert model.built
+    encoder = model.backbone.prompt_encoder.count_params()
+    head = 16 * 2 + 2
+    assert (
+        model.count_params()
+        == model.backbone.backbone.count_params() + encoder + head
+    )
+    assert (
+        sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        == encoder + head
+    )
+
+
+def test_compile_defaults():
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+    )
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-3)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert model.loss.from_logits
+
+
+def _tiny_preprocessor(sequence_length):
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    return keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+
+
+def test_raw_strings_with_preprocessor():
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](),
+        2,
+        PromptEncoderConfig(NUM_TOKENS),
+        preprocessor=_tiny_preprocessor(8),
+    )
+    x = ["the film was good", "the plot was dull", "a great film", "bad plot"]
+    y = np.array([1, 0, 1, 0])
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert model.predict(x, verbose=0).shape == (4, 2)
+    assert "sparse_categorical_accuracy" in model.evaluate(
+        x, y, verbose=0, return_dict=True
+    )
+
+
+def test_preprocessor_must_leave_room_for_virtual_tokens():
+    too_long = MAX_SEQUENCE_LENGTH - NUM_TOKENS + 1
+    with pytest.raises(ValueError, match=f"sequence_length={too_long}.*<= 29"):
+        PTuningTextClassifier(
+            FAMILIES["bert"](),
+            2,
+            PromptEncoderConfig(NUM_TOKENS),
+            preprocessor=_tiny_preprocessor(too_long),
+        )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="prompt_config=None"):
+        PTuningTextClassifier(FAMILIES["bert"](), 2)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            PTuningTextClassifier(
+                FAMILIES["bert"](), bad, PromptEncoderConfig(2)
+            )
+
+
+def test_accepts_a_ptuning_backbone():
+    ptuning = PTuningBackbone(FAMILIES["qwen"](), PromptEncoderConfig(2))
+    model = PTuningTextClassifier(ptuning, 2)
+    assert model.backbone is ptuning
+    config = model.get_config()
+    assert config["prompt_config"]["num_virtual_tokens"] == 2
+    assert config["backbone"]["class_name"] == "QwenBackbone"
