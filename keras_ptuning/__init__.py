@@ -4,6 +4,7 @@ from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 from keras_ptuning.version import __version__
 
@@ -12,6 +13,7 @@ __all__ = [
     "PromptEncoderConfig",
     "PromptInjection",
     "PTuningBackbone",
+    "PTuningCausalLM",
     "PTuningTextClassifier",
     "__version__",
 ]

@@ -33,13 +33,18 @@ def _subclasses(cls):
         yield from _subclasses(subclass)
 
 
-def is_causal_backbone(backbone):
-    """Whether keras-hub pairs this backbone class with a `CausalLM` task."""
+def causal_lm_class(backbone):
+    """The keras-hub `CausalLM` class built for this backbone's class, if any.
+
+    Its `call_with_cache`, `_build_cache` and `generate_step` hold the
+    family's cached decoding, which `keras_ptuning.cached_decoding` reuses.
+    """
     for task_cls in _subclasses(keras_hub.models.CausalLM):
-        backbone_cls = getattr(task_cls, "backbone_cls", None)
-        if backbone_cls is not None and type(backbone) is backbone_cls:
-            return True
-    return False
+        if task_cls.__module__.startswith("keras_ptuning"):
+            continue
+        if getattr(task_cls, "backbone_cls", None) is type(backbone):
+            return task_cls
+    return None
 
 
 class BackboneSplit:
@@ -55,6 +60,8 @@ class BackboneSplit:
         hidden_dim: the embedding size.
         input_names: the backbone's input names, `"token_ids"` first.
         max_positions: the backbone's position limit, or `None` (RoPE).
+        causal_lm_class: the keras-hub `CausalLM` class for the backbone, or
+            `None` for encoders.
         is_causal: whether the backbone is a decoder-only language model.
         body: a `keras.Model` that runs the backbone from its embedding
             output; its inputs are `[embeddings] + [inputs[name] for name in
@@ -94,7 +101,8 @@ class BackboneSplit:
         self.token_embedding = token_embedding
         self.hidden_dim = int(token_embedding.output_dim)
         self.input_names = ["token_ids"] + sorted(set(inputs) - {"token_ids"})
-        self.is_causal = is_causal_backbone(backbone)
+        self.causal_lm_class = causal_lm_class(backbone)
+        self.is_causal = self.causal_lm_class is not None
         self._fused = None
         split_tensor = self._find_split_tensor(inputs["token_ids"])
         self.max_positions = self._find_max_positions()

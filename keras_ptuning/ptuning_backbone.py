@@ -112,6 +112,7 @@ class PTuningBackbone(keras_hub.models.Backbone):
         self.input_names = list(split.input_names)
         self.hidden_dim = split.hidden_dim
         self.is_causal = split.is_causal
+        self.causal_lm_class = split.causal_lm_class
         self.max_positions = split.max_positions
         self.backbone.trainable = False
 
@@ -125,6 +126,19 @@ class PTuningBackbone(keras_hub.models.Backbone):
         if self.max_positions is None:
             return None
         return self.max_positions - self.num_virtual_tokens
+
+    def check_preprocessor(self, preprocessor):
+        """Raises if `preprocessor.sequence_length` leaves no prompt room."""
+        length = getattr(preprocessor, "sequence_length", None)
+        if length is None or self.max_sequence_length is None:
+            return
+        if length > self.max_sequence_length:
+            raise ValueError(
+                f"The preprocessor's sequence_length={length} leaves no room "
+                f"for num_virtual_tokens={self.num_virtual_tokens}: the "
+                f"backbone has {self.max_positions} positions, so "
+                f"sequence_length must be <= {self.max_sequence_length}."
+            )
 
     @property
     def trainable(self):

@@ -86,7 +86,7 @@ class PTuningTextClassifier(keras_hub.models.TextClassifier):
                 "`num_classes` must be >= 1. Received: "
                 f"num_classes={num_classes}"
             )
-        _check_preprocessor(preprocessor, backbone)
+        backbone.check_preprocessor(preprocessor)
 
         # === Layers ===
         self.backbone = backbone
@@ -166,18 +166,3 @@ class PTuningTextClassifier(keras_hub.models.TextClassifier):
             }
         )
         return config
-
-
-def _check_preprocessor(preprocessor, backbone):
-    if preprocessor is None or backbone.max_sequence_length is None:
-        return
-    sequence_length = getattr(preprocessor, "sequence_length", None)
-    if sequence_length is None:
-        return
-    if sequence_length > backbone.max_sequence_length:
-        raise ValueError(
-            f"The preprocessor's sequence_length={sequence_length} leaves no "
-            f"room for num_virtual_tokens={backbone.num_virtual_tokens}: the "
-            f"backbone has {backbone.max_positions} positions, so "
-            f"sequence_length must be <= {backbone.max_sequence_length}."
-        )

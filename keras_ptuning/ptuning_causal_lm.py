@@ -1,0 +1,159 @@
+"""`PTuningCausalLM`: P-tuned generative language models."""
+
+import keras
+import keras_hub
+from keras import ops
+
+from keras_ptuning.cached_decoding import CausalLMView
+from keras_ptuning.input_validation import check_inputs
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PTuningCausalLM(keras_hub.models.CausalLM):
+    """A P-tuned causal language model over a frozen keras-hub backbone.
+
+    Like keras-hub's `CausalLM`: it takes `token_ids` and `padding_mask` and
+    returns next-token logits from the backbone's own (tied or untied) output
+    projection, for the real positions only and aligned with the inputs, so
+    `fit(x, y, sample_weight)` from a keras-hub `CausalLMPreprocessor` works
+    unchanged and virtual tokens never count in the loss. Only the prompt
+    encoder trains.
+
+    `generate()` is keras-hub's, with its samplers (`compile(sampler=...)`)
+    and compilation (`jax.jit`, `tf.function`, torch no-grad). It decodes
+    with a KV cache: the virtual tokens are prefilled once with the prompt,
+    then decoding runs token by token through the family's own keras-hub
+    cached-decoding code.
+
+    Supported backbones: those with a keras-hub `CausalLM` (GPT-2, Gemma,
+    Gemma 3 text, Llama, Llama 3, Mistral, Qwen, ...).
+
+    Args:
+        backbone: a keras-hub decoder-only backbone (or a `PTuningBackbone`).
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            Ignored when `backbone` is already a `PTuningBackbone`.
+        preprocessor: `None` or a keras-hub `CausalLMPreprocessor`. With one,
+            `fit` and `generate` take raw strings.
+        **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    backbone = keras_hub.models.GPT2Backbone.from_preset("gpt2_base_en")
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor.from_preset(
+        "gpt2_base_en", sequence_length=128
+    )
+    lm = keras_ptuning.PTuningCausalLM(
+        backbone,
+        keras_ptuning.PromptEncoderConfig(num_virtual_tokens=20),
+        preprocessor=preprocessor,
+    )
+    lm.fit(["The quick brown fox jumped."], epochs=3)
+    lm.compile(sampler="greedy")
+    lm.generate("The quick", max_length=30)
+    ```
+    """
+
+    def __init__(self, backbone, prompt_config=None, preprocessor=None, **kw):
+        if not isinstance(backbone, PTuningBackbone):
+            if prompt_config is None:
+                raise ValueError(
+                    "`prompt_config` is required when `backbone` is a plain "
+                    "keras-hub backbone. Received: prompt_config=None"
+                )
+            backbone = PTuningBackbone(backbone, prompt_config)
+        if backbone.causal_lm_class is None:
+            raise ValueError(
+                "`PTuningCausalLM` needs a decoder-only backbone with a "
+                "keras-hub `CausalLM`. Received: "
+                f"{type(backbone.backbone).__name__}"
+            )
+        backbone.check_preprocessor(preprocessor)
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in backbone.input_names
+        }
+        hidden_states = backbone(inputs)
+        outputs = backbone.token_embedding(hidden_states, reverse=True)
+        super().__init__(inputs=inputs, outputs=outputs, **kw)
+
+    def compile(self, optimizer="auto", loss="auto", **kwargs):
+        """Configures training and generation, with P-tuning defaults.
+
+        As keras-hub's `CausalLM.compile` (masked sparse categorical
+        cross-entropy from logits, weighted accuracy, `sampler="top_k"`),
+        but `optimizer="auto"` is `Adam(1e-3)`: only the prompt encoder
+        trains, from scratch.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips this for models with a custom `compile()`.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_inputs(inputs, self.backbone.input_names, type(self).__name__)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """One compilable generation pass over a batch; see `CausalLM`.
+
+        Prepends the virtual-token ids to `token_ids` (and ones to
+        `padding_mask`), runs the family's keras-hub `generate_step` on the
+        extended batch, and drops the virtual positions from the result.
+        """
+        ptuning = self.backbone
+        token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
+        padding_mask = ops.cast(inputs["padding_mask"], "bool")
+        ptuning.prompt_injection.check_sequence_length(
+            _static_length(token_ids)
+        )
+        view = CausalLMView(
+            ptuning.causal_lm_class,
+            ptuning.backbone,
+            ptuning.prompt_encoder.prompt_table(),
+            self.sampler,
+            self,
+        )
+        batch_size = ops.shape(token_ids)[0]
+        num_tokens = ptuning.num_virtual_tokens
+        virtual_ids = ops.broadcast_to(
+            ops.expand_dims(view.virtual_token_ids, 0),
+            (batch_size, num_tokens),
+        )
+        extended = dict(inputs)
+        extended["token_ids"] = ops.concatenate([virtual_ids, token_ids], 1)
+        extended["padding_mask"] = ops.concatenate(
+            [ops.ones((batch_size, num_tokens), "bool"), padding_mask], 1
+        )
+        outputs = view.generate_step(extended, stop_token_ids=stop_token_ids)
+        return {
+            name: outputs[name][:, num_tokens:]
+            for name in ("token_ids", "padding_mask")
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.layers.serialize(self.backbone.backbone),
+                "prompt_config": self.backbone.prompt_config.to_dict(),
+            }
+        )
+        return config
+
+
+def _static_length(token_ids):
+    length = token_ids.shape[1]
+    return length if isinstance(length, int) else None
