@@ -95,10 +95,18 @@ class PTuningCausalLM(keras_hub.models.CausalLM):
             optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "sampler", None) is not None:
+            config["sampler"] = keras_hub.samplers.serialize(self.sampler)
+        return config
+
     def compile_from_config(self, config):
         # Keras skips this for models with a custom `compile()`.
+        config = dict(config)
+        sampler = config.pop("sampler", "top_k")
         config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+        self.compile(sampler=keras_hub.samplers.get(sampler), **config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
 

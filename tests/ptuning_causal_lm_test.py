@@ -1,0 +1,266 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningCausalLM
+from tests.backbones import CAUSAL
+from tests.backbones import FAMILIES
+from tests.backbones import MAX_SEQUENCE_LENGTH
+from tests.backbones import VOCABULARY_SIZE
+from tests.conftest import backbone_weights
+from tests.ptuning_backbone_test import _make_identity_prompt
+
+NUM_TOKENS = 3
+VIRTUAL_IDS = [5, 9, 17]
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _prompts(lengths, buffer_length, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCABULARY_SIZE, (len(lengths), buffer_length))
+    mask = np.arange(buffer_length)[None] < np.array(lengths)[:, None]
+    return np.where(mask, ids, 0).astype("int32"), mask
+
+
+@pytest.fixture(params=sorted(CAUSAL))
+def family(request):
+    return request.param
+
+
+def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
+    backbone = FAMILIES[family]()
+    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    _make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
+    ids, mask = _prompts([6, 4], 6)
+    batch = len(ids)
+    reference = plain.predict(
+        {
+            "token_ids": np.concatenate(
+                [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
+            ).astype("int32"),
+            "padding_mask": np.concatenate(
+                [np.ones((batch, NUM_TOKENS), bool), mask], 1
+            ),
+        },
+        verbose=0,
+    )
+    logits = lm.predict({"token_ids": ids, "padding_mask": mask}, verbose=0)
+    assert logits.shape == (batch, 6, VOCABULARY_SIZE)
+    np.testing.assert_allclose(
+        logits, reference[:, NUM_TOKENS:], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_cached_greedy_equals_uncached_argmax_loop(family):
+    """Batched prompts of different lengths, right padded as keras-hub does."""
+    lm = PTuningCausalLM(FAMILIES[family](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler="greedy")
+    lengths = [4, 2, 6]
+    ids, mask = _prompts(lengths, 10)
+    generated = lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+    )
+    buffer = ids.copy()
+    for t in range(min(lengths), buffer.shape[1]):
+        logits = _numpy(
+            lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
+        )
+        next_token = logits[:, t - 1].argmax(-1)
+        buffer[:, t] = np.where(t < np.array(lengths), buffer[:, t], next_token)
+    np.testing.assert_array_equal(_numpy(generated["token_ids"]), buffer)
+    assert _numpy(generated["padding_mask"]).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_empty_prompt_continues_from_the_virtual_tokens(family):
+    """With the prompt set to real-token embeddings, generating from nothing
+    equals keras-hub's own generate from those real tokens."""
+    backbone = FAMILIES[family]()
+    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    _make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    lm.compile(sampler="greedy")
+    plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
+    plain.compile(sampler="greedy")
+    ids, mask = _prompts([0, 3], 8)
+    ours = lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+    )
+    batch = len(ids)
+    theirs = plain.generate(
+        {
+            "token_ids": np.concatenate(
+                [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
+            ).astype("int32"),
+            "padding_mask": np.concatenate(
+                [np.ones((batch, NUM_TOKENS), bool), mask], 1
+            ),
+        },
+        stop_token_ids=None,
+    )
+    np.testing.assert_array_equal(
+        _numpy(ours["token_ids"]), _numpy(theirs["token_ids"])[:, NUM_TOKENS:]
+    )
+
+
+@pytest.mark.parametrize("sampler", ["top_k", "top_p", "beam", "random"])
+def test_keras_hub_samplers(sampler):
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler=sampler)
+    ids, mask = _prompts([2, 3], 7)
+    out = lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+    )
+    tokens = _numpy(out["token_ids"])
+    assert tokens.shape == (2, 7)
+    assert ((tokens >= 0) & (tokens < VOCABULARY_SIZE)).all()
+    np.testing.assert_array_equal(tokens[:, :2], ids[:, :2])
+
+
+def test_stop_token_ids_end_generation():
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler="greedy")
+    ids, mask = _prompts([3], 9)
+    free = _numpy(
+        lm.generate(
+            {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+        )["token_ids"]
+    )
+    stop = int(free[0, 4])
+    out = lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=[stop]
+    )
+    mask_out = _numpy(out["padding_mask"])[0]
+    first_stop = 3 + list(free[0, 3:]).index(stop)
+    assert (
+        mask_out[: first_stop + 1].all()
+        and not mask_out[first_stop + 1 :].any()
+    )
+
+
+def test_max_length_overflowing_positions_is_refused():
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    ids, mask = _prompts([2], MAX_SEQUENCE_LENGTH - 1)
+    with pytest.raises(
+        ValueError, match="3 \\+ 31 = 34 exceeds.*maximum of 32"
+    ):
+        lm.generate(
+            {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+        )
+
+
+def _tiny_gpt2_preprocessor(sequence_length):
+    merges = [
+        "a i",
+        "ai r",
+        "p l",
+        "pl a",
+        "n e",
+        "pla ne",
+        "Ġ a",
+        "Ġa t",
+        "Ġa i",
+        "Ġai r",
+        "p o",
+        "r t",
+        "po rt",
+    ]
+    vocabulary = [
+        "<|endoftext|>",
+        "!",
+        "Ġ",
+        "a",
+        "i",
+        "r",
+        "p",
+        "l",
+        "n",
+        "e",
+        "t",
+        "o",
+    ] + [merge.replace(" ", "") for merge in merges]
+    tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary={token: i for i, token in enumerate(vocabulary)},
+        merges=merges,
+    )
+    return keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+
+
+def test_fit_and_generate_strings_with_preprocessor():
+    backbone = FAMILIES["gpt2"]()
+    lm = PTuningCausalLM(
+        backbone,
+        PromptEncoderConfig(NUM_TOKENS),
+        preprocessor=_tiny_gpt2_preprocessor(8),
+    )
+    encoder_ids = {
+        id(v) for v in lm.backbone.prompt_encoder.trainable_variables
+    }
+    assert {id(v) for v in lm.trainable_variables} == encoder_ids
+    frozen = backbone_weights(backbone)
+    prompt_before = _numpy(lm.backbone.prompt_encoder.prompt_table())
+    x = ["airplane at airport", " air!", "airport airplane", " at air"]
+    history = lm.fit(x, batch_size=2, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for before, after in zip(frozen, backbone_weights(backbone)):
+        np.testing.assert_array_equal(before, after)
+    assert not np.allclose(
+        prompt_before, _numpy(lm.backbone.prompt_encoder.prompt_table())
+    )
+    lm.compile(sampler="greedy")
+    text = lm.generate(["airplane at", "air"], max_length=8)
+    assert len(text) == 2 and text[0].startswith("airplane at")
+    with pytest.raises(ValueError, match="sequence_length=30"):
+        PTuningCausalLM(
+            backbone,
+            PromptEncoderConfig(NUM_TOKENS),
+            preprocessor=_tiny_gpt2_preprocessor(30),
+        )
+
+
+def test_loss_ignores_padding_and_virtual_tokens():
+    """evaluate() equals a masked cross-entropy computed here from logits."""
+    preprocessor = _tiny_gpt2_preprocessor(8)
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    x, y, weights = preprocessor(["airplane at airport", " air!"])
+    x = {k: _numpy(v) for k, v in x.items()}
+    y, weights = _numpy(y), _numpy(weights).astype("float32")
+    logits = _numpy(lm(x)).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
+    expected = -(picked * weights).sum() / weights.size
+    loss = lm.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)
+    assert loss["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_encoder_backbone_is_refused():
+    with pytest.raises(ValueError, match="BertBackbone"):
+        PTuningCausalLM(FAMILIES["bert"](), PromptEncoderConfig(2))
+    with pytest.raises(ValueError, match="prompt_config=None"):
+        PTuningCausalLM(FAMILIES["gpt2"]())
+
+
+def test_keras_round_trip(tmp_path):
+    lm = PTuningCausalLM(FAMILIES["qwen"](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler="greedy")
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, PTuningCausalLM)
+    ids, mask = _prompts([3, 2], 6)
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    np.testing.assert_array_equal(
+        loaded.predict(inputs, verbose=0), lm.predict(inputs, verbose=0)
+    )
+    np.testing.assert_array_equal(
+        _numpy(loaded.generate(inputs, stop_token_ids=None)["token_ids"]),
+        _numpy(lm.generate(inputs, stop_token_ids=None)["token_ids"]),
+    )
