@@ -5,6 +5,8 @@ from keras import ops
 
 from keras_ptuning.backbone_split import SEQUENCE_INPUT_FILL
 
+PROMPT_SOURCES = ("encoder", "table")
+
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
 class PromptInjection(keras.layers.Layer):
@@ -13,14 +15,19 @@ class PromptInjection(keras.layers.Layer):
     Takes token embeddings `(batch, L, D)` and the backbone's other
     sequence inputs (`padding_mask`, `segment_ids`, each `(batch, L)`), and
     returns them with `num_virtual_tokens` positions in front: the prompt
-    encoder's table (computed once per call and broadcast over the batch,
-    cast to the embeddings' dtype), a padding mask of ones and segment ids
-    of zeros.
+    (computed once per call and broadcast over the batch, cast to the
+    embeddings' dtype), a padding mask of ones and segment ids of zeros.
+
+    The prompt comes from the prompt encoder (`prompt_source="encoder"`,
+    for training) or from the layer's own non-trainable `(N, D)` variable
+    `prompt_table` (`prompt_source="table"`: the collapsed prompt that
+    adapters and exports hold, as PEFT's inference mode).
 
     Args:
         prompt_encoder: a `keras_ptuning.PromptEncoder`, or its config dict.
         max_positions: int or `None`. The backbone's position limit; inputs
             with `num_virtual_tokens + L` over it are refused.
+        prompt_source: `"encoder"` (default) or `"table"`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -32,7 +39,13 @@ class PromptInjection(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, prompt_encoder, max_positions=None, **kwargs):
+    def __init__(
+        self,
+        prompt_encoder,
+        max_positions=None,
+        prompt_source="encoder",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if isinstance(prompt_encoder, dict):
             prompt_encoder = keras.saving.deserialize_keras_object(
@@ -40,7 +53,39 @@ class PromptInjection(keras.layers.Layer):
             )
         self.prompt_encoder = prompt_encoder
         self.max_positions = max_positions
+        self.prompt_table = self.add_weight(
+            shape=(prompt_encoder.num_virtual_tokens, prompt_encoder.token_dim),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            name="prompt_table",
+        )
+        self.prompt_source = None
+        self.set_prompt_source(prompt_source)
         self.built = True
+
+    def set_prompt_source(self, prompt_source):
+        """Switches between the encoder and the collapsed `prompt_table`.
+
+        With `"table"` the encoder is frozen, since it no longer takes part.
+        Models must retrace their compiled functions after a switch.
+        """
+        if prompt_source not in PROMPT_SOURCES:
+            raise ValueError(
+                f"`prompt_source` must be one of {PROMPT_SOURCES}. "
+                f"Received: prompt_source={prompt_source!r}"
+            )
+        self.prompt_source = prompt_source
+        self.prompt_encoder.trainable = prompt_source == "encoder"
+
+    def current_prompt(self, training=None):
+        """The `(N, D)` prompt in effect (float32)."""
+        if self.prompt_source == "table":
+            return ops.convert_to_tensor(self.prompt_table)
+        indices = ops.expand_dims(
+            ops.arange(self.num_virtual_tokens, dtype="int32"), 0
+        )
+        return self.prompt_encoder(indices, training=training)[0]
 
     @property
     def num_virtual_tokens(self):
@@ -66,11 +111,10 @@ class PromptInjection(keras.layers.Layer):
         if isinstance(sequence_length, int):
             self.check_sequence_length(sequence_length)
         num_tokens = self.num_virtual_tokens
-        indices = ops.expand_dims(ops.arange(num_tokens, dtype="int32"), 0)
-        prompts = self.prompt_encoder(indices, training=training)
-        prompts = ops.cast(prompts, embeddings.dtype)
+        prompts = ops.cast(self.current_prompt(training), embeddings.dtype)
         prompts = ops.broadcast_to(
-            prompts, (batch_size, num_tokens, ops.shape(prompts)[-1])
+            ops.expand_dims(prompts, 0),
+            (batch_size, num_tokens, ops.shape(prompts)[-1]),
         )
         embeddings = ops.concatenate([prompts, embeddings], axis=1)
         extended = {}
@@ -103,6 +147,7 @@ class PromptInjection(keras.layers.Layer):
                     self.prompt_encoder
                 ),
                 "max_positions": self.max_positions,
+                "prompt_source": self.prompt_source,
             }
         )
         return config

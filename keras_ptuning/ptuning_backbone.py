@@ -2,8 +2,10 @@
 
 import keras
 import keras_hub
+from keras import ops
 from keras import tree
 
+from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.prompt_encoder import PromptEncoder
@@ -12,7 +14,7 @@ from keras_ptuning.prompt_injection import PromptInjection
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class PTuningBackbone(keras_hub.models.Backbone):
+class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     """A frozen keras-hub backbone run with trainable virtual tokens.
 
     Wraps any keras-hub text backbone whose graph applies a token embedding to
@@ -31,6 +33,10 @@ class PTuningBackbone(keras_hub.models.Backbone):
         backbone: a `keras_hub.models.Backbone` for text.
         prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
             A `token_dim` of `None` takes the backbone's hidden size.
+        prompt_source: `"encoder"` (default: the prompt encoder makes the
+            virtual tokens, for training) or `"table"` (the collapsed prompt
+            in the non-trainable `prompt_injection.prompt_table`, as loaded
+            from an adapter).
         **kwargs: standard `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -48,7 +54,9 @@ class PTuningBackbone(keras_hub.models.Backbone):
     ```
     """
 
-    def __init__(self, backbone, prompt_config, **kwargs):
+    def __init__(
+        self, backbone, prompt_config, prompt_source="encoder", **kwargs
+    ):
         split = BackboneSplit(backbone)
         if isinstance(prompt_config, dict):
             prompt_config = PromptEncoderConfig.from_dict(prompt_config)
@@ -74,6 +82,7 @@ class PTuningBackbone(keras_hub.models.Backbone):
         injection = PromptInjection(
             prompt_encoder,
             max_positions=split.max_positions,
+            prompt_source=prompt_source,
             dtype=backbone.dtype_policy,
             name="prompt_injection",
         )
@@ -116,6 +125,9 @@ class PTuningBackbone(keras_hub.models.Backbone):
         self.max_positions = split.max_positions
         self.backbone.trainable = False
 
+    def _ptuning_backbone(self):
+        return self
+
     @property
     def num_virtual_tokens(self):
         return self.prompt_config.num_virtual_tokens
@@ -126,6 +138,29 @@ class PTuningBackbone(keras_hub.models.Backbone):
         if self.max_positions is None:
             return None
         return self.max_positions - self.num_virtual_tokens
+
+    @property
+    def prompt_source(self):
+        return self.prompt_injection.prompt_source
+
+    def prompt_table(self):
+        """The `(N, D)` prompt in effect, in inference mode (float32)."""
+        return self.prompt_injection.current_prompt(training=False)
+
+    def collapse_prompt(self, table=None):
+        """Freezes the prompt into `prompt_injection.prompt_table`.
+
+        Args:
+            table: optional `(N, D)` array to use; defaults to the prompt
+                encoder's current output (PEFT's "prompt embeddings to save").
+
+        Compiled functions of models holding this backbone must be retraced
+        afterwards (the task models' `load_adapter` does it).
+        """
+        if table is None:
+            table = self.prompt_encoder.prompt_table()
+        self.prompt_injection.prompt_table.assign(ops.cast(table, "float32"))
+        self.prompt_injection.set_prompt_source("table")
 
     def check_preprocessor(self, preprocessor):
         """Raises if `preprocessor.sequence_length` leaves no prompt room."""
@@ -147,10 +182,14 @@ class PTuningBackbone(keras_hub.models.Backbone):
     @trainable.setter
     def trainable(self, value):
         keras.Model.trainable.fset(self, value)
-        # The wrapped backbone stays frozen whatever the wrapper is set to.
+        # The wrapped backbone stays frozen whatever the wrapper is set to,
+        # and so does an encoder that the collapsed prompt has replaced.
         backbone = getattr(self, "backbone", None)
         if backbone is not None:
             backbone.trainable = False
+        injection = getattr(self, "prompt_injection", None)
+        if injection is not None and injection.prompt_source == "table":
+            injection.prompt_encoder.trainable = False
 
     def __call__(self, inputs, *args, **kwargs):
         # Before Keras standardizes the inputs, so errors name our limits.
@@ -164,6 +203,7 @@ class PTuningBackbone(keras_hub.models.Backbone):
             {
                 "backbone": keras.layers.serialize(self.backbone),
                 "prompt_config": self.prompt_config.to_dict(),
+                "prompt_source": self.prompt_source,
             }
         )
         return config

@@ -4,13 +4,14 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class PTuningCausalLM(keras_hub.models.CausalLM):
+class PTuningCausalLM(AdapterMixin, keras_hub.models.CausalLM):
     """A P-tuned causal language model over a frozen keras-hub backbone.
 
     Like keras-hub's `CausalLM`: it takes `token_ids` and `padding_mask` and
@@ -130,7 +131,7 @@ class PTuningCausalLM(keras_hub.models.CausalLM):
         view = CausalLMView(
             ptuning.causal_lm_class,
             ptuning.backbone,
-            ptuning.prompt_encoder.prompt_table(),
+            ptuning.prompt_table(),
             self.sampler,
             self,
         )

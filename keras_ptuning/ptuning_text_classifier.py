@@ -4,6 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 
@@ -18,7 +19,7 @@ def _last_real_token(sequence_output, padding_mask):
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class PTuningTextClassifier(keras_hub.models.TextClassifier):
+class PTuningTextClassifier(AdapterMixin, keras_hub.models.TextClassifier):
     """A P-tuned text classifier over a frozen keras-hub backbone.
 
     Like keras-hub's `TextClassifier`, with the backbone wrapped in a
@@ -127,6 +128,12 @@ class PTuningTextClassifier(keras_hub.models.TextClassifier):
         self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
+
+    def _head_variables(self):
+        return {
+            "kernel": self.output_dense.kernel,
+            "bias": self.output_dense.bias,
+        }
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kw):
         """Configures training, with P-tuning defaults.

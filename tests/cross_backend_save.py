@@ -1,8 +1,9 @@
 """One link of the cross-backend `.keras` chain in `saving_test.py`.
 
-Step 0 builds, trains and saves a classifier with its predictions; each later
-step loads the previous step's file on its own backend, checks the
-predictions, and saves again.
+Step 0 builds, trains and saves a classifier (and its adapter) with its
+predictions; each later step loads the previous step's file on its own
+backend, checks the predictions, loads the adapter into a fresh model on the
+same backbone and checks it too, and saves again.
 """
 
 import os
@@ -29,6 +30,7 @@ if step == 0:
         os.path.join(directory, "expected.npy"),
         model.predict(inputs, verbose=0),
     )
+    model.save_adapter(os.path.join(directory, "classifier.adapter.h5"))
 else:
     model = keras.saving.load_model(
         os.path.join(directory, f"model_{step - 1}.keras")
@@ -38,5 +40,13 @@ else:
         model.predict(inputs, verbose=0), expected, atol=1e-5
     )
     assert type(model).__name__ == "PTuningTextClassifier"
+    # The adapter alone, into a fresh model on the same (loaded) backbone.
+    fresh = PTuningTextClassifier(
+        model.backbone.backbone, 2, model.backbone.prompt_config
+    )
+    fresh.load_adapter(os.path.join(directory, "classifier.adapter.h5"))
+    np.testing.assert_allclose(
+        fresh.predict(inputs, verbose=0), expected, atol=1e-5
+    )
 model.save(os.path.join(directory, f"model_{step}.keras"))
 print(f"ok {backend}")

@@ -93,8 +93,11 @@ def test_structure_shapes_and_trainable_variables(family):
     assert backbone.trainable is False
     encoder_ids = {id(v) for v in model.prompt_encoder.trainable_variables}
     assert {id(v) for v in model.trainable_variables} == encoder_ids
+    table_size = NUM_TOKENS * HIDDEN_DIM  # the collapsed-prompt variable
     assert model.count_params() == (
-        backbone.count_params() + model.prompt_encoder.count_params()
+        backbone.count_params()
+        + model.prompt_encoder.count_params()
+        + table_size
     )
     for length in (4, 9):
         inputs = make_inputs(model.input_names, batch_size=2, length=length)
@@ -202,3 +205,24 @@ def test_config_round_trip_and_backbone_unchanged(family):
     assert restored.prompt_config == model.prompt_config
     assert type(restored.backbone) is type(backbone)
     assert restored.count_params() == model.count_params()
+
+
+def test_collapsed_prompt_gives_the_same_outputs_and_freezes_encoder():
+    model = PTuningBackbone(
+        FAMILIES["llama"](),
+        PromptEncoderConfig(NUM_TOKENS, encoder_reparameterization_type="LSTM"),
+    )
+    inputs = make_inputs(model.input_names)
+    expected = _numpy(model(inputs))
+    table = _numpy(model.prompt_table())
+    model.collapse_prompt()
+    assert model.prompt_source == "table"
+    np.testing.assert_array_equal(_numpy(model.prompt_table()), table)
+    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-6)
+    assert model.trainable_variables == []
+    model.trainable = True
+    assert model.trainable_variables == []
+    restored = PTuningBackbone.from_config(model.get_config())
+    assert restored.prompt_source == "table"
+    with pytest.raises(ValueError, match="prompt_source='cache'"):
+        model.prompt_injection.set_prompt_source("cache")

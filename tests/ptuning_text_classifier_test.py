@@ -91,9 +91,10 @@ def test_built_at_construction():
     assert model.built
     encoder = model.backbone.prompt_encoder.count_params()
     head = 16 * 2 + 2
+    table = NUM_TOKENS * 16  # the collapsed-prompt variable, not trainable
     assert (
         model.count_params()
-        == model.backbone.backbone.count_params() + encoder + head
+        == model.backbone.backbone.count_params() + encoder + head + table
     )
     assert (
         sum(int(np.prod(v.shape)) for v in model.trainable_variables)

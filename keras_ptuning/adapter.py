@@ -1,0 +1,213 @@
+"""Adapter files: only what P-tuning trained, for any backend.
+
+An adapter holds the collapsed `(num_virtual_tokens, token_dim)` prompt,
+the task head's weights if the task has one, the configuration as JSON,
+and, with `include_encoder=True`, the prompt encoder's weights so that
+training can resume (which PEFT's adapters cannot do). The backbone is not
+in it: a few hundred KB where the backbone is tens of MB or more.
+"""
+
+import json
+import os
+
+import h5py
+import numpy as np
+from keras import ops
+
+from keras_ptuning.version import __version__
+
+ADAPTER_FORMAT = "keras_ptuning.adapter"
+ADAPTER_FORMAT_VERSION = 1
+
+
+def _numpy(variable):
+    return np.asarray(ops.convert_to_numpy(variable), dtype="float32")
+
+
+def _check_shape(what, expected, found):
+    if tuple(expected) != tuple(found):
+        raise ValueError(
+            f"The adapter's {what} has shape {tuple(found)}, but this model "
+            f"needs {tuple(expected)}."
+        )
+
+
+class AdapterMixin:
+    """`save_adapter` / `load_adapter` for the P-tuning models.
+
+    Models provide `_ptuning_backbone()` (their `PTuningBackbone`) and
+    `_head_variables()` (a dict of name to trainable head variable).
+    """
+
+    def _ptuning_backbone(self):
+        return self.backbone
+
+    def _head_variables(self):
+        return {}
+
+    def save_adapter(self, filepath, include_encoder=False, overwrite=True):
+        """Writes the trained prompt (and head) to an HDF5 adapter file.
+
+        Args:
+            filepath: str. Where to write; `.adapter.h5` is the convention.
+            include_encoder: bool. Also keep the prompt encoder's weights, so
+                that a model loading the adapter can resume training.
+            overwrite: bool. Whether an existing file may be replaced.
+        """
+        if not isinstance(filepath, (str, os.PathLike)):
+            raise TypeError(
+                f"`filepath` must be a path. Received: filepath={filepath!r}"
+            )
+        if os.path.exists(filepath) and not overwrite:
+            raise ValueError(
+                f"`filepath` exists and overwrite=False. Received: "
+                f"filepath={filepath!r}"
+            )
+        ptuning = self._ptuning_backbone()
+        if include_encoder and ptuning.prompt_source != "encoder":
+            raise ValueError(
+                "include_encoder=True needs the prompt encoder in use, but "
+                "this model runs on a collapsed prompt table "
+                f"(prompt_source={ptuning.prompt_source!r})."
+            )
+        head = self._head_variables()
+        encoder = ptuning.prompt_encoder
+        config = {
+            "format": ADAPTER_FORMAT,
+            "format_version": ADAPTER_FORMAT_VERSION,
+            "keras_ptuning_version": __version__,
+            "task": type(self).__name__,
+            "backbone_class": type(ptuning.backbone).__name__,
+            "hidden_dim": ptuning.hidden_dim,
+            "prompt_config": ptuning.prompt_config.to_dict(),
+            "head": {name: list(v.shape) for name, v in head.items()},
+            "include_encoder": bool(include_encoder),
+            "encoder_weights": [v.path for v in encoder.weights]
+            if include_encoder
+            else [],
+        }
+        arrays = {"prompt_table": _numpy(ptuning.prompt_table())}
+        arrays.update({f"head/{k}": _numpy(v) for k, v in head.items()})
+        if include_encoder:
+            arrays.update(
+                {
+                    f"encoder/{i}": _numpy(v)
+                    for i, v in enumerate(encoder.weights)
+                }
+            )
+        # Write next to the target, then move into place: never half-written.
+        temporary = f"{filepath}.tmp-{os.getpid()}"
+        try:
+            with h5py.File(temporary, "w") as f:
+                f.attrs["config"] = json.dumps(config)
+                for name, value in arrays.items():
+                    f.create_dataset(name, data=value)
+            os.replace(temporary, filepath)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+    def load_adapter(self, filepath):
+        """Restores an adapter written by `save_adapter`, on any backend.
+
+        The model must be built on the same backbone (same hidden size), with
+        the same number of virtual tokens and head shapes; mismatches raise a
+        `ValueError` before anything is changed. An adapter with the encoder
+        restores it (training resumes from there); one without switches the
+        model to the collapsed prompt (`prompt_source="table"`). A compiled
+        model is recompiled from its compile config, with a fresh optimizer.
+        """
+        if not os.path.isfile(filepath):
+            raise ValueError(
+                f"`filepath` is not a file. Received: filepath={filepath!r}"
+            )
+        with h5py.File(filepath, "r") as f:
+            config = json.loads(f.attrs.get("config", "{}"))
+            if config.get("format") != ADAPTER_FORMAT:
+                raise ValueError(
+                    f"{filepath!r} is not a keras_ptuning adapter file."
+                )
+            arrays = {}
+            f.visititems(
+                lambda name, item: (
+                    arrays.__setitem__(name, item[()])
+                    if isinstance(item, h5py.Dataset)
+                    else None
+                )
+            )
+        ptuning = self._ptuning_backbone()
+        encoder = ptuning.prompt_encoder
+        num_tokens = config["prompt_config"]["num_virtual_tokens"]
+        if config["hidden_dim"] != ptuning.hidden_dim:
+            raise ValueError(
+                f"The adapter was trained on a backbone of hidden size "
+                f"{config['hidden_dim']}; this model's is {ptuning.hidden_dim}."
+            )
+        if num_tokens != ptuning.num_virtual_tokens:
+            raise ValueError(
+                f"The adapter has num_virtual_tokens={num_tokens}; this model "
+                f"has {ptuning.num_virtual_tokens}."
+            )
+        _check_shape(
+            "prompt_table",
+            ptuning.prompt_table().shape,
+            arrays["prompt_table"].shape,
+        )
+        head = self._head_variables()
+        if set(config["head"]) != set(head):
+            raise ValueError(
+                f"The adapter holds head weights {sorted(config['head'])} "
+                f"(a {config['task']}); this {type(self).__name__} has "
+                f"{sorted(head)}."
+            )
+        for name, variable in head.items():
+            _check_shape(
+                f"head weight {name!r}",
+                variable.shape,
+                arrays[f"head/{name}"].shape,
+            )
+        if config["include_encoder"]:
+            if config["prompt_config"] != ptuning.prompt_config.to_dict():
+                raise ValueError(
+                    "The adapter's prompt encoder config "
+                    f"{config['prompt_config']} differs from this model's "
+                    f"{ptuning.prompt_config.to_dict()}."
+                )
+            for i, variable in enumerate(encoder.weights):
+                _check_shape(
+                    f"encoder weight {variable.path!r}",
+                    variable.shape,
+                    arrays[f"encoder/{i}"].shape,
+                )
+
+        # All checked: now change the model.
+        for name, variable in head.items():
+            variable.assign(arrays[f"head/{name}"])
+        if config["include_encoder"]:
+            for i, variable in enumerate(encoder.weights):
+                variable.assign(arrays[f"encoder/{i}"])
+            ptuning.prompt_injection.prompt_table.assign(arrays["prompt_table"])
+            ptuning.prompt_injection.set_prompt_source("encoder")
+        else:
+            ptuning.collapse_prompt(arrays["prompt_table"])
+        self._reset_after_prompt_change()
+
+    def _reset_after_prompt_change(self):
+        for name in (
+            "train_function",
+            "test_function",
+            "predict_function",
+            "generate_function",
+        ):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        if getattr(self, "compiled", False):
+            compile_config = self.get_compile_config()
+            if compile_config:
+                self.compile_from_config(compile_config)
+
+
+def read_adapter_config(filepath):
+    """The JSON config stored in an adapter file."""
+    with h5py.File(filepath, "r") as f:
+        return json.loads(f.attrs["config"])

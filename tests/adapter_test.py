@@ -1,0 +1,138 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
+from keras_ptuning import PTuningCausalLM
+from keras_ptuning import PTuningTextClassifier
+from keras_ptuning.adapter import read_adapter_config
+from tests.backbones import FAMILIES
+from tests.conftest import make_inputs
+
+CONFIG = PromptEncoderConfig(4, encoder_reparameterization_type="LSTM")
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _trained_classifier():
+    backbone = FAMILIES["bert"]()
+    model = PTuningTextClassifier(backbone, 3, CONFIG)
+    inputs = make_inputs(model.backbone.input_names, batch_size=6, length=5)
+    model.fit(inputs, np.arange(6) % 3, batch_size=3, epochs=2, verbose=0)
+    return backbone, model, inputs
+
+
+def test_adapter_holds_only_prompt_head_and_config(tmp_path):
+    backbone, model, inputs = _trained_classifier()
+    path = str(tmp_path / "sst2.adapter.h5")
+    model.save_adapter(path)
+    config = read_adapter_config(path)
+    assert config["task"] == "PTuningTextClassifier"
+    assert config["head"] == {"kernel": [16, 3], "bias": [3]}
+    assert not config["include_encoder"]
+    # Prompt (4 x 16) + head (16 x 3 + 3) floats, plus HDF5 overhead.
+    assert os.path.getsize(path) < 16_000
+    with h5py.File(path, "r") as f:
+        names = []
+        f.visititems(
+            lambda n, item: (
+                names.append(n) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    assert sorted(names) == ["head/bias", "head/kernel", "prompt_table"]
+
+    fresh = PTuningTextClassifier(backbone, 3, CONFIG)
+    fresh.load_adapter(path)
+    assert fresh.backbone.prompt_source == "table"
+    np.testing.assert_allclose(
+        fresh.predict(inputs, verbose=0),
+        model.predict(inputs, verbose=0),
+        atol=1e-5,
+    )
+    trainable = {id(v) for v in fresh.trainable_variables}
+    assert trainable == {
+        id(fresh.output_dense.kernel),
+        id(fresh.output_dense.bias),
+    }
+    fresh.fit(
+        inputs, np.arange(6) % 3, epochs=1, verbose=0
+    )  # head still trains
+
+
+def test_adapter_with_encoder_resumes_training(tmp_path):
+    backbone, model, inputs = _trained_classifier()
+    path = str(tmp_path / "resume.adapter.h5")
+    model.save_adapter(path, include_encoder=True)
+    fresh = PTuningTextClassifier(backbone, 3, CONFIG)
+    fresh.load_adapter(path)
+    assert fresh.backbone.prompt_source == "encoder"
+    for a, b in zip(
+        fresh.backbone.prompt_encoder.weights,
+        model.backbone.prompt_encoder.weights,
+    ):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+    np.testing.assert_allclose(
+        fresh.predict(inputs, verbose=0),
+        model.predict(inputs, verbose=0),
+        atol=1e-6,
+    )
+    before = _numpy(fresh.backbone.prompt_table())
+    history = fresh.fit(inputs, np.arange(6) % 3, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.allclose(before, _numpy(fresh.backbone.prompt_table()))
+
+
+def test_causal_lm_and_backbone_adapters(tmp_path):
+    backbone = FAMILIES["gpt2"]()
+    lm = PTuningCausalLM(backbone, CONFIG)
+    path = str(tmp_path / "lm.adapter.h5")
+    lm.save_adapter(path)
+    assert read_adapter_config(path)["head"] == {}
+    other = PTuningCausalLM(backbone, CONFIG)
+    other.load_adapter(path)
+    inputs = make_inputs(["token_ids", "padding_mask"], length=5)
+    np.testing.assert_allclose(
+        other.predict(inputs, verbose=0),
+        lm.predict(inputs, verbose=0),
+        atol=1e-5,
+    )
+    wrapper = PTuningBackbone(backbone, CONFIG)
+    wrapper.load_adapter(path)
+    np.testing.assert_allclose(
+        _numpy(wrapper.prompt_table()), _numpy(lm.backbone.prompt_table())
+    )
+
+
+def test_mismatches_are_refused_before_any_change(tmp_path):
+    _, model, _ = _trained_classifier()
+    path = str(tmp_path / "a.adapter.h5")
+    model.save_adapter(path)
+    cases = [
+        (
+            FAMILIES["bert"](),
+            2,
+            CONFIG,
+            "head weight 'kernel' has shape \\(16, 3\\)",
+        ),
+        (FAMILIES["bert"](), 3, PromptEncoderConfig(5), "num_virtual_tokens=4"),
+    ]
+    for backbone, classes, config, message in cases:
+        other = PTuningTextClassifier(backbone, classes, config)
+        before = [_numpy(v) for v in other.weights]
+        with pytest.raises(ValueError, match=message):
+            other.load_adapter(path)
+        for a, b in zip(before, other.weights):
+            np.testing.assert_array_equal(a, _numpy(b))
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
+    with pytest.raises(ValueError, match="head weights \\['bias', 'kernel'\\]"):
+        lm.load_adapter(path)
+    with pytest.raises(ValueError, match="overwrite=False"):
+        model.save_adapter(path, overwrite=False)
+    with pytest.raises(ValueError, match="not a file"):
+        model.load_adapter(str(tmp_path / "missing.h5"))
