@@ -1,5 +1,6 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
+from keras_ptuning.export import export_saved_model
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
@@ -16,4 +17,5 @@ __all__ = [
     "PTuningCausalLM",
     "PTuningTextClassifier",
     "__version__",
+    "export_saved_model",
 ]
