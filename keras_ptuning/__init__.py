@@ -1,6 +1,8 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
 from keras_ptuning.export import export_saved_model
+from keras_ptuning.peft_interop import load_peft_adapter
+from keras_ptuning.peft_interop import save_peft_adapter
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
@@ -18,4 +20,6 @@ __all__ = [
     "PTuningTextClassifier",
     "__version__",
     "export_saved_model",
+    "load_peft_adapter",
+    "save_peft_adapter",
 ]

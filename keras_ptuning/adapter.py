@@ -135,61 +135,97 @@ class AdapterMixin:
                     else None
                 )
             )
-        ptuning = self._ptuning_backbone()
-        encoder = ptuning.prompt_encoder
-        num_tokens = config["prompt_config"]["num_virtual_tokens"]
-        if config["hidden_dim"] != ptuning.hidden_dim:
-            raise ValueError(
-                f"The adapter was trained on a backbone of hidden size "
-                f"{config['hidden_dim']}; this model's is {ptuning.hidden_dim}."
-            )
-        if num_tokens != ptuning.num_virtual_tokens:
-            raise ValueError(
-                f"The adapter has num_virtual_tokens={num_tokens}; this model "
-                f"has {ptuning.num_virtual_tokens}."
-            )
-        _check_shape(
-            "prompt_table",
-            ptuning.prompt_table().shape,
-            arrays["prompt_table"].shape,
-        )
-        head = self._head_variables()
-        if set(config["head"]) != set(head):
-            raise ValueError(
-                f"The adapter holds head weights {sorted(config['head'])} "
-                f"(a {config['task']}); this {type(self).__name__} has "
-                f"{sorted(head)}."
-            )
-        for name, variable in head.items():
-            _check_shape(
-                f"head weight {name!r}",
-                variable.shape,
-                arrays[f"head/{name}"].shape,
-            )
+        encoder_arrays = None
         if config["include_encoder"]:
-            if config["prompt_config"] != ptuning.prompt_config.to_dict():
+            prompt_config = self._ptuning_backbone().prompt_config.to_dict()
+            if config["prompt_config"] != prompt_config:
                 raise ValueError(
                     "The adapter's prompt encoder config "
                     f"{config['prompt_config']} differs from this model's "
-                    f"{ptuning.prompt_config.to_dict()}."
+                    f"{prompt_config}."
                 )
-            for i, variable in enumerate(encoder.weights):
+            encoder_arrays = [
+                arrays[f"encoder/{i}"]
+                for i in range(len(config["encoder_weights"]))
+            ]
+        head_arrays = {
+            name[len("head/") :]: value
+            for name, value in arrays.items()
+            if name.startswith("head/")
+        }
+        self.set_trained_weights(
+            arrays["prompt_table"],
+            head_arrays,
+            encoder_arrays,
+            source=f"the adapter (a {config['task']})",
+        )
+
+    def set_trained_weights(
+        self, prompt_table, head=None, encoder=None, source="the adapter"
+    ):
+        """Puts a trained prompt (and head) into the model, checked first.
+
+        Args:
+            prompt_table: `(num_virtual_tokens, hidden_dim)` array.
+            head: dict of head weight name (`"kernel"`, `"bias"`) to array;
+                must name exactly the model's head weights.
+            encoder: optional list of arrays, the prompt encoder's weights in
+                order. Given, the model keeps training through its encoder;
+                otherwise it switches to the collapsed `prompt_table`.
+            source: what the weights come from, for error messages.
+
+        Every shape is checked before anything changes; a mismatch raises a
+        `ValueError` naming both shapes.
+        """
+        ptuning = self._ptuning_backbone()
+        encoder_variables = ptuning.prompt_encoder.weights
+        head = head or {}
+        hidden_dim, num_tokens = ptuning.hidden_dim, ptuning.num_virtual_tokens
+        found = tuple(np.shape(prompt_table))
+        if len(found) != 2 or found[1] != hidden_dim:
+            raise ValueError(
+                f"{source} has a prompt of shape {found}: it was trained on a "
+                f"backbone of hidden size {found[-1]}, this model's is "
+                f"{hidden_dim}."
+            )
+        if found[0] != num_tokens:
+            raise ValueError(
+                f"{source} has num_virtual_tokens={found[0]}; this model has "
+                f"{num_tokens}."
+            )
+        head_variables = self._head_variables()
+        if set(head) != set(head_variables):
+            raise ValueError(
+                f"{source} holds head weights {sorted(head)}; this "
+                f"{type(self).__name__} has {sorted(head_variables)}."
+            )
+        for name, variable in head_variables.items():
+            _check_shape(
+                f"head weight {name!r}", variable.shape, np.shape(head[name])
+            )
+        if encoder is not None:
+            if len(encoder) != len(encoder_variables):
+                raise ValueError(
+                    f"{source} has {len(encoder)} encoder weights; this "
+                    f"model's encoder has {len(encoder_variables)}."
+                )
+            for variable, value in zip(encoder_variables, encoder):
                 _check_shape(
                     f"encoder weight {variable.path!r}",
                     variable.shape,
-                    arrays[f"encoder/{i}"].shape,
+                    np.shape(value),
                 )
 
         # All checked: now change the model.
-        for name, variable in head.items():
-            variable.assign(arrays[f"head/{name}"])
-        if config["include_encoder"]:
-            for i, variable in enumerate(encoder.weights):
-                variable.assign(arrays[f"encoder/{i}"])
-            ptuning.prompt_injection.prompt_table.assign(arrays["prompt_table"])
+        for name, variable in head_variables.items():
+            variable.assign(head[name])
+        if encoder is not None:
+            for variable, value in zip(encoder_variables, encoder):
+                variable.assign(value)
+            ptuning.prompt_injection.prompt_table.assign(prompt_table)
             ptuning.prompt_injection.set_prompt_source("encoder")
         else:
-            ptuning.collapse_prompt(arrays["prompt_table"])
+            ptuning.collapse_prompt(prompt_table)
         self._reset_after_prompt_change()
 
     def _reset_after_prompt_change(self):

