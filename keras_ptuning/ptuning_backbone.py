@@ -125,6 +125,22 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.max_positions = split.max_positions
         self.backbone.trainable = False
 
+    @classmethod
+    def wrap(cls, backbone, prompt_config):
+        """`backbone` if it is a `PTuningBackbone`, else wraps it.
+
+        Task models take either; a plain keras-hub backbone needs
+        `prompt_config`.
+        """
+        if isinstance(backbone, cls):
+            return backbone
+        if prompt_config is None:
+            raise ValueError(
+                "`prompt_config` is required when `backbone` is a plain "
+                "keras-hub backbone. Received: prompt_config=None"
+            )
+        return cls(backbone, prompt_config)
+
     def _ptuning_backbone(self):
         return self
 

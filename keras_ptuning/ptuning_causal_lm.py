@@ -56,13 +56,7 @@ class PTuningCausalLM(AdapterMixin, keras_hub.models.CausalLM):
     """
 
     def __init__(self, backbone, prompt_config=None, preprocessor=None, **kw):
-        if not isinstance(backbone, PTuningBackbone):
-            if prompt_config is None:
-                raise ValueError(
-                    "`prompt_config` is required when `backbone` is a plain "
-                    "keras-hub backbone. Received: prompt_config=None"
-                )
-            backbone = PTuningBackbone(backbone, prompt_config)
+        backbone = PTuningBackbone.wrap(backbone, prompt_config)
         if backbone.causal_lm_class is None:
             raise ValueError(
                 "`PTuningCausalLM` needs a decoder-only backbone with a "

@@ -70,13 +70,7 @@ class PTuningTextClassifier(AdapterMixin, keras_hub.models.TextClassifier):
         dropout=0.1,
         **kwargs,
     ):
-        if not isinstance(backbone, PTuningBackbone):
-            if prompt_config is None:
-                raise ValueError(
-                    "`prompt_config` is required when `backbone` is a plain "
-                    "keras-hub backbone. Received: prompt_config=None"
-                )
-            backbone = PTuningBackbone(backbone, prompt_config)
+        backbone = PTuningBackbone.wrap(backbone, prompt_config)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise ValueError(
                 f"`num_classes` must be an int >= 1. Received: "

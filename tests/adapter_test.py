@@ -1,6 +1,7 @@
 import os
 
 import h5py
+import keras_hub
 import numpy as np
 import pytest
 from keras import ops
@@ -129,6 +130,17 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
             other.load_adapter(path)
         for a, b in zip(before, other.weights):
             np.testing.assert_array_equal(a, _numpy(b))
+    narrow = keras_hub.models.BertBackbone(
+        vocabulary_size=64,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=32,
+    )
+    other = PTuningTextClassifier(narrow, 3, CONFIG)
+    with pytest.raises(ValueError, match="hidden size 16, this model's is 8"):
+        other.load_adapter(path)
     lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
     with pytest.raises(ValueError, match="head weights \\['bias', 'kernel'\\]"):
         lm.load_adapter(path)

@@ -116,6 +116,17 @@ def _reference_logits(backbone, directory, inputs):
     return pooled @ weight.T + tensors["base_model.classifier.bias"]
 
 
+def _check_logits(direction, ours, hf_logits, backbone, directory, inputs):
+    """Our logits against HF+PEFT and against the plain keras-hub reference."""
+    reference = _reference_logits(backbone, directory, inputs)
+    hf_gap = float(np.abs(ours - hf_logits).max())
+    reference_gap = float(np.abs(ours - reference).max())
+    gaps = {"vs_hf": hf_gap, "vs_reference": reference_gap}
+    print(json.dumps({direction: gaps}))  # the README's figures
+    assert reference_gap < 1e-4
+    assert hf_gap < HF_TOLERANCE
+
+
 def test_peft_adapter_loads_with_matching_logits(
     preset, hf_inputs, peft_adapter
 ):
@@ -126,16 +137,7 @@ def test_peft_adapter_loads_with_matching_logits(
     assert model.backbone.prompt_source == "table"
     inputs = _keras_inputs(hf_inputs)
     ours = model.predict(inputs, verbose=0)
-    reference = _reference_logits(backbone, directory, inputs)
-    hf_gap = float(np.abs(ours - hf_logits).max())
-    reference_gap = float(np.abs(ours - reference).max())
-    print(
-        json.dumps(
-            {"peft_to_keras": {"vs_hf": hf_gap, "vs_reference": reference_gap}}
-        )
-    )
-    assert reference_gap < 1e-4
-    assert hf_gap < HF_TOLERANCE
+    _check_logits("peft_to_keras", ours, hf_logits, backbone, directory, inputs)
 
     # PEFT's older pickled format holds the same tensors.
     bin_directory = os.path.join(os.path.dirname(directory), "bin_adapter")
@@ -181,16 +183,7 @@ def test_our_adapter_loads_in_peft(preset, hf_inputs, tmp_path):
     with torch.no_grad():
         hf_logits = peft_model(**hf_inputs).logits.numpy()
     ours = model.predict(inputs, verbose=0)
-    reference = _reference_logits(backbone, directory, inputs)
-    hf_gap = float(np.abs(ours - hf_logits).max())
-    reference_gap = float(np.abs(ours - reference).max())
-    print(
-        json.dumps(
-            {"keras_to_peft": {"vs_hf": hf_gap, "vs_reference": reference_gap}}
-        )
-    )
-    assert reference_gap < 1e-4
-    assert hf_gap < HF_TOLERANCE
+    _check_logits("keras_to_peft", ours, hf_logits, backbone, directory, inputs)
 
 
 def test_not_a_p_tuning_adapter(tmp_path):

@@ -28,6 +28,19 @@ def _prompts(lengths, buffer_length, seed=0):
     return np.where(mask, ids, 0).astype("int32"), mask
 
 
+def _with_real_prompt(ids, mask):
+    """The inputs with VIRTUAL_IDS as real tokens in front."""
+    batch = len(ids)
+    return {
+        "token_ids": np.concatenate(
+            [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
+        ).astype("int32"),
+        "padding_mask": np.concatenate(
+            [np.ones((batch, NUM_TOKENS), bool), mask], 1
+        ),
+    }
+
+
 @pytest.fixture(params=sorted(CAUSAL))
 def family(request):
     return request.param
@@ -40,17 +53,7 @@ def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     ids, mask = _prompts([6, 4], 6)
     batch = len(ids)
-    reference = plain.predict(
-        {
-            "token_ids": np.concatenate(
-                [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
-            ).astype("int32"),
-            "padding_mask": np.concatenate(
-                [np.ones((batch, NUM_TOKENS), bool), mask], 1
-            ),
-        },
-        verbose=0,
-    )
+    reference = plain.predict(_with_real_prompt(ids, mask), verbose=0)
     logits = lm.predict({"token_ids": ids, "padding_mask": mask}, verbose=0)
     assert logits.shape == (batch, 6, VOCABULARY_SIZE)
     np.testing.assert_allclose(
@@ -92,18 +95,7 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
     ours = lm.generate(
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
     )
-    batch = len(ids)
-    theirs = plain.generate(
-        {
-            "token_ids": np.concatenate(
-                [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
-            ).astype("int32"),
-            "padding_mask": np.concatenate(
-                [np.ones((batch, NUM_TOKENS), bool), mask], 1
-            ),
-        },
-        stop_token_ids=None,
-    )
+    theirs = plain.generate(_with_real_prompt(ids, mask), stop_token_ids=None)
     np.testing.assert_array_equal(
         _numpy(ours["token_ids"]), _numpy(theirs["token_ids"])[:, NUM_TOKENS:]
     )
