@@ -37,6 +37,21 @@ def make_inputs(input_names, batch_size=3, length=7, seed=0, padded=True):
     return inputs
 
 
+def with_real_prompt(inputs, prompt_ids):
+    """`inputs` with `prompt_ids` as real tokens in front of every row.
+
+    The reference for virtual tokens whose embeddings equal those tokens'.
+    """
+    batch, n = len(inputs["token_ids"]), len(prompt_ids)
+    fill = {"token_ids": np.tile(prompt_ids, (batch, 1)), "padding_mask": 1}
+    extended = {}
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        front = np.broadcast_to(fill.get(name, 0), (batch, n))
+        extended[name] = np.concatenate([front.astype(value.dtype), value], 1)
+    return extended
+
+
 def backbone_weights(backbone):
     return [np.array(keras.ops.convert_to_numpy(w)) for w in backbone.weights]
 

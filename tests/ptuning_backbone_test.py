@@ -10,6 +10,7 @@ from tests.backbones import FAMILIES
 from tests.backbones import HIDDEN_DIM
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.conftest import make_inputs
+from tests.conftest import with_real_prompt
 
 NUM_TOKENS = 3
 
@@ -50,18 +51,7 @@ def test_outputs_match_plain_backbone_on_concatenated_ids(family):
     inputs = make_inputs(model.input_names, batch_size=3, length=6)
 
     batch = inputs["token_ids"].shape[0]
-    reference_inputs = {
-        "token_ids": np.concatenate(
-            [np.tile(virtual_ids, (batch, 1)), inputs["token_ids"]], axis=1
-        ).astype("int32"),
-        "padding_mask": np.concatenate(
-            [np.ones((batch, NUM_TOKENS), "int32"), inputs["padding_mask"]], 1
-        ),
-    }
-    if "segment_ids" in inputs:
-        reference_inputs["segment_ids"] = np.zeros_like(
-            reference_inputs["token_ids"]
-        )
+    reference_inputs = with_real_prompt(inputs, virtual_ids)
     reference = backbone.predict(reference_inputs, verbose=0)
     outputs = model.predict(inputs, verbose=0)
 

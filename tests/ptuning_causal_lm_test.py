@@ -11,6 +11,7 @@ from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.backbones import VOCABULARY_SIZE
 from tests.conftest import backbone_weights
+from tests.conftest import with_real_prompt
 from tests.ptuning_backbone_test import _make_identity_prompt
 
 NUM_TOKENS = 3
@@ -29,16 +30,9 @@ def _prompts(lengths, buffer_length, seed=0):
 
 
 def _with_real_prompt(ids, mask):
-    """The inputs with VIRTUAL_IDS as real tokens in front."""
-    batch = len(ids)
-    return {
-        "token_ids": np.concatenate(
-            [np.tile(VIRTUAL_IDS, (batch, 1)), ids], 1
-        ).astype("int32"),
-        "padding_mask": np.concatenate(
-            [np.ones((batch, NUM_TOKENS), bool), mask], 1
-        ),
-    }
+    return with_real_prompt(
+        {"token_ids": ids, "padding_mask": mask}, VIRTUAL_IDS
+    )
 
 
 @pytest.fixture(params=sorted(CAUSAL))
