@@ -20,7 +20,8 @@ ADAPTER_FORMAT = "keras_ptuning.adapter"
 ADAPTER_FORMAT_VERSION = 1
 
 
-def _numpy(variable):
+def float32_numpy(variable):
+    """A variable or tensor as a float32 numpy array."""
     return np.asarray(ops.convert_to_numpy(variable), dtype="float32")
 
 
@@ -86,12 +87,12 @@ class AdapterMixin:
             if include_encoder
             else [],
         }
-        arrays = {"prompt_table": _numpy(ptuning.prompt_table())}
-        arrays.update({f"head/{k}": _numpy(v) for k, v in head.items()})
+        arrays = {"prompt_table": float32_numpy(ptuning.prompt_table())}
+        arrays.update({f"head/{k}": float32_numpy(v) for k, v in head.items()})
         if include_encoder:
             arrays.update(
                 {
-                    f"encoder/{i}": _numpy(v)
+                    f"encoder/{i}": float32_numpy(v)
                     for i, v in enumerate(encoder.weights)
                 }
             )

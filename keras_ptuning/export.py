@@ -133,7 +133,7 @@ def write_saved_model(model, output):
 
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("write_saved_model needs the TensorFlow backend.")
-    ptuning = model if isinstance(model, PTuningBackbone) else model.backbone
+    ptuning = model._ptuning_backbone()
     injection = ptuning.prompt_injection
     source = injection.prompt_source
     saved_table = keras.ops.convert_to_numpy(injection.prompt_table)

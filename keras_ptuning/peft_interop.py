@@ -17,8 +17,9 @@ import os
 
 import keras_hub
 import numpy as np
-from keras import ops
 
+from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.adapter import float32_numpy
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
@@ -36,10 +37,6 @@ ENCODER_FIELDS = (
     "encoder_num_layers",
     "encoder_dropout",
 )
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x), dtype="float32")
 
 
 def _read_tensors(directory):
@@ -134,9 +131,7 @@ def load_peft_adapter(model_or_backbone, directory):
             model = PTuningCausalLM(model, prompt_config)
         else:
             model = PTuningBackbone(model, prompt_config)
-    if not isinstance(
-        model, (PTuningTextClassifier, PTuningCausalLM, PTuningBackbone)
-    ):
+    if not isinstance(model, AdapterMixin):
         raise TypeError(
             "`model_or_backbone` must be a keras_ptuning model or a keras-hub "
             f"backbone. Received: {type(model_or_backbone).__name__}"
@@ -168,9 +163,7 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     """
     from safetensors.numpy import save_file
 
-    if not isinstance(
-        model, (PTuningTextClassifier, PTuningCausalLM, PTuningBackbone)
-    ):
+    if not isinstance(model, AdapterMixin):
         raise TypeError(
             "`model` must be a keras_ptuning model. Received: "
             f"{type(model).__name__}"
@@ -198,13 +191,13 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     prompt_config = ptuning.prompt_config
     config.update({k: getattr(prompt_config, k) for k in ENCODER_FIELDS})
     config["encoder_hidden_size"] = prompt_config.hidden_size
-    tensors = {"prompt_embeddings": _numpy(ptuning.prompt_table())}
+    tensors = {"prompt_embeddings": float32_numpy(ptuning.prompt_table())}
     head = model._head_variables()
     if head:
         tensors["base_model.classifier.weight"] = np.ascontiguousarray(
-            _numpy(head["kernel"]).T
+            float32_numpy(head["kernel"]).T
         )
-        tensors["base_model.classifier.bias"] = _numpy(head["bias"])
+        tensors["base_model.classifier.bias"] = float32_numpy(head["bias"])
     os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, SAFETENSORS_NAME))
     with open(os.path.join(directory, CONFIG_NAME), "w") as f:

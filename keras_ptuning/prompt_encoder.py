@@ -207,12 +207,17 @@ class PromptEncoder(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.prompt_config.token_dim,)
 
-    def prompt_table(self):
-        """The `(num_virtual_tokens, token_dim)` prompt, in inference mode."""
+    def prompt_table(self, training=False):
+        """The `(num_virtual_tokens, token_dim)` prompt, in inference mode.
+
+        Args:
+            training: bool. `True` computes it in training mode (dropout on),
+                as the models do during `fit`.
+        """
         indices = ops.expand_dims(
             ops.arange(self.num_virtual_tokens, dtype="int32"), 0
         )
-        return self(indices, training=False)[0]
+        return self(indices, training=training)[0]
 
     def get_config(self):
         config = super().get_config()

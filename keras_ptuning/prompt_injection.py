@@ -82,10 +82,7 @@ class PromptInjection(keras.layers.Layer):
         """The `(N, D)` prompt in effect (float32)."""
         if self.prompt_source == "table":
             return ops.convert_to_tensor(self.prompt_table)
-        indices = ops.expand_dims(
-            ops.arange(self.num_virtual_tokens, dtype="int32"), 0
-        )
-        return self.prompt_encoder(indices, training=training)[0]
+        return self.prompt_encoder.prompt_table(training=training)
 
     @property
     def num_virtual_tokens(self):

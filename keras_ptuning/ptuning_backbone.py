@@ -123,7 +123,6 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.is_causal = split.is_causal
         self.causal_lm_class = split.causal_lm_class
         self.max_positions = split.max_positions
-        self.backbone.trainable = False
 
     @classmethod
     def wrap(cls, backbone, prompt_config):

@@ -86,7 +86,7 @@ def _check_in_tensorflow_only_process(model, path, tmp_path):
 
 
 def model_input_names(model):
-    ptuning = model if isinstance(model, PTuningBackbone) else model.backbone
+    ptuning = model._ptuning_backbone()
     return ptuning.input_names
 
 
@@ -124,7 +124,7 @@ def test_export_is_served_by_tensorflow_alone(kind, tmp_path):
     for name, difference in result.items():
         assert difference < 1e-4, name
     # The model is unchanged: still trains through its encoder.
-    ptuning = model if isinstance(model, PTuningBackbone) else model.backbone
+    ptuning = model._ptuning_backbone()
     assert ptuning.prompt_source == "encoder"
     np.testing.assert_array_equal(np.asarray(model_table(model)), table_before)
 
@@ -132,7 +132,7 @@ def test_export_is_served_by_tensorflow_alone(kind, tmp_path):
 def model_table(model):
     from keras import ops
 
-    ptuning = model if isinstance(model, PTuningBackbone) else model.backbone
+    ptuning = model._ptuning_backbone()
     return ops.convert_to_numpy(ptuning.prompt_injection.prompt_table)
 
 
