@@ -5,15 +5,22 @@ keras-hub keeps each family's KV-cache decoding (`call_with_cache`,
 token ids with `self.backbone.token_embedding`. Here they run on a view whose
 `backbone.token_embedding` also knows the virtual tokens: ids
 `vocabulary_size .. vocabulary_size + N - 1` look up the prompt table. The
-prompt is then just the first N ids of every sequence, prefilled with the
-real prompt in one pass, and every family's positions (learned tables and
-RoPE alike) count the virtual tokens. Nothing of the backbone is changed.
+prompt is then just the first N ids of every sequence, and every family's
+positions (learned tables and RoPE alike) count the virtual tokens. Nothing
+of the backbone is changed.
+
+The prefill is split in two. In a causal model the virtual tokens see only
+each other, so their keys and values are the same for every row: they are
+computed once for a batch of one and tiled, and the real prompt is then
+prefilled at cache index N. The prefill thus costs the plain model's plus N
+tokens, not N per row.
 """
 
 import inspect
 import types
 
 from keras import ops
+from keras import tree
 
 
 class VirtualTokenEmbedding:
@@ -83,6 +90,38 @@ class CausalLMView:
             dtype="int32",
         )
 
+    def _build_cache(self, token_ids, *args, **kwargs):
+        """Seeds the cache like the family's `_build_cache`, in two parts.
+
+        `token_ids` starts with the N virtual ids. Their keys and values
+        are input-independent, so they are computed for one row and tiled
+        over the batch; the real tokens are then prefilled at index N.
+        Returns `(hidden_states, cache)` for the whole sequence.
+        """
+        num_tokens = self.virtual_token_ids.shape[0]
+        batch_size = ops.shape(token_ids)[0]
+        # The family's own empty cache (layout, dtype, full length), for
+        # one row, without running the model.
+        _, cache = self._class._build_cache(
+            _EmptyCacheView(self), token_ids[:1], *args, **kwargs
+        )
+        _, prefix_hidden, cache = self.call_with_cache(
+            token_ids=token_ids[:1, :num_tokens],
+            cache=cache,
+            cache_update_index=0,
+        )
+        cache = tree.map_structure(
+            lambda x: ops.repeat(x, batch_size, axis=0), cache
+        )
+        _, hidden_states, cache = self.call_with_cache(
+            token_ids=token_ids[:, num_tokens:],
+            cache=cache,
+            cache_update_index=num_tokens,
+        )
+        prefix_hidden = ops.repeat(prefix_hidden, batch_size, axis=0)
+        hidden_states = ops.concatenate([prefix_hidden, hidden_states], 1)
+        return hidden_states, cache
+
     def __getattr__(self, name):
         # The family's methods run with this view as `self`; any other
         # attribute (variables, `generate_function`, ...) is the model's.
@@ -90,3 +129,20 @@ class CausalLMView:
         if inspect.isfunction(attribute):
             return types.MethodType(attribute, self)
         return getattr(self._model, name)
+
+
+class _EmptyCacheView:
+    """A view whose `call_with_cache` returns the cache it is given.
+
+    Running a family's `_build_cache` on it yields the family's empty cache
+    (its structure, dtype and length) without running the model.
+    """
+
+    def __init__(self, view):
+        self._view = view
+
+    def call_with_cache(self, token_ids=None, cache=None, *args, **kwargs):
+        return None, None, cache
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
