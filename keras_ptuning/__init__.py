@@ -1,6 +1,7 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
 from keras_ptuning.export import export_saved_model
+from keras_ptuning.length_bucketing import LengthBucketedDataset
 from keras_ptuning.peft_interop import load_peft_adapter
 from keras_ptuning.peft_interop import save_peft_adapter
 from keras_ptuning.prompt_encoder import PromptEncoder
@@ -12,6 +13,7 @@ from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 from keras_ptuning.version import __version__
 
 __all__ = [
+    "LengthBucketedDataset",
     "PromptEncoder",
     "PromptEncoderConfig",
     "PromptInjection",

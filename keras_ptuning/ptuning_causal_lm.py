@@ -6,12 +6,12 @@ from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
-from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_task import PTuningTask
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class PTuningCausalLM(AdapterMixin, keras_hub.models.CausalLM):
+class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     """A P-tuned causal language model over a frozen keras-hub backbone.
 
     Like keras-hub's `CausalLM`: it takes `token_ids` and `padding_mask` and
@@ -104,10 +104,6 @@ class PTuningCausalLM(AdapterMixin, keras_hub.models.CausalLM):
         self.compile(sampler=keras_hub.samplers.get(sampler), **config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def __call__(self, inputs, *args, **kwargs):
-        check_inputs(inputs, self.backbone.input_names, type(self).__name__)
-        return super().__call__(inputs, *args, **kwargs)
 
     def generate_step(self, inputs, stop_token_ids=None):
         """One compilable generation pass over a batch; see `CausalLM`.

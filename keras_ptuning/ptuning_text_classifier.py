@@ -5,8 +5,8 @@ import keras_hub
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_task import PTuningTask
 
 
 def _last_real_token(sequence_output, padding_mask):
@@ -19,7 +19,9 @@ def _last_real_token(sequence_output, padding_mask):
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class PTuningTextClassifier(AdapterMixin, keras_hub.models.TextClassifier):
+class PTuningTextClassifier(
+    PTuningTask, AdapterMixin, keras_hub.models.TextClassifier
+):
     """A P-tuned text classifier over a frozen keras-hub backbone.
 
     Like keras-hub's `TextClassifier`, with the backbone wrapped in a
@@ -149,11 +151,6 @@ class PTuningTextClassifier(AdapterMixin, keras_hub.models.TextClassifier):
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def __call__(self, inputs, *args, **kwargs):
-        # Before Keras standardizes the inputs, so errors name our limits.
-        check_inputs(inputs, self.backbone.input_names, type(self).__name__)
-        return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
