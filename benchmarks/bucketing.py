@@ -45,10 +45,9 @@ def main():
     preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
         preset, sequence_length=args.sequence_length
     )
-    x = {
-        name: value.numpy()
-        for name, value in preprocessor(tf.constant(sentences)).items()
-    }
+    x = keras.tree.map_structure(
+        keras.ops.convert_to_numpy, preprocessor(tf.constant(sentences))
+    )
     y = np.asarray(labels)
     datasets = {
         "bucketed": keras_ptuning.LengthBucketedDataset(
