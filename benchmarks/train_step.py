@@ -1,0 +1,506 @@
+"""Train-step examples/s and peak memory: P-tuning vs its floor and HF PEFT.
+
+All variants train a 2-class sequence classifier on a frozen
+all-MiniLM-L6-v2 (offline, from `keras_ptuning.presets.minilm_preset_dir`)
+over the same fixed batches of random token ids with a realistic padding
+mask (deterministic seed; default batch 32, 64 real tokens + 20 virtual):
+
+- `ptuned`: `keras_ptuning.PTuningTextClassifier` with the default MLP
+  prompt encoder, compiled with its defaults (`Adam(1e-3)`, the backend's
+  default `jit_compile="auto"`), trained with `train_on_batch`.
+- `floor`: plain prompt tuning. The same model class, graph and head, with
+  the prompt encoder swapped for a trainable `(N, D)` table at construction,
+  so gradients still flow through the whole frozen backbone to the inputs
+  and only the encoder MLP is gone. P-tuning cannot be cheaper than this.
+- `peft`: HF `transformers.AutoModelForSequenceClassification` wrapped by
+  `peft.get_peft_model` with `peft.PromptEncoderConfig(task_type="SEQ_CLS",
+  num_virtual_tokens=N, encoder_hidden_size=<hidden size>)`, `torch.optim.Adam
+  (1e-3)`, eager train-mode steps (forward, loss, backward, optimizer step).
+  It runs in PyTorch whatever `KERAS_BACKEND` is, and only when `peft` and
+  `transformers` import.
+
+The script asserts that the trainable variables are exactly encoder + head
+(`ptuned`), table + head (`floor`) and that PEFT trains as many parameters
+as `ptuned`.
+
+Throughput: every variant is built and warmed up (compiled) in this process,
+then timed in rounds of `--steps-per-round` steps, interleaved and
+alternating the order each round so machine noise hits all alike. Reported:
+examples/s of the best round (the least disturbed on a shared machine) and
+the median round, and the ratios ptuned/floor and ptuned/peft of the best
+rounds and the median of the per-round ratios.
+
+Peak memory: each variant runs again alone in a fresh subprocess (so the
+variants and the throughput run do not contaminate each other): build, load
+weights, make the data, then reset the kernel's peak-RSS counter
+(`/proc/self/clear_refs`) and run the warm-up and `--steps-per-round` steps.
+Numbers are resident set size of the whole process in MiB, read from
+`VmHWM` (the high-water mark that `getrusage().ru_maxrss` reports, kept per
+process image so a parent's peak never leaks in):
+
+- `peak RSS`: the process's peak while training: framework runtime, loaded
+  weights, activations, gradients, optimizer state, compiled programs.
+- `+train`: that peak minus the RSS just before the first step, i.e. what
+  training needs on top of the loaded model, compilation's working memory
+  included.
+- `+steady`: the peak over the timed steps only (counter reset again after
+  warm-up), minus the same pre-training RSS: the steady-state training cost
+  without the one-off compilation transient.
+
+    KERAS_BACKEND=jax python benchmarks/train_step.py
+    KERAS_BACKEND=torch python benchmarks/train_step.py --json out.json
+    KERAS_BACKEND=tensorflow python benchmarks/train_step.py \\
+        --rounds 1 --steps-per-round 2 --variants ptuned floor
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import unittest.mock
+
+import numpy as np
+
+VARIANTS = ("ptuned", "floor", "peft")
+WARMUP_STEPS = 2
+NUM_BATCHES = 4
+LEARNING_RATE = 1e-3
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument("--num-virtual-tokens", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument(
+        "--skip-memory",
+        action="store_true",
+        help="skip the per-variant peak-memory subprocesses",
+    )
+    parser.add_argument("--json", default=None, help="write results here")
+    # Internal: measure one variant's memory and print it as JSON.
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+    return args
+
+
+def peft_available():
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_dir():
+    """`keras_ptuning.presets.minilm_preset_dir()`, without importing Keras.
+
+    Loads that one module by path rather than through the package, so the
+    PEFT memory probe's process holds PyTorch only.
+    """
+    package = importlib.util.find_spec("keras_ptuning")
+    path = os.path.join(package.submodule_search_locations[0], "presets.py")
+    spec = importlib.util.spec_from_file_location("_presets", path)
+    presets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(presets)
+    return presets.minilm_preset_dir()
+
+
+def make_batches(args):
+    """`NUM_BATCHES` fixed BERT-style batches: inputs (int32) and labels."""
+    directory = model_dir()
+    with open(os.path.join(directory, "config.json")) as f:
+        vocab_size = json.load(f)["vocab_size"]
+    with open(os.path.join(directory, "vocab.txt")) as f:
+        vocab = {token.rstrip("\n"): i for i, token in enumerate(f)}
+    rng = np.random.default_rng(0)
+    size, length = args.batch_size, args.sequence_length
+    batches = []
+    for _ in range(NUM_BATCHES):
+        # Real lengths between a quarter and all of the sequence, with at
+        # least one full row, as a padded batch of sentences has.
+        lengths = rng.integers(max(2, length // 4), length + 1, size)
+        lengths[0] = length
+        padding_mask = np.arange(length)[None] < lengths[:, None]
+        token_ids = rng.integers(1000, vocab_size, (size, length))
+        token_ids[:, 0] = vocab["[CLS]"]
+        token_ids[np.arange(size), lengths - 1] = vocab["[SEP]"]
+        inputs = {
+            "token_ids": np.where(padding_mask, token_ids, 0).astype("int32"),
+            "padding_mask": padding_mask.astype("int32"),
+            "segment_ids": np.zeros((size, length), "int32"),
+        }
+        labels = rng.integers(0, 2, size).astype("int32")
+        batches.append((inputs, labels))
+    return batches
+
+
+def cycle(batches):
+    while True:
+        yield from batches
+
+
+def encoder_param_count(n, d):
+    """Trainable parameters of PEFT's default MLP encoder + a 2-class head."""
+    return n * d + 3 * (d * d + d) + (2 * d + 2)
+
+
+def build_keras(variant, args, batches):
+    """A compiled Keras classifier and a function running one train step."""
+    import keras
+    import keras_hub
+    from keras import ops
+
+    import keras_ptuning
+    from keras_ptuning import ptuning_backbone
+
+    class TrainablePromptTable(keras.layers.Layer):
+        """A trainable `(N, D)` prompt with `PromptEncoder`'s interface.
+
+        Stands in for the prompt encoder inside `PromptInjection`: plain
+        prompt tuning, the P-tuning floor.
+        """
+
+        def __init__(self, config, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+            self.prompt_config = config
+            self.table = self.add_weight(
+                shape=(config.num_virtual_tokens, config.token_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0),
+                trainable=True,
+                name="table",
+            )
+            # Never called as a layer, so mark it built: Keras re-runs a
+            # symbolic build of the model on every `train_on_batch` while
+            # any layer is unbuilt (a full eager forward on torch).
+            self.built = True
+
+        @property
+        def num_virtual_tokens(self):
+            return self.prompt_config.num_virtual_tokens
+
+        @property
+        def token_dim(self):
+            return self.prompt_config.token_dim
+
+        def prompt_table(self, training=False):
+            return ops.convert_to_tensor(self.table)
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone.from_preset(model_dir())
+    config = keras_ptuning.PromptEncoderConfig(
+        num_virtual_tokens=args.num_virtual_tokens
+    )
+    if variant == "floor":
+        with unittest.mock.patch.object(
+            ptuning_backbone, "PromptEncoder", TrainablePromptTable
+        ):
+            backbone = keras_ptuning.PTuningBackbone(backbone, config)
+    model = keras_ptuning.PTuningTextClassifier(
+        backbone, num_classes=2, prompt_config=config
+    )
+    model.compile()
+
+    # Trainable: exactly the prompt (encoder or table) and the head.
+    encoder = model.backbone.prompt_encoder
+    head = [model.output_dense.kernel, model.output_dense.bias]
+    trainable = model.trainable_variables
+    expected = list(encoder.trainable_variables) + head
+    n, d = args.num_virtual_tokens, model.backbone.hidden_dim
+    if variant == "floor":
+        assert isinstance(encoder, TrainablePromptTable)
+        assert len(trainable) == 3, [v.path for v in trainable]
+        assert tuple(encoder.table.shape) == (n, d)
+    else:
+        assert isinstance(encoder, keras_ptuning.PromptEncoder)
+        # Embedding, 3 Dense (kernel + bias), head kernel + bias.
+        assert len(trainable) == 9, [v.path for v in trainable]
+        count = sum(int(np.prod(v.shape)) for v in trainable)
+        assert count == encoder_param_count(n, d), count
+    assert {id(v) for v in trainable} == {id(v) for v in expected}
+    assert len(trainable) == len(expected)
+    assert all(layer.built for layer in model._flatten_layers())
+
+    data = cycle(batches)
+
+    def step():
+        x, y = next(data)
+        logs = model.train_on_batch(x, y, return_dict=True)
+        return float(logs["loss"])  # waits for the device
+
+    return step
+
+
+def build_peft(args, batches):
+    """HF MiniLM + PEFT P-tuning in PyTorch, and one train step."""
+    import peft
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        model_dir(), num_labels=2
+    )
+    hidden = model.config.hidden_size
+    config = peft.PromptEncoderConfig(
+        task_type="SEQ_CLS",
+        num_virtual_tokens=args.num_virtual_tokens,
+        encoder_hidden_size=hidden,
+    )
+    model = peft.get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    assert count == encoder_param_count(args.num_virtual_tokens, hidden), count
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    torch_batches = [
+        {
+            "input_ids": torch.from_numpy(x["token_ids"]).long(),
+            "attention_mask": torch.from_numpy(x["padding_mask"]).long(),
+            "token_type_ids": torch.from_numpy(x["segment_ids"]).long(),
+            "labels": torch.from_numpy(y).long(),
+        }
+        for x, y in batches
+    ]
+    data = cycle(torch_batches)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**next(data)).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def build(variant, args, batches):
+    if variant == "peft":
+        return build_peft(args, batches)
+    return build_keras(variant, args, batches)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
+
+
+def _reset_peak_rss():
+    """Resets `VmHWM` to the current RSS (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_probe(variant, args):
+    """Peak RSS of training `variant`, in this (fresh) process."""
+    step = build(variant, args, make_batches(args))
+    loaded = _status_kib("VmRSS")
+    reset = _reset_peak_rss()
+    for _ in range(WARMUP_STEPS):
+        step()
+    peak_warmup = _status_kib("VmHWM")
+    reset = _reset_peak_rss() and reset
+    for _ in range(args.steps_per_round):
+        step()
+    peak_steady = _status_kib("VmHWM")
+    peak = max(peak_warmup, peak_steady)
+    mib = 1024.0
+    return {
+        "loaded_rss_mib": loaded / mib,
+        "peak_rss_mib": peak / mib,
+        "train_peak_over_loaded_mib": (peak - loaded) / mib,
+        "warmup_peak_over_loaded_mib": (peak_warmup - loaded) / mib,
+        "steady_peak_over_loaded_mib": (peak_steady - loaded) / mib,
+        # False: the kernel refused the reset, so peaks include loading.
+        "peak_counter_reset": reset,
+    }
+
+
+def measure_memory(variant, args):
+    """Runs `memory_probe` in a fresh interpreter; `None` if it fails."""
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-probe",
+        variant,
+        "--batch-size",
+        str(args.batch_size),
+        "--sequence-length",
+        str(args.sequence_length),
+        "--num-virtual-tokens",
+        str(args.num_virtual_tokens),
+        "--steps-per-round",
+        str(args.steps_per_round),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(
+            f"memory probe for {variant} failed:\n{done.stderr[-2000:]}",
+            file=sys.stderr,
+        )
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_throughput(variants, args):
+    """Examples/s per round for each variant, interleaved."""
+    batches = make_batches(args)
+    steps = {}
+    for variant in variants:
+        steps[variant] = build(variant, args, batches)
+        for _ in range(WARMUP_STEPS):  # compile
+            steps[variant]()
+    examples = args.batch_size * args.steps_per_round
+    rounds = {variant: [] for variant in variants}
+    for round_index in range(args.rounds):
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        for variant in order:
+            step = steps[variant]
+            start = time.perf_counter()
+            for _ in range(args.steps_per_round):
+                step()
+            elapsed = time.perf_counter() - start
+            rounds[variant].append(examples / elapsed)
+    return rounds
+
+
+def ratios(rounds, a, b):
+    if a not in rounds or b not in rounds:
+        return None
+    per_round = [x / y for x, y in zip(rounds[a], rounds[b])]
+    return {
+        "best": max(rounds[a]) / max(rounds[b]),
+        "median": statistics.median(per_round),
+        "rounds": per_round,
+    }
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine():
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"model name\s*:\s*(.+)", f.read())
+        name = found.group(1).strip() if found else name
+    except OSError:
+        pass
+    return f"{platform.machine()} {name}, {os.cpu_count()} CPUs".strip()
+
+
+def main():
+    args = parse_args()
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args)))
+        return
+    import keras
+
+    variants = list(dict.fromkeys(args.variants))
+    if "peft" in variants and not peft_available():
+        print("peft/transformers not importable: skipping `peft`.")
+        variants.remove("peft")
+    backend = keras.config.backend()
+    backend_package = {"tensorflow": "tensorflow"}.get(backend, backend)
+    memory = {}
+    if not args.skip_memory:
+        memory = {v: measure_memory(v, args) for v in variants}
+    rounds = measure_throughput(variants, args)
+    results = {
+        "backend": backend,
+        "machine": machine(),
+        "versions": {
+            name: _version(name)
+            for name in (
+                "keras",
+                "keras-hub",
+                backend_package,
+                "torch",
+                "transformers",
+                "peft",
+                "keras-ptuning",
+            )
+        },
+        "settings": vars(args),
+        "results": {
+            variant: {
+                "runs_on": "torch (HF PEFT)" if variant == "peft" else backend,
+                "examples_per_s_best": max(rounds[variant]),
+                "examples_per_s_median": statistics.median(rounds[variant]),
+                "rounds": rounds[variant],
+                "memory": memory.get(variant),
+            }
+            for variant in variants
+        },
+        "ratios": {
+            "ptuned/floor": ratios(rounds, "ptuned", "floor"),
+            "ptuned/peft": ratios(rounds, "ptuned", "peft"),
+        },
+    }
+
+    versions = ", ".join(
+        f"{name} {version}"
+        for name, version in results["versions"].items()
+        if version
+    )
+    print(f"\nmachine: {results['machine']}; {versions}")
+    print(
+        f"batch {args.batch_size} x {args.sequence_length} tokens + "
+        f"{args.num_virtual_tokens} virtual, {args.rounds} rounds x "
+        f"{args.steps_per_round} steps\n"
+    )
+    print(
+        "| backend | variant | examples/s (best) | examples/s (median) "
+        "| peak RSS MiB | +train MiB | +steady MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for variant, r in results["results"].items():
+        m = r["memory"]
+        mem = (
+            f"{m['peak_rss_mib']:.0f} | {m['train_peak_over_loaded_mib']:.0f} "
+            f"| {m['steady_peak_over_loaded_mib']:.0f}"
+            if m
+            else "- | - | -"
+        )
+        print(
+            f"| {r['runs_on']} | {variant} | {r['examples_per_s_best']:.1f} "
+            f"| {r['examples_per_s_median']:.1f} | {mem} |"
+        )
+    print("\n| backend | ratio | best rounds | median of rounds |")
+    print("|---|---|---|---|")
+    for name, ratio in results["ratios"].items():
+        if ratio:
+            print(
+                f"| {backend} | {name} | {ratio['best']:.3f} "
+                f"| {ratio['median']:.3f} |"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
