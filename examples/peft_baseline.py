@@ -245,16 +245,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def main():
-    from keras_ptuning.datasets import load_sst2
-    from keras_ptuning.presets import minilm_preset_dir
+def run_peft_from_args(args, model_dir, train_x, train_y, dev_x, dev_y):
+    """`run_peft_ptuning` with the hyperparameters of an argparse namespace.
 
-    args = parse_args()
-    model_dir = args.model_dir or minilm_preset_dir()
-    train_x, train_y = load_sst2("train", args.data_dir, args.train_rows)
-    dev_x, dev_y = load_sst2("dev", args.data_dir, args.dev_rows)
-    print(f"model_dir={model_dir} train={len(train_x)} dev={len(dev_x)}")
-    result = run_peft_ptuning(
+    `args` has this script's options (also `examples/sst2_ptuning.py`'s).
+    """
+    return run_peft_ptuning(
         train_x,
         train_y,
         dev_x,
@@ -270,6 +266,18 @@ def main():
         seed=args.seed,
         patience=args.patience,
     )
+
+
+def main():
+    from keras_ptuning.datasets import load_sst2
+    from keras_ptuning.presets import minilm_preset_dir
+
+    args = parse_args()
+    model_dir = args.model_dir or minilm_preset_dir()
+    train_x, train_y = load_sst2("train", args.data_dir, args.train_rows)
+    dev_x, dev_y = load_sst2("dev", args.data_dir, args.dev_rows)
+    print(f"model_dir={model_dir} train={len(train_x)} dev={len(dev_x)}")
+    result = run_peft_from_args(args, model_dir, train_x, train_y, dev_x, dev_y)
     print(json.dumps(result, indent=2))
 
 

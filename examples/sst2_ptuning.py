@@ -180,29 +180,14 @@ def run_linear_probe(preset, train_data, dev_data, args):
 def run_peft(preset, train_x, train_y, dev_x, dev_y, args):
     """HuggingFace PEFT P-tuning with the same hyperparameters, if present."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from peft_baseline import run_peft_ptuning
+    from peft_baseline import run_peft_from_args
 
     if not os.path.isdir(preset):
         raise ValueError(
             "The PEFT baseline needs a local HF checkpoint directory as "
             f"`--preset`. Received: preset={preset!r}"
         )
-    result = run_peft_ptuning(
-        train_x,
-        train_y,
-        dev_x,
-        dev_y,
-        model_dir=preset,
-        num_virtual_tokens=args.num_virtual_tokens,
-        encoder_reparameterization_type=args.encoder,
-        encoder_hidden_size=args.encoder_hidden_size,
-        sequence_length=args.sequence_length,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        patience=args.patience,
-    )
+    result = run_peft_from_args(args, preset, train_x, train_y, dev_x, dev_y)
     history = result.pop("history")
     result["history"] = {
         "loss": history["loss"],
