@@ -101,7 +101,10 @@ def batches(x, y, args, shuffle):
 
 
 def train(model, train_data, dev_data, args):
-    """`fit` with early stopping on dev accuracy; returns history, seconds."""
+    """`fit` with early stopping on dev accuracy, then the dev evaluation.
+
+    Returns the result dict written to `results.json`.
+    """
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=f"val_{ACCURACY}",
         mode="max",
@@ -109,8 +112,9 @@ def train(model, train_data, dev_data, args):
         restore_best_weights=True,
     )
     start = time.time()
-    # The batches are model-ready: core Keras `fit`, which keras-hub's own
-    # task `fit` (the linear probe's) would wrap in its preprocessing.
+    # The batches are model-ready: core Keras `fit`/`evaluate`, which
+    # keras-hub's own task methods (the linear probe's) would wrap in their
+    # preprocessing.
     history = keras.Model.fit(
         model,
         train_data,
@@ -118,7 +122,16 @@ def train(model, train_data, dev_data, args):
         epochs=args.epochs,
         callbacks=[early_stopping],
     )
-    return history.history, time.time() - start
+    seconds = time.time() - start
+    accuracy = keras.Model.evaluate(
+        model, dev_data, verbose=0, return_dict=True
+    )[ACCURACY]
+    return {
+        "dev_accuracy": accuracy,
+        "fit_seconds": seconds,
+        "trainable_params": count_trainable(model),
+        "history": history.history,
+    }
 
 
 def count_trainable(model):
@@ -143,14 +156,7 @@ def run_ptuning(preset, preprocessor, train_data, dev_data, args):
         f"p-tuning: {count_trainable(model):,} trainable parameters of "
         f"{model.count_params():,}"
     )
-    history, seconds = train(model, train_data, dev_data, args)
-    accuracy = model.evaluate(dev_data, verbose=0, return_dict=True)[ACCURACY]
-    return model, {
-        "dev_accuracy": accuracy,
-        "fit_seconds": seconds,
-        "trainable_params": count_trainable(model),
-        "history": history,
-    }
+    return model, train(model, train_data, dev_data, args)
 
 
 def run_linear_probe(preset, train_data, dev_data, args):
@@ -165,16 +171,7 @@ def run_linear_probe(preset, train_data, dev_data, args):
         metrics=[keras.metrics.SparseCategoricalAccuracy()],
     )
     print(f"linear probe: {count_trainable(model):,} trainable parameters")
-    history, seconds = train(model, train_data, dev_data, args)
-    accuracy = keras.Model.evaluate(
-        model, dev_data, verbose=0, return_dict=True
-    )[ACCURACY]
-    return {
-        "dev_accuracy": accuracy,
-        "fit_seconds": seconds,
-        "trainable_params": count_trainable(model),
-        "history": history,
-    }
+    return train(model, train_data, dev_data, args)
 
 
 def run_peft(preset, train_x, train_y, dev_x, dev_y, args):

@@ -71,8 +71,7 @@ class LengthBucketedDataset(keras.utils.PyDataset):
     )
     x = keras.tree.map_structure(np.asarray, preprocessor(sentences))
     train = keras_ptuning.LengthBucketedDataset(x, labels, batch_size=32)
-    model.preprocessor = None  # the data is already tokenized
-    model.fit(train, epochs=3)
+    model.fit(train, epochs=3)  # a P-tuning task model takes it as is
     ```
     """
 
@@ -144,7 +143,10 @@ class LengthBucketedDataset(keras.utils.PyDataset):
         self.sample_weight = (
             None if sample_weight is None else np.asarray(sample_weight)
         )
-        for name, value in (("y", self.y), ("sample_weight", sample_weight)):
+        for name, value in (
+            ("y", self.y),
+            ("sample_weight", self.sample_weight),
+        ):
             for leaf in [] if value is None else keras.tree.flatten(value):
                 if len(leaf) != rows:
                     raise ValueError(
@@ -174,10 +176,6 @@ class LengthBucketedDataset(keras.utils.PyDataset):
         if self.shuffle:
             batches = [batches[i] for i in self._rng.permutation(len(batches))]
         self._batches = _varying_shapes_first(batches)
-
-    @property
-    def num_batches(self):
-        return len(self._batches)
 
     def __len__(self):
         return len(self._batches)
