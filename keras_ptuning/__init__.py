@@ -6,20 +6,28 @@ from keras_ptuning.peft_interop import load_peft_adapter
 from keras_ptuning.peft_interop import save_peft_adapter
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.prompt_injection import DEFAULT_PLACEHOLDER_ID
 from keras_ptuning.prompt_injection import PromptInjection
+from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.version import __version__
 
 __all__ = [
+    "DEFAULT_PLACEHOLDER_ID",
     "LengthBucketedDataset",
     "PromptEncoder",
     "PromptEncoderConfig",
     "PromptInjection",
+    "PromptTemplate",
     "PTuningBackbone",
     "PTuningCausalLM",
+    "PTuningMaskedLM",
     "PTuningTextClassifier",
+    "Verbalizer",
     "__version__",
     "export_saved_model",
     "load_peft_adapter",

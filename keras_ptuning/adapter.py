@@ -1,7 +1,8 @@
 """Adapter files: only what P-tuning trained, for any backend.
 
 An adapter holds the collapsed `(num_virtual_tokens, token_dim)` prompt,
-the task head's weights if the task has one, the configuration as JSON,
+the task head's weights if the task has one, the configuration as JSON
+(with the placement: prepended, or slots and their placeholder id),
 and, with `include_encoder=True`, the prompt encoder's weights so that
 training can resume (which PEFT's adapters cannot do). The backbone is not
 in it: a few hundred KB where the backbone is tens of MB or more.
@@ -31,6 +32,10 @@ def _check_shape(what, expected, found):
             f"The adapter's {what} has shape {tuple(found)}, but this model "
             f"needs {tuple(expected)}."
         )
+
+
+def _placement(placeholder_id):
+    return "prepended prompt" if placeholder_id is None else "prompt slots"
 
 
 class AdapterMixin:
@@ -81,6 +86,7 @@ class AdapterMixin:
             "backbone_class": type(ptuning.backbone).__name__,
             "hidden_dim": ptuning.hidden_dim,
             "prompt_config": ptuning.prompt_config.to_dict(),
+            "placeholder_id": ptuning.placeholder_id,
             "head": {name: list(v.shape) for name, v in head.items()},
             "include_encoder": bool(include_encoder),
             "encoder_weights": [v.path for v in encoder.weights]
@@ -135,6 +141,14 @@ class AdapterMixin:
                     if isinstance(item, h5py.Dataset)
                     else None
                 )
+            )
+        placement = config.get("placeholder_id")
+        if placement != self._ptuning_backbone().placeholder_id:
+            raise ValueError(
+                "The adapter was trained with placeholder_id="
+                f"{placement} ({_placement(placement)}); this model uses "
+                f"placeholder_id={self._ptuning_backbone().placeholder_id} "
+                f"({_placement(self._ptuning_backbone().placeholder_id)})."
             )
         encoder_arrays = None
         if config["include_encoder"]:

@@ -73,17 +73,31 @@ class CausalLMView:
         prompt_table: the `(N, hidden_dim)` prompt, in inference mode.
         sampler: the `keras_hub.samplers.Sampler` to decode with.
         model: the calling task model (what samplers receive as `model`).
+        split_prefill: bool. Whether every sequence starts with the N
+            virtual ids, so their cache is computed once and tiled (see
+            `_build_cache`). `False` for virtual ids anywhere (slot
+            placement): the family's own `_build_cache` prefills it all.
     """
 
-    def __init__(self, causal_lm_class, backbone, prompt_table, sampler, model):
+    def __init__(
+        self,
+        causal_lm_class,
+        backbone,
+        prompt_table,
+        sampler,
+        model,
+        split_prefill=True,
+    ):
         self._class = causal_lm_class
         self._model = model
+        self._split_prefill = split_prefill
         embedding = VirtualTokenEmbedding(
             backbone.token_embedding, prompt_table
         )
         self.backbone = _BackboneView(backbone, embedding)
         self.sampler = sampler
         self.compute_dtype = backbone.compute_dtype
+        self.vocabulary_size = embedding.vocabulary_size
         self.virtual_token_ids = ops.arange(
             embedding.vocabulary_size,
             embedding.vocabulary_size + prompt_table.shape[0],
@@ -98,6 +112,8 @@ class CausalLMView:
         over the batch; the real tokens are then prefilled at index N.
         Returns `(hidden_states, cache)` for the whole sequence.
         """
+        if not self._split_prefill:
+            return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
         # The family's own empty cache (layout, dtype, full length), for

@@ -23,9 +23,15 @@ import keras
 
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 
-EXPORTABLE = (PTuningTextClassifier, PTuningCausalLM, PTuningBackbone)
+EXPORTABLE = (
+    PTuningTextClassifier,
+    PTuningCausalLM,
+    PTuningMaskedLM,
+    PTuningBackbone,
+)
 
 
 def export_saved_model(model, path, overwrite=False):
@@ -33,18 +39,23 @@ def export_saved_model(model, path, overwrite=False):
 
     Works on the TensorFlow, JAX and PyTorch backends. The SavedModel has one
     signature, `serving_default`, whose inputs are the model's input names
-    (`token_ids`, `padding_mask`, and `segment_ids` where the backbone has
-    it), int32 of shape `(batch, sequence)` with both dimensions dynamic
-    (sequence up to the backbone's limit minus the virtual tokens), and whose
-    outputs are named: `logits` and `probabilities` for a
-    `PTuningTextClassifier`, `logits` for a `PTuningCausalLM` (the forward
-    pass; generation is not exported), and the backbone's outputs
+    (`token_ids`, `padding_mask`, `segment_ids` where the backbone has it,
+    and `mask_positions` for a `PTuningMaskedLM`), int32 of shape
+    `(batch, sequence)` with both dimensions dynamic (sequence up to the
+    backbone's limit, minus the virtual tokens when they are prepended), and
+    whose outputs are named: `logits` and `probabilities` for a
+    `PTuningTextClassifier` and for a `PTuningMaskedLM` with a verbalizer
+    (class scores), `logits` for a `PTuningCausalLM` (the forward pass;
+    generation is not exported) and for a `PTuningMaskedLM` without one
+    (vocabulary logits at the masks), and the backbone's outputs
     (`sequence_output`, and `pooled_output` where it has one) for a
-    `PTuningBackbone`. TensorFlow Serving can serve it.
+    `PTuningBackbone`. With prompt slots, `token_ids` carry the placeholder
+    id and the graph substitutes the prompt itself. TensorFlow Serving can
+    serve it.
 
     Args:
-        model: a built `PTuningTextClassifier`, `PTuningCausalLM` or
-            `PTuningBackbone`.
+        model: a built `PTuningTextClassifier`, `PTuningCausalLM`,
+            `PTuningMaskedLM` or `PTuningBackbone`.
         path: str. The SavedModel directory to write.
         overwrite: bool. Replace `path` if it exists. Defaults to `False`.
 
@@ -61,8 +72,9 @@ def export_saved_model(model, path, overwrite=False):
     """
     if not isinstance(model, EXPORTABLE):
         raise TypeError(
-            "`model` must be a PTuningTextClassifier, PTuningCausalLM or "
-            f"PTuningBackbone. Received: model of type {type(model).__name__}"
+            "`model` must be a PTuningTextClassifier, PTuningCausalLM, "
+            "PTuningMaskedLM or PTuningBackbone. Received: model of type "
+            f"{type(model).__name__}"
         )
     if not model.built:
         raise ValueError(f"`model` must be built. Received: {model.name}")
@@ -115,12 +127,15 @@ def _export_in_tensorflow_process(model, staging, output):
 def _serving_outputs(model, outputs):
     from keras import ops
 
-    if isinstance(model, PTuningTextClassifier):
+    classes = isinstance(model, PTuningTextClassifier) or (
+        isinstance(model, PTuningMaskedLM) and model.verbalizer is not None
+    )
+    if classes:
         activation = model.activation
         if activation is keras.activations.softmax:
             return {"logits": ops.log(outputs), "probabilities": outputs}
         return {"logits": outputs, "probabilities": ops.softmax(outputs)}
-    if isinstance(model, PTuningCausalLM):
+    if isinstance(model, (PTuningCausalLM, PTuningMaskedLM)):
         return {"logits": outputs}
     if isinstance(outputs, dict):
         return dict(outputs)
@@ -140,9 +155,10 @@ def write_saved_model(model, output):
     encoder_ids = {id(v) for v in ptuning.prompt_encoder.weights}
     try:
         ptuning.collapse_prompt()
+        input_names = getattr(model, "model_input_names", ptuning.input_names)
         signature = {
             name: tf.TensorSpec([None, None], tf.int32, name=name)
-            for name in ptuning.input_names
+            for name in input_names
         }
 
         @tf.function(input_signature=[signature])

@@ -1,6 +1,7 @@
 """Checks on the input dicts that P-tuning models receive."""
 
 import keras
+import numpy as np
 
 
 def check_inputs(inputs, expected_names, model_name):
@@ -32,4 +33,44 @@ def check_inputs(inputs, expected_names, model_name):
         raise TypeError(
             f"{model_name} expects integer `token_ids`. Received: token_ids "
             f"of dtype {dtype}"
+        )
+
+
+def concrete_numpy(value):
+    """`value` as a numpy array, or `None` if it is symbolic (traced).
+
+    Inside `jax.jit`, `tf.function` or a functional-model build the values
+    are unknown, and the caller skips value checks.
+    """
+    if keras.utils.is_keras_tensor(value):
+        return None
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return np.asarray(value)
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(value))
+    except Exception:  # A tracer or graph tensor: no value to check.
+        return None
+
+
+def check_placeholder_counts(token_ids, placeholder_id, num_virtual_tokens):
+    """Raises unless every row holds exactly `num_virtual_tokens` slots.
+
+    Checks concrete (eager) values only; returns silently on symbolic ones.
+    """
+    token_ids = concrete_numpy(token_ids)
+    if token_ids is None:
+        return
+    if token_ids.ndim == 1:
+        token_ids = token_ids[None]
+    counts = np.sum(token_ids == placeholder_id, axis=-1)
+    wrong = np.flatnonzero(counts != num_virtual_tokens)
+    if wrong.size:
+        shown = ", ".join(f"row {i}: {counts[i]}" for i in wrong[:5])
+        more = f" (and {wrong.size - 5} more rows)" if wrong.size > 5 else ""
+        raise ValueError(
+            f"Every row of `token_ids` must hold exactly num_virtual_tokens="
+            f"{num_virtual_tokens} placeholders (placeholder_id="
+            f"{placeholder_id}). Found {shown}{more}. A count above "
+            f"{num_virtual_tokens} can mean the placeholder id collides with "
+            "a real token id in the text."
         )

@@ -5,7 +5,10 @@ A PEFT P-tuning adapter is a directory with `adapter_config.json`
 holding `prompt_embeddings`, the `(num_virtual_tokens, token_dim)` prompt
 PEFT computes from its encoder when saving, plus for a `SEQ_CLS` adapter the
 classifier head (`base_model.classifier.weight` / `.bias`, or `score.*`).
-PEFT only prepends virtual tokens, which is what keras_ptuning models do.
+PEFT only prepends virtual tokens: adapters interoperate for keras_ptuning
+models in the default prepend placement; models with prompt slots
+(`placeholder_id`) cannot be written as PEFT adapters, and PEFT adapters
+load as prepend models.
 
 The backbone must be the keras-hub port of the same HF checkpoint. Numbers
 agree to within the ports' own differences (keras-hub's BERT uses the
@@ -169,6 +172,12 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
             f"{type(model).__name__}"
         )
     ptuning = model._ptuning_backbone()
+    if ptuning.uses_slots:
+        raise ValueError(
+            "PEFT P-tuning only prepends virtual tokens; this model places "
+            f"them at slots (placeholder_id={ptuning.placeholder_id}), which "
+            "a PEFT adapter cannot express. Use `model.save_adapter` instead."
+        )
     backbone = ptuning.backbone
     task_type = {
         PTuningTextClassifier: "SEQ_CLS",

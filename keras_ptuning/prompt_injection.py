@@ -1,5 +1,7 @@
 """`PromptInjection`: puts virtual-token embeddings into the token stream."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -7,16 +9,50 @@ from keras_ptuning.backbone_split import SEQUENCE_INPUT_FILL
 
 PROMPT_SOURCES = ("encoder", "table")
 
+# The default placeholder id of slot placement: no vocabulary uses it.
+DEFAULT_PLACEHOLDER_ID = -1
+
+
+def check_placeholder_id(placeholder_id):
+    """Raises unless `placeholder_id` is `None` or an int."""
+    if placeholder_id is None:
+        return
+    if isinstance(placeholder_id, bool) or not isinstance(
+        placeholder_id, numbers.Integral
+    ):
+        raise TypeError(
+            "`placeholder_id` must be an int (slot placement) or None "
+            f"(prepend). Received: placeholder_id={placeholder_id!r}"
+        )
+    if not -(2**31) <= placeholder_id < 2**31:
+        raise ValueError(
+            "`placeholder_id` must fit in int32. Received: "
+            f"placeholder_id={placeholder_id}"
+        )
+
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
 class PromptInjection(keras.layers.Layer):
-    """Prepends the prompt encoder's virtual tokens to a token sequence.
+    """Puts the prompt encoder's virtual tokens into a token sequence.
 
-    Takes token embeddings `(batch, L, D)` and the backbone's other
-    sequence inputs (`padding_mask`, `segment_ids`, each `(batch, L)`), and
-    returns them with `num_virtual_tokens` positions in front: the prompt
-    (computed once per call and broadcast over the batch, cast to the
-    embeddings' dtype), a padding mask of ones and segment ids of zeros.
+    Two placements:
+
+    - Prepend (`placeholder_id=None`, PEFT's only mode): takes token
+      embeddings `(batch, L, D)` and the backbone's other sequence inputs
+      (`padding_mask`, `segment_ids`, each `(batch, L)`), and returns them
+      with `num_virtual_tokens` positions in front: the prompt (computed once
+      per call and broadcast over the batch, cast to the embeddings' dtype),
+      a padding mask of ones and segment ids of zeros.
+    - Slots (`placeholder_id` an int): the `token_ids` passed to `call` hold
+      `placeholder_id` where virtual tokens go; the k-th placeholder of a row
+      takes the k-th virtual token, every other position keeps its
+      embedding, and nothing changes length. Embed the real tokens with
+      `mask_placeholders(token_ids)` so the placeholder id never reaches the
+      embedding table. Rows must hold exactly `num_virtual_tokens`
+      placeholders: the models check that on concrete inputs; inside a
+      compiled function nothing is checked, a row's placeholders after the
+      N-th all take the last virtual token and missing ones leave virtual
+      tokens unused.
 
     The prompt comes from the prompt encoder (`prompt_source="encoder"`,
     for training) or from the layer's own non-trainable `(N, D)` variable
@@ -28,6 +64,9 @@ class PromptInjection(keras.layers.Layer):
         max_positions: int or `None`. The backbone's position limit; inputs
             with `num_virtual_tokens + L` over it are refused.
         prompt_source: `"encoder"` (default) or `"table"`.
+        placeholder_id: `None` (default: prepend) or the int id that marks
+            virtual-token slots in `token_ids` (`-1`, never a vocabulary id,
+            is the usual choice).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -44,9 +83,14 @@ class PromptInjection(keras.layers.Layer):
         prompt_encoder,
         max_positions=None,
         prompt_source="encoder",
+        placeholder_id=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_placeholder_id(placeholder_id)
+        self.placeholder_id = (
+            None if placeholder_id is None else int(placeholder_id)
+        )
         if isinstance(prompt_encoder, dict):
             prompt_encoder = keras.saving.deserialize_keras_object(
                 prompt_encoder
@@ -88,9 +132,29 @@ class PromptInjection(keras.layers.Layer):
     def num_virtual_tokens(self):
         return self.prompt_encoder.num_virtual_tokens
 
+    @property
+    def uses_slots(self):
+        """Whether virtual tokens go to placeholder slots (else prepended)."""
+        return self.placeholder_id is not None
+
+    def mask_placeholders(self, token_ids):
+        """`token_ids` with placeholders replaced by id 0, for embedding."""
+        if not self.uses_slots:
+            return token_ids
+        return ops.where(
+            ops.equal(token_ids, self.placeholder_id), 0, token_ids
+        )
+
     def check_sequence_length(self, sequence_length):
         """Raises if `sequence_length` leaves no room for the prompt."""
         if self.max_positions is None or sequence_length is None:
+            return
+        if self.uses_slots:
+            if sequence_length > self.max_positions:
+                raise ValueError(
+                    f"sequence_length={sequence_length} exceeds the "
+                    f"backbone's maximum of {self.max_positions} positions."
+                )
             return
         if self.num_virtual_tokens + sequence_length > self.max_positions:
             raise ValueError(
@@ -102,13 +166,28 @@ class PromptInjection(keras.layers.Layer):
                 f"{self.max_positions - self.num_virtual_tokens} tokens."
             )
 
-    def call(self, embeddings, sequence_inputs, training=None):
+    def call(self, embeddings, sequence_inputs, token_ids=None, training=None):
         shape = ops.shape(embeddings)
         batch_size, sequence_length = shape[0], shape[1]
         if isinstance(sequence_length, int):
             self.check_sequence_length(sequence_length)
         num_tokens = self.num_virtual_tokens
         prompts = ops.cast(self.current_prompt(training), embeddings.dtype)
+        if self.uses_slots:
+            if token_ids is None:
+                raise ValueError(
+                    "Slot placement needs the `token_ids` that mark the "
+                    "slots. Received: token_ids=None"
+                )
+            is_slot = ops.equal(token_ids, self.placeholder_id)
+            # The k-th placeholder of a row takes virtual token k.
+            slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
+            slot_index = ops.clip(slot_index, 0, num_tokens - 1)
+            virtual = ops.take(prompts, slot_index, axis=0)
+            embeddings = ops.where(
+                ops.expand_dims(is_slot, -1), virtual, embeddings
+            )
+            return embeddings, dict(sequence_inputs)
         prompts = ops.broadcast_to(
             ops.expand_dims(prompts, 0),
             (batch_size, num_tokens, ops.shape(prompts)[-1]),
@@ -123,9 +202,14 @@ class PromptInjection(keras.layers.Layer):
             extended[name] = ops.concatenate([fill, value], axis=1)
         return embeddings, extended
 
-    def compute_output_spec(self, embeddings, sequence_inputs, training=None):
+    def compute_output_spec(
+        self, embeddings, sequence_inputs, token_ids=None, training=None
+    ):
         def grow(spec):
             length = spec.shape[1]
+            if self.uses_slots:
+                self.check_sequence_length(length)
+                return keras.KerasTensor(spec.shape, dtype=spec.dtype)
             if length is not None:
                 self.check_sequence_length(length)
                 length = length + self.num_virtual_tokens
@@ -145,6 +229,7 @@ class PromptInjection(keras.layers.Layer):
                 ),
                 "max_positions": self.max_positions,
                 "prompt_source": self.prompt_source,
+                "placeholder_id": self.placeholder_id,
             }
         )
         return config

@@ -8,9 +8,12 @@ from keras import tree
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
+from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
+from keras_ptuning.prompt_injection import check_placeholder_id
+from keras_ptuning.prompt_template import PromptTemplate
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -21,13 +24,25 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     `token_ids` (BERT, DistilBERT, RoBERTa, GPT-2, Gemma, Gemma 3 text,
     Llama, Llama 3, Mistral, Qwen, ...). It freezes the backbone and never
     changes its weights. On a call it embeds the real tokens with the
-    backbone's own embedding layer, prepends `num_virtual_tokens` embeddings
-    from a `keras_ptuning.PromptEncoder` (positions `0..N-1`, as PEFT does),
-    extends `padding_mask` with ones and `segment_ids` with zeros, and runs
-    the rest of the backbone. It takes exactly the backbone's inputs and
-    returns the backbone's output structure; sequence outputs cover only the
-    real positions (length `L`, aligned with the inputs), pooled outputs are
-    the backbone's own.
+    backbone's own embedding layer, puts `num_virtual_tokens` embeddings
+    from a `keras_ptuning.PromptEncoder` into the sequence, and runs the
+    rest of the backbone. It takes exactly the backbone's inputs and returns
+    the backbone's output structure, aligned with the inputs (length `L`);
+    pooled outputs are the backbone's own.
+
+    Where the virtual tokens go:
+
+    - Prepended (`placeholder_id=None`, the default, as PEFT does): at
+      positions `0..N-1`, with `padding_mask` extended by ones and
+      `segment_ids` by zeros; sequence outputs drop those positions.
+    - Anywhere (`placeholder_id` an int, e.g. `-1`): `token_ids` holds
+      `placeholder_id` at the N slots of every row, such as a
+      `keras_ptuning.PromptTemplate` writes; the k-th slot takes the k-th
+      virtual token, real tokens keep their embeddings and positions, and
+      nothing changes length. Each row must hold exactly N placeholders:
+      eager calls and `fit` on arrays check it and raise a `ValueError`;
+      inside compiled functions it is not checked (see
+      `keras_ptuning.PromptInjection`). Not expressible in PEFT.
 
     Args:
         backbone: a `keras_hub.models.Backbone` for text.
@@ -37,6 +52,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             virtual tokens, for training) or `"table"` (the collapsed prompt
             in the non-trainable `prompt_injection.prompt_table`, as loaded
             from an adapter).
+        placeholder_id: `None` (default: prepend the virtual tokens) or the
+            int that marks their slots in `token_ids`.
         **kwargs: standard `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -55,9 +72,15 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     """
 
     def __init__(
-        self, backbone, prompt_config, prompt_source="encoder", **kwargs
+        self,
+        backbone,
+        prompt_config,
+        prompt_source="encoder",
+        placeholder_id=None,
+        **kwargs,
     ):
         split = BackboneSplit(backbone)
+        check_placeholder_id(placeholder_id)
         if isinstance(prompt_config, dict):
             prompt_config = PromptEncoderConfig.from_dict(prompt_config)
         if not isinstance(prompt_config, PromptEncoderConfig):
@@ -69,6 +92,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         if (
             split.max_positions is not None
             and prompt_config.num_virtual_tokens >= split.max_positions
+            and placeholder_id is None
         ):
             raise ValueError(
                 f"`num_virtual_tokens` must leave room for real tokens in the "
@@ -83,6 +107,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             prompt_encoder,
             max_positions=split.max_positions,
             prompt_source=prompt_source,
+            placeholder_id=placeholder_id,
             dtype=backbone.dtype_policy,
             name="prompt_injection",
         )
@@ -96,9 +121,14 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             name: keras.Input(shape=(None,), dtype="int32", name=name)
             for name in split.input_names
         }
-        embeddings = split.embed_tokens(inputs["token_ids"])
+        token_ids = inputs["token_ids"]
+        embeddings = split.embed_tokens(injection.mask_placeholders(token_ids))
         sequence_inputs = {name: inputs[name] for name in split.input_names[1:]}
-        embeddings, sequence_inputs = injection(embeddings, sequence_inputs)
+        embeddings, sequence_inputs = injection(
+            embeddings,
+            sequence_inputs,
+            token_ids=token_ids if injection.uses_slots else None,
+        )
         embeddings = split.finish_embeddings(embeddings)
         outputs = split.body(
             [embeddings] + [sequence_inputs[n] for n in split.input_names[1:]]
@@ -108,7 +138,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         def drop_virtual_positions(x):
             return x[:, num_tokens:] if len(x.shape) >= 3 else x
 
-        outputs = tree.map_structure(drop_virtual_positions, outputs)
+        if not injection.uses_slots:
+            outputs = tree.map_structure(drop_virtual_positions, outputs)
         super().__init__(
             inputs=inputs,
             outputs=outputs,
@@ -125,12 +156,21 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.max_positions = split.max_positions
 
     @classmethod
-    def wrap(cls, backbone, prompt_config):
+    def wrap(
+        cls, backbone, prompt_config, placeholder_id=None, preprocessor=None
+    ):
         """`backbone` if it is a `PTuningBackbone`, else wraps it.
 
         Task models take either; a plain keras-hub backbone needs
-        `prompt_config`.
+        `prompt_config`, unless `preprocessor` is a
+        `keras_ptuning.PromptTemplate`: its slot count and placeholder id
+        then give the number of virtual tokens and the slot placement.
         """
+        if isinstance(preprocessor, PromptTemplate):
+            if prompt_config is None:
+                prompt_config = preprocessor.prompt_config()
+            if placeholder_id is None:
+                placeholder_id = preprocessor.placeholder_id
         if isinstance(backbone, cls):
             return backbone
         if prompt_config is None:
@@ -138,7 +178,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "`prompt_config` is required when `backbone` is a plain "
                 "keras-hub backbone. Received: prompt_config=None"
             )
-        return cls(backbone, prompt_config)
+        return cls(backbone, prompt_config, placeholder_id=placeholder_id)
 
     def _ptuning_backbone(self):
         return self
@@ -148,10 +188,21 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         return self.prompt_config.num_virtual_tokens
 
     @property
+    def placeholder_id(self):
+        """The slot marker in `token_ids`, or `None` when prepending."""
+        return self.prompt_injection.placeholder_id
+
+    @property
+    def uses_slots(self):
+        return self.prompt_injection.uses_slots
+
+    @property
     def max_sequence_length(self):
-        """The longest real sequence that fits, or `None` if unlimited."""
+        """The longest input sequence that fits, or `None` if unlimited."""
         if self.max_positions is None:
             return None
+        if self.uses_slots:
+            return self.max_positions
         return self.max_positions - self.num_virtual_tokens
 
     @property
@@ -177,8 +228,39 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.prompt_injection.prompt_table.assign(ops.cast(table, "float32"))
         self.prompt_injection.set_prompt_source("table")
 
-    def check_preprocessor(self, preprocessor):
-        """Raises if `preprocessor.sequence_length` leaves no prompt room."""
+    def check_preprocessor(self, preprocessor, input_names=None):
+        """Raises if `preprocessor` does not fit this backbone.
+
+        Its `sequence_length` must leave room for the prompt; a
+        `keras_ptuning.PromptTemplate` must have as many slots as there are
+        virtual tokens and mark them with this backbone's placeholder id.
+        A template left to choose (`segment_ids=None`) is set to emit
+        `segment_ids` exactly when the model takes them. `input_names` are
+        the model's inputs (defaults to the backbone's).
+        """
+        if isinstance(preprocessor, PromptTemplate):
+            if not self.uses_slots:
+                raise ValueError(
+                    "A PromptTemplate preprocessor needs slot placement, but "
+                    "this PTuningBackbone prepends its virtual tokens "
+                    "(placeholder_id=None). Build it with placeholder_id="
+                    f"{preprocessor.placeholder_id}."
+                )
+            if preprocessor.placeholder_id != self.placeholder_id:
+                raise ValueError(
+                    "The PromptTemplate marks slots with placeholder_id="
+                    f"{preprocessor.placeholder_id}, the backbone with "
+                    f"placeholder_id={self.placeholder_id}."
+                )
+            if preprocessor.num_virtual_tokens != self.num_virtual_tokens:
+                raise ValueError(
+                    f"The PromptTemplate has {preprocessor.num_virtual_tokens}"
+                    " slots, but the prompt encoder makes "
+                    f"num_virtual_tokens={self.num_virtual_tokens}."
+                )
+            preprocessor.match_inputs(
+                self.input_names if input_names is None else input_names
+            )
         length = getattr(preprocessor, "sequence_length", None)
         if length is None or self.max_sequence_length is None:
             return
@@ -206,9 +288,27 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         if injection is not None and injection.prompt_source == "table":
             injection.prompt_encoder.trainable = False
 
+    def check_inputs(self, inputs, input_names=None, model_name=None):
+        """Raises a clear error for wrong inputs, before any compute.
+
+        Checks the keys and dtype always, and on concrete (eager) values the
+        placeholder count of every row in slot placement.
+        """
+        check_inputs(
+            inputs,
+            self.input_names if input_names is None else input_names,
+            model_name or type(self).__name__,
+        )
+        if self.uses_slots:
+            check_placeholder_counts(
+                inputs["token_ids"],
+                self.placeholder_id,
+                self.num_virtual_tokens,
+            )
+
     def __call__(self, inputs, *args, **kwargs):
         # Before Keras standardizes the inputs, so errors name our limits.
-        check_inputs(inputs, self.input_names, type(self).__name__)
+        self.check_inputs(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
@@ -219,6 +319,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "backbone": keras.layers.serialize(self.backbone),
                 "prompt_config": self.prompt_config.to_dict(),
                 "prompt_source": self.prompt_source,
+                "placeholder_id": self.placeholder_id,
             }
         )
         return config

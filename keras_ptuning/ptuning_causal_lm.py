@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
+from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_task import PTuningTask
 
@@ -36,6 +37,10 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             Ignored when `backbone` is already a `PTuningBackbone`.
         preprocessor: `None` or a keras-hub `CausalLMPreprocessor`. With one,
             `fit` and `generate` take raw strings.
+        placeholder_id: `None` (default: prepend the virtual tokens) or the
+            int that marks their slots in `token_ids` (see
+            `PTuningBackbone`). With slots, `generate` takes token ids whose
+            prompts hold the placeholders, and returns them in place.
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -55,8 +60,17 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     ```
     """
 
-    def __init__(self, backbone, prompt_config=None, preprocessor=None, **kw):
-        backbone = PTuningBackbone.wrap(backbone, prompt_config)
+    def __init__(
+        self,
+        backbone,
+        prompt_config=None,
+        preprocessor=None,
+        placeholder_id=None,
+        **kw,
+    ):
+        backbone = PTuningBackbone.wrap(
+            backbone, prompt_config, placeholder_id, preprocessor
+        )
         if backbone.causal_lm_class is None:
             raise ValueError(
                 "`PTuningCausalLM` needs a decoder-only backbone with a "
@@ -105,12 +119,46 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def generate(self, inputs, *args, **kwargs):
+        """Generates text or token ids; see keras-hub's `CausalLM.generate`.
+
+        In slot placement `inputs` are token ids (a dict with `token_ids`
+        and `padding_mask`) whose prompts hold the placeholders: a keras-hub
+        `CausalLMPreprocessor` cannot write them, so strings are refused.
+        """
+        ptuning = self.backbone
+        if ptuning.uses_slots:
+            if not isinstance(inputs, dict) or "token_ids" not in inputs:
+                raise ValueError(
+                    "With slot placement (placeholder_id="
+                    f"{ptuning.placeholder_id}) `generate` takes a dict of "
+                    "`token_ids` (holding the placeholders) and "
+                    "`padding_mask`. Received: inputs of type "
+                    f"{type(inputs).__name__}"
+                )
+            check_placeholder_counts(
+                inputs["token_ids"],
+                ptuning.placeholder_id,
+                ptuning.num_virtual_tokens,
+            )
+            if self.preprocessor is not None:
+                # The preprocessor would expect strings: run on ids.
+                preprocessor, self.preprocessor = self.preprocessor, None
+                try:
+                    return super().generate(inputs, *args, **kwargs)
+                finally:
+                    self.preprocessor = preprocessor
+        return super().generate(inputs, *args, **kwargs)
+
     def generate_step(self, inputs, stop_token_ids=None):
         """One compilable generation pass over a batch; see `CausalLM`.
 
         Prepends the virtual-token ids to `token_ids` (and ones to
         `padding_mask`), runs the family's keras-hub `generate_step` on the
-        extended batch, and drops the virtual positions from the result.
+        extended batch, and drops the virtual positions from the result. In
+        slot placement the k-th placeholder of each row becomes the k-th
+        virtual-token id instead, and turns back into the placeholder in
+        the result.
         """
         ptuning = self.backbone
         token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
@@ -124,9 +172,31 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             ptuning.prompt_table(),
             self.sampler,
             self,
+            split_prefill=not ptuning.uses_slots,
         )
-        batch_size = ops.shape(token_ids)[0]
         num_tokens = ptuning.num_virtual_tokens
+        if ptuning.uses_slots:
+            is_slot = ops.equal(token_ids, ptuning.placeholder_id)
+            slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
+            slot_index = ops.clip(slot_index, 0, num_tokens - 1)
+            extended = dict(inputs)
+            extended["token_ids"] = ops.where(
+                is_slot, view.vocabulary_size + slot_index, token_ids
+            )
+            extended["padding_mask"] = padding_mask
+            outputs = view.generate_step(
+                extended, stop_token_ids=stop_token_ids
+            )
+            generated = outputs["token_ids"]
+            return {
+                "token_ids": ops.where(
+                    ops.greater_equal(generated, view.vocabulary_size),
+                    ptuning.placeholder_id,
+                    generated,
+                ),
+                "padding_mask": outputs["padding_mask"],
+            }
+        batch_size = ops.shape(token_ids)[0]
         virtual_ids = ops.broadcast_to(
             ops.expand_dims(view.virtual_token_ids, 0),
             (batch_size, num_tokens),
@@ -148,6 +218,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             {
                 "backbone": keras.layers.serialize(self.backbone.backbone),
                 "prompt_config": self.backbone.prompt_config.to_dict(),
+                "placeholder_id": self.backbone.placeholder_id,
             }
         )
         return config

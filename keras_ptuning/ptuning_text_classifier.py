@@ -36,13 +36,18 @@ class PTuningTextClassifier(
         backbone: a keras-hub text backbone (or a `PTuningBackbone`).
         num_classes: int. The number of classes.
         prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
-            Ignored when `backbone` is already a `PTuningBackbone`.
-        preprocessor: `None` or a keras-hub `TextClassifierPreprocessor`. With
-            one, `fit`/`evaluate`/`predict` take raw strings. Its
-            `sequence_length` must leave room for the virtual tokens.
+            Ignored when `backbone` is already a `PTuningBackbone`; may be
+            `None` with a `PromptTemplate` preprocessor (its slot count).
+        preprocessor: `None`, a keras-hub `TextClassifierPreprocessor` or a
+            `keras_ptuning.PromptTemplate`. With one, `fit`/`evaluate`/
+            `predict` take raw strings. Its `sequence_length` must leave room
+            for prepended virtual tokens.
         activation: `None`, a string or callable applied to the logits.
             `None` (default) returns logits.
         dropout: float. Dropout before the `Dense` head. Defaults to 0.1.
+        placeholder_id: `None` (prepend the virtual tokens) or the int that
+            marks their slots in `token_ids`; see `PTuningBackbone`. A
+            `PromptTemplate` preprocessor sets it.
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -70,9 +75,12 @@ class PTuningTextClassifier(
         preprocessor=None,
         activation=None,
         dropout=0.1,
+        placeholder_id=None,
         **kwargs,
     ):
-        backbone = PTuningBackbone.wrap(backbone, prompt_config)
+        backbone = PTuningBackbone.wrap(
+            backbone, prompt_config, placeholder_id, preprocessor
+        )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise ValueError(
                 f"`num_classes` must be an int >= 1. Received: "
@@ -158,6 +166,7 @@ class PTuningTextClassifier(
             {
                 "backbone": keras.layers.serialize(self.backbone.backbone),
                 "prompt_config": self.backbone.prompt_config.to_dict(),
+                "placeholder_id": self.backbone.placeholder_id,
                 "num_classes": self.num_classes,
                 "activation": keras.activations.serialize(self.activation),
                 "dropout": self.dropout,

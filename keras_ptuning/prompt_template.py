@@ -1,0 +1,514 @@
+"""`PromptTemplate`: templates with virtual-token slots and anchor tokens."""
+
+import functools
+import re
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.prompt_injection import DEFAULT_PLACEHOLDER_ID
+from keras_ptuning.prompt_injection import check_placeholder_id
+
+try:
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+except ImportError:  # pragma: no cover - keras-hub installs both.
+    tf = None
+    tf_text = None
+
+TRUNCATE_MODES = ("round_robin", "waterfall")
+_PART = re.compile(r"\[P(?::(\d+))?\]|\[MASK\]|\{(\w+)\}")
+
+
+def _parse(template):
+    """Splits a template into `(kind, value, space_before)` pieces.
+
+    Kinds: `"slots"` (value: count), `"mask"`, `"field"` (value: name) and
+    `"text"` (value: the anchor text, stripped).
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(
+            f"`template` must be a non-empty string. Received: "
+            f"template={template!r}"
+        )
+    pieces = []
+    position = 0
+
+    def add_text(text, start):
+        if text.strip():
+            space_before = start > 0 and text[0].isspace()
+            pieces.append(("text", text.strip(), space_before))
+
+    for match in _PART.finditer(template):
+        add_text(template[position : match.start()], position)
+        space_before = match.start() > 0 and template[match.start() - 1] in (
+            " \t\n"
+        )
+        token = match.group(0)
+        if token == "[MASK]":
+            pieces.append(("mask", None, space_before))
+        elif match.group(2) is not None:
+            pieces.append(("field", match.group(2), space_before))
+        else:
+            count = int(match.group(1)) if match.group(1) else 1
+            if count < 1:
+                raise ValueError(
+                    f"Prompt slots must number at least 1. Received: {token} "
+                    f"in template={template!r}"
+                )
+            pieces.append(("slots", count, space_before))
+        position = match.end()
+    add_text(template[position:], position)
+    fields = [value for kind, value, _ in pieces if kind == "field"]
+    if not fields:
+        raise ValueError(
+            "`template` must hold at least one `{field}` for the input text. "
+            f"Received: template={template!r}"
+        )
+    if len(set(fields)) != len(fields):
+        raise ValueError(
+            f"Each `{{field}}` may appear once in `template`. Received: "
+            f"template={template!r}"
+        )
+    if not any(kind == "slots" for kind, _, _ in pieces):
+        raise ValueError(
+            "`template` must hold at least one prompt slot `[P]` or `[P:n]`. "
+            f"Received: template={template!r}"
+        )
+    return pieces
+
+
+def _has_vocabulary(tokenizer):
+    try:
+        return bool(tokenizer.vocabulary_size())
+    except Exception:  # Tokenizers without a vocabulary raise or return 0.
+        return False
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PromptTemplate(keras_hub.models.Preprocessor):
+    """Turns a P-tuning template and input text into model inputs.
+
+    A template is a string of four kinds of parts:
+
+    - `[P]` or `[P:n]`: one or `n` virtual-token slots, written as
+      `placeholder_id` in `token_ids`; the model puts its k-th virtual token
+      at the k-th slot of each row.
+    - `{name}`: the text of input field `name`, tokenized and truncated to
+      fit `sequence_length`. Only field text is ever truncated.
+    - `[MASK]`: the tokenizer's mask token (cloze tasks); its position is
+      output as `mask_positions`.
+    - Anything else: *anchor* text, tokenized as ordinary tokens and kept
+      whole.
+
+    For example `"[P:3] {premise} [P:3] {hypothesis} ? [P:3] [MASK]"` has
+    nine slots, two fields, the anchor `?` and a mask.
+
+    The output is a dict of `token_ids`, `padding_mask` (true on every
+    token, slots included), `segment_ids` (zeros; see `segment_ids`) and,
+    when the template has a `[MASK]`, `mask_positions` `(batch, num_masks)`;
+    `token_ids` start with the tokenizer's start token and end with its end
+    token (`[CLS]`/`[SEP]`, `<s>`/`</s>`, `<bos>`/`<eos>`, ...) and are
+    padded with its pad token to `sequence_length`. Labels and sample
+    weights pass through, as in keras-hub preprocessors, so the template is
+    a task model's `preprocessor`. It runs in `tf.data` pipelines and
+    eagerly (eager calls return backend tensors).
+
+    Tokenization treats each part on its own: with byte-level BPE
+    tokenizers (GPT-2, RoBERTa), a part preceded by a space in the template
+    is tokenized with a leading space, as it would be inside a sentence;
+    WordPiece and SentencePiece need nothing of the kind.
+
+    Args:
+        template: str. The template.
+        tokenizer: a keras-hub tokenizer (WordPiece, byte-pair or
+            SentencePiece).
+        sequence_length: int. The padded output length. The template's fixed
+            part (special tokens, slots, anchors, masks) must leave at least
+            one token per field.
+        placeholder_id: int. The id written at slots. Defaults to `-1`,
+            which no vocabulary uses. Any other id must not be one of the
+            tokenizer's special tokens; if field text tokenizes to it, the
+            row has too many placeholders and the template raises (in
+            `tf.data` too).
+        add_start_token: bool. Whether to start with the tokenizer's start
+            token (if it has one). Defaults to `True`.
+        add_end_token: bool. Whether to end with the tokenizer's end token
+            (if it has one). Defaults to `True`.
+        truncate: `"round_robin"` (default: trim the longest field first, as
+            keras-hub's `MultiSegmentPacker`) or `"waterfall"` (trim the
+            last fields first).
+        segment_ids: bool or `None`. Whether to output `segment_ids` (all
+            zeros). `None` (default): a model given this template as its
+            preprocessor decides by its inputs; alone, the template outputs
+            them when the tokenizer has a separator token (BERT-style).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    tokenizer = keras_hub.tokenizers.BertTokenizer.from_preset(model_dir)
+    template = keras_ptuning.PromptTemplate(
+        "{sentence} [P:4] It was [MASK] .", tokenizer, sequence_length=64
+    )
+    inputs = template({"sentence": ["A gripping, funny film."]})
+    template.num_virtual_tokens  # 4
+    template.prompt_config(encoder_hidden_size=128)
+    ```
+    """
+
+    def __init__(
+        self,
+        template,
+        tokenizer,
+        sequence_length=128,
+        placeholder_id=DEFAULT_PLACEHOLDER_ID,
+        add_start_token=True,
+        add_end_token=True,
+        truncate="round_robin",
+        segment_ids=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(tokenizer, keras_hub.tokenizers.Tokenizer):
+            raise TypeError(
+                "`tokenizer` must be a keras-hub tokenizer. Received: "
+                f"tokenizer of type {type(tokenizer).__name__}"
+            )
+        if isinstance(sequence_length, bool) or not isinstance(
+            sequence_length, int
+        ):
+            raise TypeError(
+                "`sequence_length` must be an int. Received: "
+                f"sequence_length={sequence_length!r}"
+            )
+        check_placeholder_id(placeholder_id)
+        if placeholder_id is None:
+            raise TypeError(
+                "`placeholder_id` must be an int. Received: placeholder_id=None"
+            )
+        if truncate not in TRUNCATE_MODES:
+            raise ValueError(
+                f"`truncate` must be one of {TRUNCATE_MODES}. Received: "
+                f"truncate={truncate!r}"
+            )
+        if segment_ids not in (None, True, False):
+            raise TypeError(
+                "`segment_ids` must be a bool or None. Received: "
+                f"segment_ids={segment_ids!r}"
+            )
+        self.tokenizer = tokenizer
+        self.template = template
+        self.sequence_length = sequence_length
+        self.placeholder_id = int(placeholder_id)
+        self.add_start_token = add_start_token
+        self.add_end_token = add_end_token
+        self.truncate = truncate
+        self.segment_ids = segment_ids
+        self._pieces = _parse(template)
+        self.field_names = [v for k, v, _ in self._pieces if k == "field"]
+        self._byte_level = isinstance(
+            tokenizer, keras_hub.tokenizers.BytePairTokenizer
+        )
+        self._constant_ids = None
+        self._packing_function = None
+        # A tokenizer being deserialized gets its vocabulary later (from the
+        # `.keras` file's assets): then the checks run at the first call.
+        if _has_vocabulary(tokenizer):
+            self._prepare()
+
+    def _prepare(self):
+        """Tokenizes the fixed parts and checks they fit; once."""
+        if self._constant_ids is not None:
+            return
+        tokenizer = self.tokenizer
+        self._start_id = self._special_id(
+            "start_token_id", self.add_start_token
+        )
+        self._end_id = self._special_id("end_token_id", self.add_end_token)
+        self._pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+        self._mask_id = None
+        if self.num_masks:
+            self._mask_id = getattr(tokenizer, "mask_token_id", None)
+            if self._mask_id is None:
+                raise ValueError(
+                    f"`template` has [MASK], but {type(tokenizer).__name__} "
+                    f"has no mask token. Received: template={self.template!r}"
+                )
+        self._check_placeholder_collisions()
+        # Fixed parts, tokenized once: `None` marks a field.
+        constant_ids = []
+        for kind, value, space_before in self._pieces:
+            if kind == "slots":
+                ids = [self.placeholder_id] * value
+            elif kind == "mask":
+                ids = [self._mask_id]
+            elif kind == "text":
+                ids = self._tokenize_constant(value, space_before)
+            else:
+                ids = None
+            constant_ids.append(ids)
+        fixed = sum(len(ids) for ids in constant_ids if ids is not None)
+        fixed += (self._start_id is not None) + (self._end_id is not None)
+        budget = self.sequence_length - fixed
+        if budget < len(self.field_names):
+            raise ValueError(
+                f"sequence_length={self.sequence_length} is too short for "
+                f"`template`: its special tokens, slots, anchors and masks "
+                f"take {fixed} tokens, leaving {budget} for "
+                f"{len(self.field_names)} field(s). Use sequence_length >= "
+                f"{fixed + len(self.field_names)}."
+            )
+        self._field_budget = budget
+        self._constant_ids = constant_ids
+
+    def _special_id(self, attribute, wanted):
+        if not wanted:
+            return None
+        return getattr(self.tokenizer, attribute, None)
+
+    def _check_placeholder_collisions(self):
+        special = {
+            name: getattr(self.tokenizer, name, None)
+            for name in (
+                "start_token_id",
+                "end_token_id",
+                "pad_token_id",
+                "mask_token_id",
+            )
+        }
+        for name, value in special.items():
+            if value is not None and value == self.placeholder_id:
+                raise ValueError(
+                    f"`placeholder_id`={self.placeholder_id} collides with "
+                    f"the tokenizer's {name}. Use an id no text tokenizes to, "
+                    f"such as the default {DEFAULT_PLACEHOLDER_ID}."
+                )
+
+    def _tokenize_constant(self, text, space_before):
+        if self._byte_level and space_before:
+            text = " " + text
+        ids = [int(i) for i in np.asarray(self.tokenizer(text)).reshape(-1)]
+        if self.placeholder_id in ids:
+            raise ValueError(
+                f"The anchor text {text!r} tokenizes to placeholder_id="
+                f"{self.placeholder_id}, a real token of this tokenizer. Use "
+                f"another placeholder_id, such as {DEFAULT_PLACEHOLDER_ID}."
+            )
+        return ids
+
+    @property
+    def num_virtual_tokens(self):
+        """The number of prompt slots in the template."""
+        return sum(value for kind, value, _ in self._pieces if kind == "slots")
+
+    @property
+    def num_masks(self):
+        return sum(1 for kind, _, _ in self._pieces if kind == "mask")
+
+    def prompt_config(self, **kwargs):
+        """A `PromptEncoderConfig` with one virtual token per slot.
+
+        Keyword arguments set the config's other fields.
+        """
+        return PromptEncoderConfig(
+            num_virtual_tokens=self.num_virtual_tokens, **kwargs
+        )
+
+    @property
+    def output_names(self):
+        """The keys of the model inputs the template writes."""
+        names = ["token_ids", "padding_mask"]
+        if self._emits_segment_ids():
+            names.append("segment_ids")
+        if self.num_masks:
+            names.append("mask_positions")
+        return names
+
+    def _emits_segment_ids(self):
+        if self.segment_ids is None:
+            return getattr(self.tokenizer, "sep_token_id", None) is not None
+        return self.segment_ids
+
+    def match_inputs(self, input_names):
+        """Sets `segment_ids` for a model with `input_names`, or raises.
+
+        Called by the models this template preprocesses for. A template
+        left to choose (`segment_ids=None`) writes `segment_ids` exactly
+        when the model takes them.
+        """
+        if self.segment_ids is None:
+            self.segment_ids = "segment_ids" in input_names
+        missing = sorted(set(input_names) - set(self.output_names))
+        extra = sorted(set(self.output_names) - set(input_names))
+        if missing or extra:
+            raise ValueError(
+                f"The PromptTemplate writes {sorted(self.output_names)}, but "
+                f"the model takes {sorted(input_names)}. Missing: {missing}; "
+                f"unexpected: {extra}. (`[MASK]` in the template writes "
+                "`mask_positions`; `segment_ids=` sets the segment ids.)"
+            )
+
+    # === Packing (TensorFlow, in tf.data or eagerly) ===
+
+    def _standardize(self, x):
+        if isinstance(x, dict):
+            missing = [name for name in self.field_names if name not in x]
+            if missing:
+                raise ValueError(
+                    f"The template's fields are {self.field_names}; the "
+                    f"input lacks {missing}. Received keys: {sorted(x)}"
+                )
+            return {name: x[name] for name in self.field_names}
+        if len(self.field_names) != 1:
+            raise ValueError(
+                f"The template has fields {self.field_names}: pass a dict "
+                f"with those keys. Received: {type(x).__name__}"
+            )
+        return {self.field_names[0]: x}
+
+    def _trimmer(self):
+        if self.truncate == "round_robin":
+            return tf_text.RoundRobinTrimmer(self._field_budget)
+        return tf_text.WaterfallTrimmer(self._field_budget)
+
+    def _pack(self, fields, assert_counts=True):
+        """Packs a dict of `(batch,)` string tensors; TensorFlow ops only."""
+        self._prepare()
+        texts = []
+        spaces = {v: s for k, v, s in self._pieces if k == "field"}
+        for name in self.field_names:
+            text = tf.convert_to_tensor(fields[name])
+            if self._byte_level and spaces[name]:
+                text = tf.strings.join([" ", text])
+            tokens = self.tokenizer(text)
+            if not isinstance(tokens, tf.RaggedTensor):
+                tokens = tf.RaggedTensor.from_tensor(tokens)
+            texts.append(tf.cast(tokens, "int32"))
+        texts = dict(zip(self.field_names, self._trimmer().trim(texts)))
+        batch_size = texts[self.field_names[0]].nrows()
+
+        def constant(ids):
+            ids = tf.constant(ids, "int32", shape=(len(ids),))
+            tiled = tf.tile(ids[None], [batch_size, 1])
+            return tf.RaggedTensor.from_tensor(
+                tiled,
+                row_splits_dtype=texts[self.field_names[0]].row_splits.dtype,
+            )
+
+        parts, mask_positions = [], []
+        if self._start_id is not None:
+            parts.append(constant([self._start_id]))
+        for (kind, value, _), ids in zip(self._pieces, self._constant_ids):
+            if kind == "mask":
+                offset = (
+                    tf.add_n([p.row_lengths() for p in parts]) if parts else 0
+                )
+                mask_positions.append(tf.cast(offset, "int32"))
+            parts.append(texts[value] if ids is None else constant(ids))
+        if self._end_id is not None:
+            parts.append(constant([self._end_id]))
+        ragged = tf.concat(parts, axis=1)
+        length = self.sequence_length
+        token_ids = ragged.to_tensor(
+            default_value=self._pad_id, shape=[None, length]
+        )
+        outputs = {
+            "token_ids": token_ids,
+            "padding_mask": tf.sequence_mask(ragged.row_lengths(), length),
+        }
+        if self.placeholder_id >= 0 and assert_counts:
+            counts = tf.reduce_sum(
+                tf.cast(tf.equal(token_ids, self.placeholder_id), "int32"), 1
+            )
+            with tf.control_dependencies(
+                [
+                    tf.debugging.assert_equal(
+                        counts,
+                        self.num_virtual_tokens,
+                        message=(
+                            f"Field text tokenized to placeholder_id="
+                            f"{self.placeholder_id}: rows must hold exactly "
+                            f"{self.num_virtual_tokens} placeholders."
+                        ),
+                    )
+                ]
+            ):
+                outputs["token_ids"] = tf.identity(token_ids)
+        if self._emits_segment_ids():
+            outputs["segment_ids"] = tf.zeros_like(token_ids)
+        if mask_positions:
+            outputs["mask_positions"] = tf.stack(mask_positions, axis=1)
+        return outputs
+
+    def _pack_any_rank(self, fields):
+        scalar = fields[self.field_names[0]].shape.rank == 0
+        if scalar:
+            fields = {k: tf.reshape(v, [1]) for k, v in fields.items()}
+        outputs = self._pack(fields)
+        if scalar:
+            outputs = {k: v[0] for k, v in outputs.items()}
+        return outputs
+
+    def call(self, x, y=None, sample_weight=None):
+        fields = self._standardize(x)
+        if tf.inside_function():
+            outputs = self._pack_any_rank(
+                {k: tf.convert_to_tensor(v) for k, v in fields.items()}
+            )
+        else:
+            fields = {
+                k: v if isinstance(v, tf.Tensor) else tf.constant(v)
+                for k, v in fields.items()
+            }
+            scalar = fields[self.field_names[0]].shape.rank == 0
+            fields = {k: tf.reshape(v, [-1]) for k, v in fields.items()}
+            if self._packing_function is None:
+                # Keras-hub tokenizers run their TensorFlow path in graphs.
+                self._packing_function = tf.function(
+                    functools.partial(self._pack, assert_counts=False),
+                    reduce_retracing=True,
+                )
+            outputs = {
+                k: v.numpy() for k, v in self._packing_function(fields).items()
+            }
+            if self.placeholder_id >= 0:
+                check_placeholder_counts(
+                    outputs["token_ids"],
+                    self.placeholder_id,
+                    self.num_virtual_tokens,
+                )
+            outputs = {
+                k: keras.ops.convert_to_tensor(v[0] if scalar else v)
+                for k, v in outputs.items()
+            }
+        return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
+
+    @classmethod
+    def from_preset(cls, preset, template, **kwargs):
+        """A template using the tokenizer of a keras-hub preset.
+
+        Args:
+            preset: a keras-hub preset name or local preset directory.
+            template: str. The template.
+            **kwargs: the other constructor arguments.
+        """
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+        return cls(template, tokenizer, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "template": self.template,
+                "sequence_length": self.sequence_length,
+                "placeholder_id": self.placeholder_id,
+                "add_start_token": self.add_start_token,
+                "add_end_token": self.add_end_token,
+                "truncate": self.truncate,
+                "segment_ids": self.segment_ids,
+            }
+        )
+        return config

@@ -1,0 +1,305 @@
+"""`PTuningMaskedLM`: cloze-style P-tuning of a frozen masked LM."""
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.verbalizer import REDUCTIONS
+from keras_ptuning.verbalizer import Verbalizer
+from keras_ptuning.verbalizer import label_word_ids
+
+
+def _serialize_without_preprocessor(masked_lm):
+    config = keras.layers.serialize(masked_lm)
+    config["config"] = dict(config["config"], preprocessor=None)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
+    """Cloze-style P-tuning: a frozen masked LM fills in `[MASK]`.
+
+    The P-tuning paper's NLU setting. A keras-hub masked LM (`BertMaskedLM`,
+    `RobertaMaskedLM`, `DistilBertMaskedLM`, `AlbertMaskedLM`, ...: a
+    backbone and its LM head, both frozen) reads a template such as
+    `"{sentence} [P:4] It was [MASK] ."` with virtual tokens at the slots
+    (see `keras_ptuning.PromptTemplate`) and predicts the token at the mask.
+
+    - With a `verbalizer` (classification): each class has one or more
+      label words, and its score is the mean (or max, `score_reduction`) of
+      their logits at the first mask. The model outputs class probabilities
+      (`activation="softmax"`, the default) or the scores
+      (`activation=None`), and `fit`/`evaluate`/`predict` work with integer
+      class labels.
+    - Without (fill-in, the LAMA knowledge-probing use): the model outputs
+      vocabulary logits `(batch, num_masks, vocabulary_size)` at the masks,
+      trains on target token ids as keras-hub's `MaskedLM` does, and
+      `fill_mask()` returns the top-k tokens.
+
+    Only the prompt encoder trains.
+
+    Args:
+        masked_lm: a keras-hub `MaskedLM` task with a `masked_lm_head` (its
+            weights are used, frozen; its preprocessor is not).
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            May be `None` with a `PromptTemplate` preprocessor (its slot
+            count).
+        verbalizer: `None`, a dict of class name to label words (`{"neg":
+            ["bad", "terrible"], "pos": ["good", "great"]}`; class `i` is the
+            `i`-th key), or a list of label-word lists. Words are strings
+            (each must be one token of the vocabulary) or token ids.
+        preprocessor: `None` or a `keras_ptuning.PromptTemplate` whose
+            template holds a `[MASK]`. With one, the model takes raw text.
+        score_reduction: `"mean"` (default) or `"max"` over a class's words.
+        activation: applied to the class scores; `"softmax"` (default) gives
+            probabilities, `None` the scores. Ignored without a verbalizer.
+        placeholder_id: `None` or the int that marks virtual-token slots in
+            `token_ids`; a `PromptTemplate` preprocessor sets it. `None`
+            with no template prepends the virtual tokens.
+        **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    masked_lm = keras_hub.models.BertMaskedLM.from_preset("bert_base_en")
+    template = keras_ptuning.PromptTemplate(
+        "{sentence} [P:4] It was [MASK] .",
+        masked_lm.preprocessor.tokenizer,
+        sequence_length=64,
+    )
+    model = keras_ptuning.PTuningMaskedLM(
+        masked_lm,
+        verbalizer={"negative": ["bad", "terrible"], "positive": ["good"]},
+        preprocessor=template,
+    )
+    model.fit({"sentence": ["a gem", "a mess"]}, [1, 0], epochs=3)
+    model.predict({"sentence": ["pure joy"]})  # class probabilities
+    ```
+    """
+
+    def __init__(
+        self,
+        masked_lm,
+        prompt_config=None,
+        verbalizer=None,
+        preprocessor=None,
+        score_reduction="mean",
+        activation="softmax",
+        placeholder_id=None,
+        **kwargs,
+    ):
+        if isinstance(masked_lm, dict):
+            masked_lm = keras.layers.deserialize(masked_lm)
+        head = getattr(masked_lm, "masked_lm_head", None)
+        if not isinstance(masked_lm, keras_hub.models.MaskedLM) or head is None:
+            raise TypeError(
+                "`masked_lm` must be a keras-hub `MaskedLM` task with a "
+                "`masked_lm_head` (BertMaskedLM, RobertaMaskedLM, ...). "
+                f"Received: masked_lm of type {type(masked_lm).__name__}"
+            )
+        tokenizer = getattr(preprocessor, "tokenizer", None) or getattr(
+            masked_lm.preprocessor, "tokenizer", None
+        )
+        backbone = PTuningBackbone.wrap(
+            masked_lm.backbone, prompt_config, placeholder_id, preprocessor
+        )
+        input_names = list(backbone.input_names) + ["mask_positions"]
+        backbone.check_preprocessor(preprocessor, input_names)
+        masked_lm.trainable = False
+        head.trainable = False
+        class_names = None
+        verbalizer_layer = None
+        if verbalizer is not None:
+            class_names, word_ids = label_word_ids(verbalizer, tokenizer)
+            verbalizer_layer = Verbalizer(
+                word_ids,
+                reduction=score_reduction,
+                dtype="float32",
+                name="verbalizer",
+            )
+            verbalizer_layer.check_vocabulary_size(
+                backbone.token_embedding.input_dim
+            )
+        elif score_reduction not in REDUCTIONS:
+            raise ValueError(
+                f"`score_reduction` must be one of {REDUCTIONS}. "
+                f"Received: score_reduction={score_reduction!r}"
+            )
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.masked_lm_head = head
+        self.verbalizer = verbalizer_layer
+        self.class_activation = None
+        if verbalizer_layer is not None and activation is not None:
+            self.class_activation = keras.layers.Activation(
+                activation, dtype="float32", name="class_activation"
+            )
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in input_names
+        }
+        outputs = backbone(
+            {name: inputs[name] for name in backbone.input_names}
+        )
+        if isinstance(outputs, dict):
+            outputs = outputs["sequence_output"]
+        outputs = head(outputs, mask_positions=inputs["mask_positions"])
+        if verbalizer_layer is not None:
+            outputs = verbalizer_layer(outputs[:, 0, :])
+            if self.class_activation is not None:
+                outputs = self.class_activation(outputs)
+        # Config before `Task.__init__`, which compiles.
+        self.class_names = class_names
+        self.score_reduction = score_reduction
+        self.activation = (
+            None if activation is None else keras.activations.get(activation)
+        )
+        self._masked_lm_config = _serialize_without_preprocessor(masked_lm)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return list(self.backbone.input_names) + ["mask_positions"]
+
+    @property
+    def num_classes(self):
+        """The number of classes, or `None` in fill-in mode."""
+        return None if self.verbalizer is None else self.verbalizer.num_classes
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        metrics="auto",
+        weighted_metrics="auto",
+        **kwargs,
+    ):
+        """Configures training, with P-tuning defaults.
+
+        Defaults: `Adam(1e-3)`; with a verbalizer, sparse categorical
+        cross-entropy on the class output (from logits unless the activation
+        is softmax) and sparse categorical accuracy; without, keras-hub
+        `MaskedLM`'s loss on token ids with weighted accuracy. Any argument
+        overrides.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        classes = self.verbalizer is not None
+        if loss == "auto":
+            from_logits = not (
+                classes and self.activation is keras.activations.softmax
+            )
+            loss = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=from_logits
+            )
+        if metrics == "auto":
+            metrics = (
+                [keras.metrics.SparseCategoricalAccuracy()] if classes else None
+            )
+        if weighted_metrics == "auto":
+            weighted_metrics = (
+                None if classes else [keras.metrics.SparseCategoricalAccuracy()]
+            )
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        # Keras skips this for models with a custom `compile()`; restoring
+        # it keeps the optimizer state, so `fit` resumes where it stopped.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _model_inputs(self, inputs):
+        if isinstance(inputs, dict) and "token_ids" in inputs:
+            return inputs
+        if self.preprocessor is None:
+            raise ValueError(
+                "This model has no preprocessor: pass a dict of "
+                f"{self.model_input_names}. Received: {type(inputs).__name__}"
+            )
+        return self.preprocessor(inputs)
+
+    def fill_mask(self, inputs, top_k=5):
+        """The `top_k` most likely vocabulary tokens at each `[MASK]`.
+
+        The knowledge-probing use (LAMA): works with or without a
+        verbalizer, eagerly.
+
+        Args:
+            inputs: raw text for the preprocessor (a dict of fields, or the
+                texts of a one-field template), or a dict of model inputs.
+            top_k: int >= 1.
+
+        Returns:
+            A dict of numpy arrays of shape `(batch, num_masks, top_k)`:
+            `token_ids`, `probabilities` and, with a tokenizer, `tokens`.
+        """
+        vocabulary_size = self.backbone.token_embedding.input_dim
+        if (
+            isinstance(top_k, bool)
+            or not isinstance(top_k, int)
+            or not 1 <= top_k <= vocabulary_size
+        ):
+            raise ValueError(
+                f"`top_k` must be an int in [1, {vocabulary_size}]. "
+                f"Received: top_k={top_k!r}"
+            )
+        x = self._model_inputs(inputs)
+        self.backbone.check_inputs(
+            x, self.model_input_names, type(self).__name__
+        )
+        features = {name: x[name] for name in self.backbone.input_names}
+        outputs = self.backbone(features, training=False)
+        if isinstance(outputs, dict):
+            outputs = outputs["sequence_output"]
+        logits = self.masked_lm_head(
+            outputs, mask_positions=ops.convert_to_tensor(x["mask_positions"])
+        )
+        probabilities = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        values, indices = ops.top_k(probabilities, top_k)
+        result = {
+            "token_ids": np.asarray(ops.convert_to_numpy(indices)),
+            "probabilities": np.asarray(ops.convert_to_numpy(values)),
+        }
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        if tokenizer is not None:
+            result["tokens"] = np.vectorize(
+                lambda i: tokenizer.id_to_token(int(i)), otypes=[object]
+            )(result["token_ids"])
+        return result
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("backbone", None)
+        word_ids = None if self.verbalizer is None else self.verbalizer.word_ids
+        verbalizer = word_ids
+        if word_ids is not None and self.class_names is not None:
+            verbalizer = dict(zip(self.class_names, word_ids))
+        config.update(
+            {
+                "masked_lm": self._masked_lm_config,
+                "prompt_config": self.backbone.prompt_config.to_dict(),
+                "verbalizer": verbalizer,
+                "score_reduction": self.score_reduction,
+                "activation": None
+                if self.activation is None
+                else keras.activations.serialize(self.activation),
+                "placeholder_id": self.backbone.placeholder_id,
+            }
+        )
+        return config

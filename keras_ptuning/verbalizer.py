@@ -1,0 +1,163 @@
+"""`Verbalizer`: class scores from a masked LM's logits at the mask."""
+
+import numbers
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+REDUCTIONS = ("mean", "max")
+
+
+def label_word_ids(verbalizer, tokenizer=None):
+    """Resolves a verbalizer to class names and label-word token ids.
+
+    Args:
+        verbalizer: a dict of class name to a list of label words, or a list
+            (class index order) of such lists. A word is a string, tokenized
+            with `tokenizer` to exactly one token, or an int token id.
+        tokenizer: a keras-hub tokenizer; needed for string words.
+
+    Returns:
+        `(class_names, word_ids)`: a list of names (`None` for a list
+        verbalizer) and a list of lists of ints, one per class.
+    """
+    if isinstance(verbalizer, dict):
+        names = list(verbalizer)
+        words = [verbalizer[name] for name in names]
+    elif isinstance(verbalizer, (list, tuple)):
+        names = None
+        words = list(verbalizer)
+    else:
+        raise TypeError(
+            "`verbalizer` must be a dict of class name to label words, or a "
+            f"list of label-word lists. Received: verbalizer={verbalizer!r}"
+        )
+    if len(words) < 2:
+        raise ValueError(
+            "`verbalizer` must name at least 2 classes. Received: "
+            f"verbalizer={verbalizer!r}"
+        )
+    ids = []
+    for index, class_words in enumerate(words):
+        name = names[index] if names else index
+        if isinstance(class_words, (str, numbers.Integral)):
+            class_words = [class_words]
+        if not class_words:
+            raise ValueError(
+                f"`verbalizer` class {name!r} has no label words. Received: "
+                f"verbalizer={verbalizer!r}"
+            )
+        ids.append([_word_id(word, name, tokenizer) for word in class_words])
+    return names, ids
+
+
+def _word_id(word, class_name, tokenizer):
+    if isinstance(word, numbers.Integral) and not isinstance(word, bool):
+        return int(word)
+    if not isinstance(word, str):
+        raise TypeError(
+            f"Label words must be strings or token ids. Received: {word!r} "
+            f"for class {class_name!r}"
+        )
+    if tokenizer is None:
+        raise ValueError(
+            f"The label word {word!r} (class {class_name!r}) is a string, "
+            "but there is no tokenizer: give the model a preprocessor or use "
+            "token ids."
+        )
+    text = word
+    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
+        # In a sentence the word follows a space: "Ġgood", not "good".
+        text = " " + word
+    tokens = [int(t) for t in np.asarray(tokenizer(text)).reshape(-1)]
+    if len(tokens) != 1:
+        pieces = [tokenizer.id_to_token(t) for t in tokens]
+        raise ValueError(
+            f"Each label word must be one token of the vocabulary. The word "
+            f"{word!r} (class {class_name!r}) tokenizes to {len(tokens)} "
+            f"tokens: {pieces}. Choose another word."
+        )
+    return tokens[0]
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class Verbalizer(keras.layers.Layer):
+    """Maps masked-LM vocabulary logits to class scores.
+
+    Class `c` scores the mean (or max) of the logits of its label words, as
+    in the P-tuning paper's cloze setting ("It was [MASK]." with `good` /
+    `great` for positive). The layer has no weights.
+
+    Args:
+        word_ids: a list, one per class, of lists of vocabulary ids.
+        reduction: `"mean"` (default) or `"max"` over a class's words.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    verbalizer = keras_ptuning.Verbalizer([[12, 40], [7]], reduction="max")
+    verbalizer(np.random.rand(2, 64))  # (2, 2): max(l[12], l[40]), l[7]
+    ```
+    """
+
+    def __init__(self, word_ids, reduction="mean", **kwargs):
+        super().__init__(**kwargs)
+        if reduction not in REDUCTIONS:
+            raise ValueError(
+                f"`reduction` must be one of {REDUCTIONS}. Received: "
+                f"reduction={reduction!r}"
+            )
+        _, word_ids = label_word_ids([list(w) for w in word_ids])
+        for class_ids in word_ids:
+            for word_id in class_ids:
+                if word_id < 0:
+                    raise ValueError(
+                        f"Label word ids must be >= 0. Received: {word_ids}"
+                    )
+        self.word_ids = word_ids
+        self.reduction = reduction
+        width = max(len(ids) for ids in word_ids)
+        padded = np.zeros((len(word_ids), width), "int32")
+        present = np.zeros((len(word_ids), width), bool)
+        for row, ids in enumerate(word_ids):
+            padded[row, : len(ids)] = ids
+            present[row, : len(ids)] = True
+        self._padded_ids = padded
+        self._present = present
+        self.built = True
+
+    @property
+    def num_classes(self):
+        return len(self.word_ids)
+
+    def check_vocabulary_size(self, vocabulary_size):
+        """Raises if a label word id is outside the vocabulary."""
+        largest = int(self._padded_ids.max())
+        if largest >= vocabulary_size:
+            raise ValueError(
+                f"Label word id {largest} is outside the vocabulary of "
+                f"{vocabulary_size} tokens."
+            )
+
+    def call(self, logits):
+        num_classes, width = self._padded_ids.shape
+        flat = ops.take(logits, self._padded_ids.reshape(-1), axis=-1)
+        scores = ops.reshape(flat, (-1, num_classes, width))
+        present = ops.convert_to_tensor(self._present)
+        if self.reduction == "max":
+            # Absent words repeat the class's first word: no effect on max.
+            scores = ops.where(present, scores, scores[..., :1])
+            return ops.max(scores, axis=-1)
+        present = ops.cast(present, scores.dtype)
+        counts = ops.sum(present, axis=-1)
+        return ops.sum(scores * present, axis=-1) / counts
+
+    def compute_output_shape(self, logits_shape):
+        return (logits_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"word_ids": self.word_ids, "reduction": self.reduction})
+        return config

@@ -1,0 +1,285 @@
+"""`PromptTemplate`: slots, anchors, masks and truncation, per tokenizer."""
+
+import io
+
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PromptTemplate
+from keras_ptuning import PTuningTextClassifier
+from tests.backbones import FAMILIES
+
+BERT_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was",
+    "great", "good", "bad", "it", "?", ".", "un", "##believ", "##able",
+    "terrible", "a", "film",
+]  # fmt: skip
+# "Ġthe" (id 1) is "the" after a space; "the" (id 2) starts a text.
+GPT2_VOCAB = {
+    "<|endoftext|>": 0, "Ġthe": 1, "the": 2, "Ġ": 3, "t": 4, "h": 5,
+    "e": 6, "Ġt": 7, "Ġth": 8, "th": 9,
+}  # fmt: skip
+GPT2_MERGES = ["Ġ t", "Ġt h", "Ġth e", "t h", "th e"]
+
+
+def _numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def bert_tokenizer():
+    return keras_hub.tokenizers.BertTokenizer(
+        vocabulary=BERT_VOCAB, lowercase=True
+    )
+
+
+def gpt2_tokenizer():
+    return keras_hub.tokenizers.GPT2Tokenizer(
+        vocabulary=GPT2_VOCAB, merges=GPT2_MERGES
+    )
+
+
+def sentencepiece_tokenizer():
+    import sentencepiece
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(
+            ["the movie was great", "it was bad", "good movie"] * 10
+        ),
+        model_writer=proto,
+        vocab_size=13,
+        model_type="WORD",
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        user_defined_symbols="[MASK]",
+        minloglevel=2,
+    )
+    return keras_hub.tokenizers.AlbertTokenizer(proto=proto.getvalue())
+
+
+def _as_numpy(outputs):
+    return {k: _numpy(v) for k, v in outputs.items()}
+
+
+def test_wordpiece_ids_by_hand():
+    template = PromptTemplate(
+        "{sentence} [P:2] It was [MASK] .", bert_tokenizer(), sequence_length=12
+    )
+    out = _as_numpy(template({"sentence": ["the movie was great", "it"]}))
+    # [CLS] the movie was great [P][P] it was [MASK] . [SEP]
+    np.testing.assert_array_equal(
+        out["token_ids"],
+        [
+            [2, 5, 6, 7, 8, -1, -1, 11, 7, 4, 13, 3],
+            [2, 11, -1, -1, 11, 7, 4, 13, 3, 0, 0, 0],
+        ],
+    )
+    np.testing.assert_array_equal(out["padding_mask"].sum(1), [12, 9])
+    np.testing.assert_array_equal(out["mask_positions"], [[9], [6]])
+    np.testing.assert_array_equal(out["segment_ids"], np.zeros((2, 12)))
+    assert template.num_virtual_tokens == 2
+    assert template.prompt_config(encoder_hidden_size=8) == PromptEncoderConfig(
+        2, encoder_hidden_size=8
+    )
+
+
+def test_byte_pair_ids_by_hand_with_word_boundaries():
+    template = PromptTemplate(
+        "[P:2] {sentence} [P] the", gpt2_tokenizer(), sequence_length=9
+    )
+    assert template.output_names == ["token_ids", "padding_mask"]
+    out = _as_numpy(template(["the the"]))
+    # <|endoftext|> [P][P] Ġthe Ġthe [P] Ġthe <|endoftext|>, padded with 0.
+    np.testing.assert_array_equal(
+        out["token_ids"], [[0, -1, -1, 1, 1, -1, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        out["padding_mask"], [[1, 1, 1, 1, 1, 1, 1, 1, 0]]
+    )
+    # A field that starts the template has no space before it.
+    first = PromptTemplate(
+        "{sentence}[P]", gpt2_tokenizer(), sequence_length=5,
+        add_start_token=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        _numpy(first(["the"])["token_ids"]), [[2, -1, 0, 0, 0]]
+    )
+
+
+def test_sentencepiece_ids_by_hand():
+    tokenizer = sentencepiece_tokenizer()
+    template = PromptTemplate(
+        "[P] {premise} [P:2] {hypothesis} ? [MASK]",
+        tokenizer,
+        sequence_length=12,
+        truncate="waterfall",
+    )
+    piece = tokenizer.token_to_id
+    out = _as_numpy(
+        template({"premise": ["the movie"], "hypothesis": ["it was bad"]})
+    )
+    question = [int(i) for i in np.asarray(tokenizer("?")).reshape(-1)]
+    expected = (
+        [2, -1, piece("▁the"), piece("▁movie"), -1, -1]
+        + [piece("▁it"), piece("▁was"), piece("▁bad")]
+        + question
+        + [4, 3]
+    )
+    expected += [0] * (12 - len(expected))
+    np.testing.assert_array_equal(out["token_ids"][0], expected)
+    assert out["token_ids"][0][out["mask_positions"][0, 0]] == 4
+
+
+@pytest.mark.parametrize("truncate", ["round_robin", "waterfall"])
+def test_truncation_cuts_only_field_text(truncate):
+    template_text = "[P:3] {premise} [P:3] {hypothesis} ? [P:3] [MASK]"
+    tokenizer = bert_tokenizer()
+    premise = "the movie was great the movie was great a film"
+    hypothesis = "it was terrible it was bad it was good"
+    full_premise = list(np.asarray(tokenizer(premise)))
+    full_hypothesis = list(np.asarray(tokenizer(hypothesis)))
+    for length in (15, 16, 18, 21, 25, 31):
+        template = PromptTemplate(
+            template_text, tokenizer, sequence_length=length, truncate=truncate
+        )
+        out = _as_numpy(
+            template({"premise": [premise], "hypothesis": [hypothesis]})
+        )
+        ids = list(out["token_ids"][0][out["padding_mask"][0]])
+        assert ids[0] == 2 and ids[-1] == 3  # [CLS] ... [SEP]
+        assert ids[1:4] == [-1] * 3  # leading slots kept
+        assert ids[-6:-1] == [12, -1, -1, -1, 4]  # ? [P][P][P] [MASK]
+        assert ids.count(-1) == 9
+        assert out["mask_positions"][0, 0] == len(ids) - 2
+        # Fields: prefixes of their full tokenization, filling the budget.
+        second = ids.index(-1, 4)
+        kept_premise = ids[4:second]
+        kept_hypothesis = ids[second + 3 : -6]
+        assert kept_premise == full_premise[: len(kept_premise)]
+        assert kept_hypothesis == full_hypothesis[: len(kept_hypothesis)]
+        assert len(kept_premise) + len(kept_hypothesis) == min(
+            length - 15 + 2, len(full_premise) + len(full_hypothesis)
+        )
+        if truncate == "waterfall" and len(kept_hypothesis) > 0:
+            assert len(kept_premise) == len(full_premise)
+
+
+def test_tf_data_equals_eager_and_labels_pass_through():
+    template = PromptTemplate(
+        "{sentence} [P:2] It was [MASK] .", bert_tokenizer(), sequence_length=14
+    )
+    sentences = ["the movie was great", "it", "a terrible film"]
+    eager = _as_numpy(template({"sentence": sentences}))
+    ds = tf.data.Dataset.from_tensor_slices(
+        ({"sentence": sentences}, [1, 0, 0])
+    )
+    x, y = next(iter(ds.batch(3).map(template)))
+    for name, value in eager.items():
+        np.testing.assert_array_equal(x[name].numpy(), value)
+    np.testing.assert_array_equal(y.numpy(), [1, 0, 0])
+    single = _as_numpy(template("the movie"))
+    assert single["token_ids"].shape == (14,)
+
+
+def test_config_round_trip():
+    template = PromptTemplate(
+        "{a} [P:2] ? {b} [P]",
+        bert_tokenizer(),
+        sequence_length=10,
+        truncate="waterfall",
+        segment_ids=False,
+    )
+    config = template.get_config()
+    # As keras-hub does: the vocabulary is an asset, not config.
+    assert config["tokenizer"]["config"]["vocabulary"] is None
+    clone = PromptTemplate.from_config(dict(config, tokenizer=bert_tokenizer()))
+    inputs = {"a": ["the movie was great"], "b": ["it was bad"]}
+    for name, value in _as_numpy(template(inputs)).items():
+        np.testing.assert_array_equal(_numpy(clone(inputs)[name]), value)
+    assert clone.output_names == ["token_ids", "padding_mask"]
+
+
+def test_errors_name_the_argument_and_limit():
+    tokenizer = bert_tokenizer()
+    with pytest.raises(ValueError, match=r"take 9 tokens, leaving 0 for 1"):
+        PromptTemplate(
+            "{s} [P:3] it was [MASK] .", tokenizer, sequence_length=9
+        )
+    # One token more leaves room for the field.
+    PromptTemplate("{s} [P:3] it was [MASK] .", tokenizer, sequence_length=10)
+    with pytest.raises(ValueError, match="has no mask token"):
+        PromptTemplate("{s} [P] [MASK]", gpt2_tokenizer(), sequence_length=8)
+    with pytest.raises(ValueError, match="collides with the tokenizer's pad"):
+        PromptTemplate("{s} [P]", tokenizer, placeholder_id=0)
+    with pytest.raises(ValueError, match="tokenizes to placeholder_id=5"):
+        PromptTemplate("{s} [P] the", tokenizer, placeholder_id=5)
+    with pytest.raises(ValueError, match="at least one prompt slot"):
+        PromptTemplate("{s} it was", tokenizer)
+    with pytest.raises(ValueError, match="at least one `{field}`"):
+        PromptTemplate("[P:2] it was", tokenizer)
+    with pytest.raises(ValueError, match="at least 1"):
+        PromptTemplate("{s} [P:0]", tokenizer)
+    with pytest.raises(ValueError, match="appear once"):
+        PromptTemplate("{s} [P] {s}", tokenizer)
+    with pytest.raises(ValueError, match="`truncate`"):
+        PromptTemplate("{s} [P]", tokenizer, truncate="left")
+    with pytest.raises(TypeError, match="keras-hub tokenizer"):
+        PromptTemplate("{s} [P]", "bert")
+    template = PromptTemplate("{a} [P] {b}", tokenizer, sequence_length=8)
+    with pytest.raises(ValueError, match=r"lacks \['b'\]"):
+        template({"a": ["the"]})
+    with pytest.raises(ValueError, match="pass a dict"):
+        template(["the"])
+
+
+def test_field_text_hitting_an_in_vocabulary_placeholder_is_caught():
+    # "good" is id 9: a template using 9 as its placeholder sees a row with
+    # too many placeholders when the text holds "good".
+    template = PromptTemplate("{s} [P:2]", bert_tokenizer(), placeholder_id=9)
+    np.testing.assert_array_equal(
+        _numpy(template(["the movie"])["token_ids"])[0, :6], [2, 5, 6, 9, 9, 3]
+    )
+    with pytest.raises(ValueError, match=r"row 0: 3\..*collides"):
+        template(["a good movie"])
+    ds = tf.data.Dataset.from_tensor_slices(["a good movie"]).batch(1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rows must"):
+        next(iter(ds.map(template)))
+
+
+@pytest.mark.parametrize("family", ["bert", "distil_bert"])
+def test_classifier_takes_raw_text_through_the_template(family):
+    template = PromptTemplate(
+        "[P:2] {sentence} [P] .", bert_tokenizer(), sequence_length=12
+    )
+    model = PTuningTextClassifier(FAMILIES[family](), 2, preprocessor=template)
+    assert model.backbone.placeholder_id == -1
+    assert model.backbone.num_virtual_tokens == 3
+    assert ("segment_ids" in template.output_names) == (family == "bert")
+    sentences = ["the movie was great", "a terrible film"] * 4
+    labels = np.array([1, 0] * 4)
+    history = model.fit(sentences, labels, batch_size=4, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    probabilities = model.predict(sentences[:2], verbose=0)
+    assert probabilities.shape == (2, 2)
+    with pytest.raises(ValueError, match="has 3 slots, but .* makes"):
+        PTuningTextClassifier(
+            FAMILIES[family](), 2, PromptEncoderConfig(4), preprocessor=template
+        )
+    with pytest.raises(ValueError, match="writes .*mask_positions"):
+        PTuningTextClassifier(
+            FAMILIES[family](),
+            2,
+            preprocessor=PromptTemplate(
+                "{s} [P] [MASK]", bert_tokenizer(), sequence_length=8
+            ),
+        )
