@@ -39,9 +39,11 @@ class LengthBucketedDataset(keras.utils.PyDataset):
     NumPy), with `fit`, `evaluate` and `predict`.
 
     Inputs must be right-padded, as keras-hub preprocessors make them. Every
-    entry of `x` is cut; `y` and `sample_weight` are cut too when they are
-    `(rows, sequence_length)` arrays (a `CausalLMPreprocessor`'s labels and
-    weights), and kept whole otherwise (class labels).
+    `(rows, sequence_length, ...)` entry of `x` is cut; other per-row entries
+    (a `PromptTemplate`'s `mask_positions`) are kept whole. `y` and
+    `sample_weight` are cut too when they are `(rows, sequence_length)`
+    arrays (a `CausalLMPreprocessor`'s labels and weights), and kept whole
+    otherwise (class labels).
 
     Each bucket's last batch may be smaller than `batch_size`, so a `jit`
     backend compiles at most two shapes per bucket. The first two batches
@@ -49,8 +51,8 @@ class LengthBucketedDataset(keras.utils.PyDataset):
     TensorFlow adapter fixes the batch signature from those two.
 
     Args:
-        x: dict of `(rows, sequence_length)` arrays with a `"padding_mask"`
-            entry, e.g. a keras-hub preprocessor's output.
+        x: dict of `(rows, ...)` arrays with a `(rows, sequence_length)`
+            `"padding_mask"` entry, e.g. a keras-hub preprocessor's output.
         y: optional labels, `(rows, ...)`.
         sample_weight: optional weights, `(rows, ...)`.
         batch_size: int, rows per batch.
@@ -102,11 +104,11 @@ class LengthBucketedDataset(keras.utils.PyDataset):
             )
         rows, sequence_length = padding_mask.shape
         for name, value in x.items():
-            if value.shape[:2] != (rows, sequence_length):
+            if value.ndim < 1 or value.shape[0] != rows:
                 raise ValueError(
-                    f"Every entry of `x` must have shape ({rows}, "
-                    f"{sequence_length}, ...) like 'padding_mask'. Received: "
-                    f"x[{name!r}].shape={value.shape}"
+                    f"Every entry of `x` must have {rows} rows like "
+                    f"'padding_mask'. Received: x[{name!r}].shape="
+                    f"{value.shape}"
                 )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(

@@ -290,7 +290,10 @@ class PromptTemplate(keras_hub.models.Preprocessor):
     def _tokenize_constant(self, text, space_before):
         if self._byte_level and space_before:
             text = " " + text
-        ids = [int(i) for i in np.asarray(self.tokenizer(text)).reshape(-1)]
+        # Eagerly, even when first called while tracing a tf.data pipeline.
+        with tf.init_scope():
+            ids = np.asarray(self.tokenizer(text)).reshape(-1)
+        ids = [int(i) for i in ids]
         if self.placeholder_id in ids:
             raise ValueError(
                 f"The anchor text {text!r} tokenizes to placeholder_id="

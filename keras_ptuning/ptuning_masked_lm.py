@@ -247,7 +247,8 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
 
         Returns:
             A dict of numpy arrays of shape `(batch, num_masks, top_k)`:
-            `token_ids`, `probabilities` and, with a tokenizer, `tokens`.
+            `token_ids`, `probabilities` and, with a tokenizer, `tokens`
+            (`None` for ids past the tokenizer's vocabulary).
         """
         vocabulary_size = self.backbone.token_embedding.input_dim
         if (
@@ -278,8 +279,11 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         }
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         if tokenizer is not None:
+            known = tokenizer.vocabulary_size()
+            # Embedding tables can be padded beyond the tokenizer's vocabulary.
             result["tokens"] = np.vectorize(
-                lambda i: tokenizer.id_to_token(int(i)), otypes=[object]
+                lambda i: tokenizer.id_to_token(int(i)) if i < known else None,
+                otypes=[object],
             )(result["token_ids"])
         return result
 

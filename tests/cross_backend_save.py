@@ -1,21 +1,29 @@
 """One link of the cross-backend `.keras` chain in `saving_test.py`.
 
 Step 0 builds, trains and saves a classifier (and its adapter) with its
-predictions; each later step loads the previous step's file on its own
-backend, checks the predictions, loads the adapter into a fresh model on the
-same backbone and checks it too, and saves again.
+predictions, and a cloze model with prompt slots and its `PromptTemplate`;
+each later step loads the previous step's files on its own backend, checks
+the predictions (the cloze model from raw text, through the restored
+template), loads the adapter into a fresh model on the same backbone and
+checks it too, and saves again.
 """
 
 import os
 import sys
 
 import keras
+import keras_hub
 import numpy as np
 
 from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PromptTemplate
+from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
 from tests.conftest import make_inputs
+from tests.prompt_template_test import bert_tokenizer
+
+SENTENCES = {"sentence": ["the movie was great", "a terrible film"]}
 
 directory, step = sys.argv[1], int(sys.argv[2])
 backend = keras.config.backend()
@@ -31,6 +39,20 @@ if step == 0:
         model.predict(inputs, verbose=0),
     )
     model.save_adapter(os.path.join(directory, "classifier.adapter.h5"))
+    cloze = PTuningMaskedLM(
+        keras_hub.models.BertMaskedLM(FAMILIES["bert"]()),
+        verbalizer={"negative": ["bad"], "positive": ["good", "great"]},
+        preprocessor=PromptTemplate(
+            "{sentence} [P:2] it was [MASK] .",
+            bert_tokenizer(),
+            sequence_length=12,
+        ),
+    )
+    cloze.fit(SENTENCES, np.array([1, 0]), epochs=2, verbose=0)
+    np.save(
+        os.path.join(directory, "cloze_expected.npy"),
+        cloze.predict(SENTENCES, verbose=0),
+    )
 else:
     model = keras.saving.load_model(
         os.path.join(directory, f"model_{step - 1}.keras")
@@ -48,5 +70,15 @@ else:
     np.testing.assert_allclose(
         fresh.predict(inputs, verbose=0), expected, atol=1e-5
     )
+    cloze = keras.saving.load_model(
+        os.path.join(directory, f"cloze_{step - 1}.keras")
+    )
+    assert cloze.backbone.placeholder_id == -1
+    np.testing.assert_allclose(
+        cloze.predict(SENTENCES, verbose=0),
+        np.load(os.path.join(directory, "cloze_expected.npy")),
+        atol=1e-5,
+    )
 model.save(os.path.join(directory, f"model_{step}.keras"))
+cloze.save(os.path.join(directory, f"cloze_{step}.keras"))
 print(f"ok {backend}")

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import keras_hub
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ import keras_ptuning
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
+from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
 from tests.conftest import make_inputs
@@ -55,6 +57,8 @@ def _expected_outputs(model, inputs):
     outputs = model.predict(inputs, verbose=0)
     if isinstance(model, PTuningTextClassifier):
         return {"logits": outputs, "probabilities": _softmax(outputs)}
+    if isinstance(model, PTuningMaskedLM):
+        return {"logits": np.log(outputs), "probabilities": outputs}
     if isinstance(model, PTuningCausalLM):
         return {"logits": outputs}
     if isinstance(outputs, dict):
@@ -62,10 +66,26 @@ def _expected_outputs(model, inputs):
     return {"sequence_output": outputs}
 
 
+def _inputs(model, batch, length, seed):
+    """Random inputs; with prompt slots, the placeholders at random real
+    positions of every row; for a masked LM, a mask position per row."""
+    inputs = make_inputs(model_input_names(model), batch, length, seed=seed)
+    ptuning = model._ptuning_backbone()
+    rng = np.random.default_rng(seed)
+    real = inputs["padding_mask"].sum(1)
+    if ptuning.uses_slots:
+        for row in range(batch):
+            slots = rng.choice(real[row], ptuning.num_virtual_tokens, False)
+            inputs["token_ids"][row, slots] = ptuning.placeholder_id
+    if "mask_positions" in model_input_names(model):
+        inputs["mask_positions"] = rng.integers(0, real[:, None])
+    return inputs
+
+
 def _check_in_tensorflow_only_process(model, path, tmp_path):
     cases = []
-    for i, (batch, length) in enumerate([(2, 5), (5, 11)]):
-        inputs = make_inputs(model_input_names(model), batch, length, seed=i)
+    for i, (batch, length) in enumerate([(2, 6), (5, 11)]):
+        inputs = _inputs(model, batch, length, seed=i)
         expected = _expected_outputs(model, inputs)
         name = str(tmp_path / f"case{i}.npz")
         np.savez(
@@ -86,8 +106,9 @@ def _check_in_tensorflow_only_process(model, path, tmp_path):
 
 
 def model_input_names(model):
-    ptuning = model._ptuning_backbone()
-    return ptuning.input_names
+    if isinstance(model, PTuningBackbone):
+        return model.input_names
+    return model.model_input_names
 
 
 def _models():
@@ -102,6 +123,15 @@ def _models():
         "backbone_distil_bert": lambda: PTuningBackbone(
             FAMILIES["distil_bert"](), PromptEncoderConfig(4)
         ),
+        "classifier_slots_roberta": lambda: PTuningTextClassifier(
+            FAMILIES["roberta"](), 2, PromptEncoderConfig(3), placeholder_id=-1
+        ),
+        "masked_lm_slots_bert": lambda: PTuningMaskedLM(
+            keras_hub.models.BertMaskedLM(FAMILIES["bert"]()),
+            PromptEncoderConfig(3),
+            verbalizer=[[5, 6], [7]],
+            placeholder_id=-1,
+        ),
     }
 
 
@@ -115,7 +145,7 @@ def test_export_is_served_by_tensorflow_alone(kind, tmp_path):
     assert result.pop("imported") == []
     assert result.pop("inputs") == sorted(model_input_names(model))
     outputs = result.pop("outputs")
-    if kind.startswith("classifier"):
+    if kind.startswith(("classifier", "masked_lm")):
         assert outputs == ["logits", "probabilities"]
     elif kind.startswith("causal_lm"):
         assert outputs == ["logits"]

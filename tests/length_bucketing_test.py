@@ -105,6 +105,18 @@ def test_sequence_labels_are_cut_class_labels_kept():
     assert sorted(no_y[0]) == sorted(x)
 
 
+def test_per_row_entries_such_as_mask_positions_are_kept_whole():
+    x = _features([3, 3, 10, 10])
+    x["mask_positions"] = np.array([[1], [2], [8], [9]])
+    dataset = LengthBucketedDataset(
+        x, batch_size=4, bucket_lengths=(4, 16), shuffle=False
+    )
+    first, second = dataset[0], dataset[1]
+    assert first["token_ids"].shape == (2, 4)
+    np.testing.assert_array_equal(first["mask_positions"], [[1], [2]])
+    np.testing.assert_array_equal(second["mask_positions"], [[8], [9]])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -125,11 +137,11 @@ def test_sequence_labels_are_cut_class_labels_kept():
         (
             {
                 "x": {
-                    "token_ids": np.zeros((4, 8)),
+                    "token_ids": np.zeros((3, 16)),
                     "padding_mask": np.ones((4, 16)),
                 }
             },
-            r"x\['token_ids'\].shape=\(4, 8\)",
+            r"4 rows .* x\['token_ids'\].shape=\(3, 16\)",
         ),
     ],
 )

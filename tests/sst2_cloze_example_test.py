@@ -1,0 +1,65 @@
+"""The cloze example, on a tiny random masked LM saved as a local preset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import keras_hub
+import numpy as np
+
+import keras_ptuning  # noqa: F401  (registers the classes for loading)
+from tests.backbones import FAMILIES
+from tests.conftest import REPO_ROOT
+from tests.prompt_template_test import bert_tokenizer
+
+SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
+
+
+def test_sst2_cloze_example_on_a_tiny_preset(tmp_path):
+    preset = str(tmp_path / "tiny_bert_mlm")
+    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
+        bert_tokenizer(), sequence_length=32
+    )
+    keras_hub.models.BertMaskedLM(
+        FAMILIES["bert"](), preprocessor=preprocessor
+    ).save_to_preset(preset)
+    output_dir = tmp_path / "run"
+    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "examples", "sst2_cloze.py"),
+            "--preset",
+            preset,
+            "--data-dir",
+            SST2_DIR,
+            "--train-rows",
+            "48",
+            "--dev-rows",
+            "24",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--sequence-length",
+            "32",
+            "--output-dir",
+            str(output_dir),
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert results["backend"] == keras.config.backend()
+    assert results["num_virtual_tokens"] == 4
+    assert results["pretrained_head"] is False  # random, freshly built
+    assert 0.0 <= results["dev_accuracy"] <= 1.0
+    assert 1 <= len(results["history"]["loss"]) <= 2
+    model = keras.saving.load_model(output_dir / "model.keras")
+    probabilities = model.predict({"sentence": ["a witty film"]}, verbose=0)
+    assert probabilities.shape == (1, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
