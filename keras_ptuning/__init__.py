@@ -2,6 +2,7 @@
 
 from keras_ptuning.export import export_saved_model
 from keras_ptuning.length_bucketing import LengthBucketedDataset
+from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
 from keras_ptuning.peft_interop import load_peft_adapter
 from keras_ptuning.peft_interop import save_peft_adapter
 from keras_ptuning.prompt_encoder import PromptEncoder
@@ -13,12 +14,14 @@ from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.version import __version__
 
 __all__ = [
     "DEFAULT_PLACEHOLDER_ID",
     "LengthBucketedDataset",
+    "MultiTaskPromptEncoder",
     "PromptEncoder",
     "PromptEncoderConfig",
     "PromptInjection",
@@ -27,6 +30,7 @@ __all__ = [
     "PTuningCausalLM",
     "PTuningMaskedLM",
     "PTuningTextClassifier",
+    "TaskHeads",
     "Verbalizer",
     "__version__",
     "export_saved_model",

@@ -34,6 +34,14 @@ def _check_shape(what, expected, found):
         )
 
 
+def _check_single_task(ptuning):
+    if ptuning.is_multi_task:
+        raise ValueError(
+            "Adapters hold one task's prompt; this model has tasks "
+            f"{ptuning.task_names}. Save it with `model.save(...)`."
+        )
+
+
 def _placement(placeholder_id):
     return "prepended prompt" if placeholder_id is None else "prompt slots"
 
@@ -70,6 +78,7 @@ class AdapterMixin:
                 f"filepath={filepath!r}"
             )
         ptuning = self._ptuning_backbone()
+        _check_single_task(ptuning)
         if include_encoder and ptuning.prompt_source != "encoder":
             raise ValueError(
                 "include_encoder=True needs the prompt encoder in use, but "
@@ -193,6 +202,7 @@ class AdapterMixin:
         `ValueError` naming both shapes.
         """
         ptuning = self._ptuning_backbone()
+        _check_single_task(ptuning)
         encoder_variables = ptuning.prompt_encoder.weights
         head = head or {}
         hidden_dim, num_tokens = ptuning.hidden_dim, ptuning.num_virtual_tokens

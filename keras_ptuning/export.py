@@ -21,6 +21,7 @@ import tempfile
 
 import keras
 
+from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
@@ -50,8 +51,10 @@ def export_saved_model(model, path, overwrite=False):
     (vocabulary logits at the masks), and the backbone's outputs
     (`sequence_output`, and `pooled_output` where it has one) for a
     `PTuningBackbone`. With prompt slots, `token_ids` carry the placeholder
-    id and the graph substitutes the prompt itself. TensorFlow Serving can
-    serve it.
+    id and the graph substitutes the prompt itself. A multi-task model also
+    takes `task_id`, int32 of shape `(batch,)`, and keeps its per-task
+    prompt encoders in the graph (a single-task model's is collapsed).
+    TensorFlow Serving can serve it.
 
     Args:
         model: a built `PTuningTextClassifier`, `PTuningCausalLM`,
@@ -152,12 +155,19 @@ def write_saved_model(model, output):
     injection = ptuning.prompt_injection
     source = injection.prompt_source
     saved_table = keras.ops.convert_to_numpy(injection.prompt_table)
-    encoder_ids = {id(v) for v in ptuning.prompt_encoder.weights}
+    # A multi-task prompt keeps its encoders (one per task) in the graph.
+    collapse = not ptuning.is_multi_task
+    encoder_ids = (
+        {id(v) for v in ptuning.prompt_encoder.weights} if collapse else set()
+    )
     try:
-        ptuning.collapse_prompt()
+        if collapse:
+            ptuning.collapse_prompt()
         input_names = getattr(model, "model_input_names", ptuning.input_names)
         signature = {
-            name: tf.TensorSpec([None, None], tf.int32, name=name)
+            name: tf.TensorSpec(
+                [None] if name == TASK_ID else [None, None], tf.int32, name=name
+            )
             for name in input_names
         }
 
@@ -174,8 +184,9 @@ def write_saved_model(model, output):
             module, output, signatures={"serving_default": serve}
         )
     finally:
-        injection.prompt_table.assign(saved_table)
-        injection.set_prompt_source(source)
+        if collapse:
+            injection.prompt_table.assign(saved_table)
+            injection.set_prompt_source(source)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,11 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
             f"{type(model).__name__}"
         )
     ptuning = model._ptuning_backbone()
+    if ptuning.is_multi_task:
+        raise ValueError(
+            "A PEFT adapter holds one task's prompt; this model has tasks "
+            f"{ptuning.task_names}."
+        )
     if ptuning.uses_slots:
         raise ValueError(
             "PEFT P-tuning only prepends virtual tokens; this model places "

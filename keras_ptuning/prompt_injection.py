@@ -54,13 +54,17 @@ class PromptInjection(keras.layers.Layer):
       N-th all take the last virtual token and missing ones leave virtual
       tokens unused.
 
+    With a `keras_ptuning.MultiTaskPromptEncoder` as `prompt_encoder`, each
+    row takes the prompt of its task: pass `task_id` `(batch,)` to `call`.
+
     The prompt comes from the prompt encoder (`prompt_source="encoder"`,
     for training) or from the layer's own non-trainable `(N, D)` variable
     `prompt_table` (`prompt_source="table"`: the collapsed prompt that
     adapters and exports hold, as PEFT's inference mode).
 
     Args:
-        prompt_encoder: a `keras_ptuning.PromptEncoder`, or its config dict.
+        prompt_encoder: a `keras_ptuning.PromptEncoder` or
+            `keras_ptuning.MultiTaskPromptEncoder`, or its config dict.
         max_positions: int or `None`. The backbone's position limit; inputs
             with `num_virtual_tokens + L` over it are refused.
         prompt_source: `"encoder"` (default) or `"table"`.
@@ -119,11 +123,19 @@ class PromptInjection(keras.layers.Layer):
                 f"`prompt_source` must be one of {PROMPT_SOURCES}. "
                 f"Received: prompt_source={prompt_source!r}"
             )
+        if prompt_source == "table" and self.is_multi_task:
+            raise ValueError(
+                "A multi-task prompt runs on its encoders: "
+                "prompt_source='table' is for single-task models."
+            )
         self.prompt_source = prompt_source
         self.prompt_encoder.trainable = prompt_source == "encoder"
 
     def current_prompt(self, training=None):
-        """The `(N, D)` prompt in effect (float32)."""
+        """The `(N, D)` prompt in effect (float32); `(T, N, D)` for a
+        multi-task prompt."""
+        if self.is_multi_task:
+            return self.prompt_encoder.prompt_tables(training=training)
         if self.prompt_source == "table":
             return ops.convert_to_tensor(self.prompt_table)
         return self.prompt_encoder.prompt_table(training=training)
@@ -131,6 +143,28 @@ class PromptInjection(keras.layers.Layer):
     @property
     def num_virtual_tokens(self):
         return self.prompt_encoder.num_virtual_tokens
+
+    @property
+    def is_multi_task(self):
+        """Whether the prompt comes from a `MultiTaskPromptEncoder`."""
+        return hasattr(self.prompt_encoder, "prompt_tables")
+
+    def _row_prompts(self, task_id, batch_size, dtype, training):
+        """`(flat_table, first_index)`: rows' prompts are `flat_table`'s
+        rows `first_index + k`; `first_index` is `(batch, 1)` or 0."""
+        if not self.is_multi_task:
+            return ops.cast(self.current_prompt(training), dtype), 0
+        if task_id is None:
+            raise ValueError(
+                "A multi-task prompt needs `task_id`. Received: task_id=None"
+            )
+        tables = self.prompt_encoder.prompt_tables(training=training)
+        num_tasks = ops.shape(tables)[0]
+        flat = ops.reshape(tables, (-1, ops.shape(tables)[-1]))
+        # Out-of-range ids cannot raise inside compiled steps: clipped.
+        task_id = ops.clip(ops.cast(task_id, "int32"), 0, num_tasks - 1)
+        first = ops.reshape(task_id * self.num_virtual_tokens, (-1, 1))
+        return ops.cast(flat, dtype), first
 
     @property
     def uses_slots(self):
@@ -166,13 +200,22 @@ class PromptInjection(keras.layers.Layer):
                 f"{self.max_positions - self.num_virtual_tokens} tokens."
             )
 
-    def call(self, embeddings, sequence_inputs, token_ids=None, training=None):
+    def call(
+        self,
+        embeddings,
+        sequence_inputs,
+        token_ids=None,
+        task_id=None,
+        training=None,
+    ):
         shape = ops.shape(embeddings)
         batch_size, sequence_length = shape[0], shape[1]
         if isinstance(sequence_length, int):
             self.check_sequence_length(sequence_length)
         num_tokens = self.num_virtual_tokens
-        prompts = ops.cast(self.current_prompt(training), embeddings.dtype)
+        prompts, first = self._row_prompts(
+            task_id, batch_size, embeddings.dtype, training
+        )
         if self.uses_slots:
             if token_ids is None:
                 raise ValueError(
@@ -183,15 +226,19 @@ class PromptInjection(keras.layers.Layer):
             # The k-th placeholder of a row takes virtual token k.
             slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
             slot_index = ops.clip(slot_index, 0, num_tokens - 1)
-            virtual = ops.take(prompts, slot_index, axis=0)
+            virtual = ops.take(prompts, first + slot_index, axis=0)
             embeddings = ops.where(
                 ops.expand_dims(is_slot, -1), virtual, embeddings
             )
             return embeddings, dict(sequence_inputs)
-        prompts = ops.broadcast_to(
-            ops.expand_dims(prompts, 0),
-            (batch_size, num_tokens, ops.shape(prompts)[-1]),
-        )
+        if self.is_multi_task:
+            positions = ops.arange(num_tokens, dtype="int32")[None, :]
+            prompts = ops.take(prompts, first + positions, axis=0)
+        else:
+            prompts = ops.broadcast_to(
+                ops.expand_dims(prompts, 0),
+                (batch_size, num_tokens, ops.shape(prompts)[-1]),
+            )
         embeddings = ops.concatenate([prompts, embeddings], axis=1)
         extended = {}
         for name, value in sequence_inputs.items():
@@ -203,7 +250,12 @@ class PromptInjection(keras.layers.Layer):
         return embeddings, extended
 
     def compute_output_spec(
-        self, embeddings, sequence_inputs, token_ids=None, training=None
+        self,
+        embeddings,
+        sequence_inputs,
+        token_ids=None,
+        task_id=None,
+        training=None,
     ):
         def grow(spec):
             length = spec.shape[1]

@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 from keras import tree
 
@@ -9,11 +10,26 @@ from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.input_validation import concrete_numpy
+from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
 from keras_ptuning.prompt_injection import check_placeholder_id
 from keras_ptuning.prompt_template import PromptTemplate
+
+TASK_ID = "task_id"
+
+
+def model_inputs(input_names):
+    """`keras.Input`s for `input_names`: `(batch,)` for `task_id`,
+    `(batch, sequence)` for the others, all int32."""
+    return {
+        name: keras.Input(
+            shape=() if name == TASK_ID else (None,), dtype="int32", name=name
+        )
+        for name in input_names
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -54,6 +70,11 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             from an adapter).
         placeholder_id: `None` (default: prepend the virtual tokens) or the
             int that marks their slots in `token_ids`.
+        task_names: `None` (default: one prompt) or a list of task names:
+            one prompt encoder per task (a `MultiTaskPromptEncoder`) and an
+            extra `task_id` input `(batch,)`, the index of each row's task,
+            so one batch can mix tasks. Tasks can be added later
+            (`add_task`) and trained one at a time (`set_trainable_tasks`).
         **kwargs: standard `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -77,6 +98,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         prompt_config,
         prompt_source="encoder",
         placeholder_id=None,
+        task_names=None,
         **kwargs,
     ):
         split = BackboneSplit(backbone)
@@ -102,7 +124,12 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         backbone.trainable = False
 
         # === Layers ===
-        prompt_encoder = PromptEncoder(prompt_config, name="prompt_encoder")
+        if task_names is None:
+            prompt_encoder = PromptEncoder(prompt_config, name="prompt_encoder")
+        else:
+            prompt_encoder = MultiTaskPromptEncoder(
+                prompt_config, list(task_names), name="prompt_encoder"
+            )
         injection = PromptInjection(
             prompt_encoder,
             max_positions=split.max_positions,
@@ -117,10 +144,10 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.token_embedding = backbone.token_embedding
 
         # === Functional model ===
-        inputs = {
-            name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in split.input_names
-        }
+        input_names = list(split.input_names)
+        if task_names is not None:
+            input_names.append(TASK_ID)
+        inputs = model_inputs(input_names)
         token_ids = inputs["token_ids"]
         embeddings = split.embed_tokens(injection.mask_placeholders(token_ids))
         sequence_inputs = {name: inputs[name] for name in split.input_names[1:]}
@@ -128,6 +155,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             embeddings,
             sequence_inputs,
             token_ids=token_ids if injection.uses_slots else None,
+            task_id=inputs.get(TASK_ID),
         )
         embeddings = split.finish_embeddings(embeddings)
         outputs = split.body(
@@ -149,7 +177,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
 
         # === Config ===
         self.prompt_config = prompt_config
-        self.input_names = list(split.input_names)
+        self.input_names = input_names
         self.hidden_dim = split.hidden_dim
         self.is_causal = split.is_causal
         self.causal_lm_class = split.causal_lm_class
@@ -157,7 +185,12 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
 
     @classmethod
     def wrap(
-        cls, backbone, prompt_config, placeholder_id=None, preprocessor=None
+        cls,
+        backbone,
+        prompt_config,
+        placeholder_id=None,
+        preprocessor=None,
+        task_names=None,
     ):
         """`backbone` if it is a `PTuningBackbone`, else wraps it.
 
@@ -178,7 +211,12 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "`prompt_config` is required when `backbone` is a plain "
                 "keras-hub backbone. Received: prompt_config=None"
             )
-        return cls(backbone, prompt_config, placeholder_id=placeholder_id)
+        return cls(
+            backbone,
+            prompt_config,
+            placeholder_id=placeholder_id,
+            task_names=task_names,
+        )
 
     def _ptuning_backbone(self):
         return self
@@ -186,6 +224,38 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     @property
     def num_virtual_tokens(self):
         return self.prompt_config.num_virtual_tokens
+
+    @property
+    def is_multi_task(self):
+        return self.prompt_injection.is_multi_task
+
+    @property
+    def task_names(self):
+        """The task names in `task_id` order, or `None` for one prompt."""
+        if not self.is_multi_task:
+            return None
+        return list(self.prompt_encoder.task_names)
+
+    def _check_multi_task(self, what):
+        if not self.is_multi_task:
+            raise ValueError(
+                f"`{what}` needs a multi-task model (built with task_names)."
+            )
+
+    def add_task(self, name):
+        """Adds a task with a fresh prompt encoder; returns its `task_id`.
+
+        The other tasks' weights and outputs do not change. Models holding
+        this backbone must retrace and recompile (the task models'
+        `add_task` does it).
+        """
+        self._check_multi_task("add_task")
+        return self.prompt_encoder.add_task(name)
+
+    def set_trainable_tasks(self, names):
+        """Trains the prompts of tasks `names` only; the others are frozen."""
+        self._check_multi_task("set_trainable_tasks")
+        self.prompt_encoder.set_trainable_tasks(list(names))
 
     @property
     def placeholder_id(self):
@@ -299,12 +369,31 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             self.input_names if input_names is None else input_names,
             model_name or type(self).__name__,
         )
+        self.check_values(inputs)
+
+    def check_values(self, inputs):
+        """Raises if concrete (eager) inputs break the placement or tasks:
+        a row without exactly `num_virtual_tokens` placeholders, or a
+        `task_id` out of range. Symbolic inputs are not checked."""
         if self.uses_slots:
             check_placeholder_counts(
                 inputs["token_ids"],
                 self.placeholder_id,
                 self.num_virtual_tokens,
             )
+        if self.is_multi_task:
+            task_id = concrete_numpy(inputs[TASK_ID])
+            num_tasks = len(self.task_names)
+            if task_id is not None and (
+                task_id.ndim > 1
+                or np.any(task_id < 0)
+                or np.any(task_id >= num_tasks)
+            ):
+                raise ValueError(
+                    f"`task_id` must hold one int per row in [0, {num_tasks})"
+                    f" (tasks {self.task_names}). Received: task_id="
+                    f"{task_id.tolist()}"
+                )
 
     def __call__(self, inputs, *args, **kwargs):
         # Before Keras standardizes the inputs, so errors name our limits.
@@ -320,6 +409,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "prompt_config": self.prompt_config.to_dict(),
                 "prompt_source": self.prompt_source,
                 "placeholder_id": self.placeholder_id,
+                "task_names": self.task_names,
             }
         )
         return config

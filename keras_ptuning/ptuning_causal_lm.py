@@ -7,7 +7,9 @@ from keras import ops
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
 from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
 
 
@@ -41,6 +43,9 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             int that marks their slots in `token_ids` (see
             `PTuningBackbone`). With slots, `generate` takes token ids whose
             prompts hold the placeholders, and returns them in place.
+        task_names: `None` or a list of task names: one prompt encoder per
+            task and a `task_id` input `(batch,)` (`generate` too); see
+            `PTuningBackbone`.
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -66,10 +71,11 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         prompt_config=None,
         preprocessor=None,
         placeholder_id=None,
+        task_names=None,
         **kw,
     ):
         backbone = PTuningBackbone.wrap(
-            backbone, prompt_config, placeholder_id, preprocessor
+            backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
         if backbone.causal_lm_class is None:
             raise ValueError(
@@ -84,10 +90,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         self.preprocessor = preprocessor
 
         # === Functional model ===
-        inputs = {
-            name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in backbone.input_names
-        }
+        inputs = model_inputs(backbone.input_names)
         hidden_states = backbone(inputs)
         outputs = backbone.token_embedding(hidden_states, reverse=True)
         super().__init__(inputs=inputs, outputs=outputs, **kw)
@@ -158,7 +161,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         extended batch, and drops the virtual positions from the result. In
         slot placement the k-th placeholder of each row becomes the k-th
         virtual-token id instead, and turns back into the placeholder in
-        the result.
+        the result. A multi-task model gives each row its task's ids.
         """
         ptuning = self.backbone
         token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
@@ -166,22 +169,36 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         ptuning.prompt_injection.check_sequence_length(
             _static_length(token_ids)
         )
+        num_tokens = ptuning.num_virtual_tokens
+        table = ptuning.prompt_table()
+        # Each row's virtual ids are `first + k` past the vocabulary; with
+        # several tasks the (T, N, D) table is flattened to (T * N, D).
+        first = 0
+        if ptuning.is_multi_task:
+            num_tasks = len(ptuning.task_names)
+            table = ops.reshape(table, (-1, ops.shape(table)[-1]))
+            task_id = ops.cast(inputs[TASK_ID], "int32")
+            task_id = ops.clip(task_id, 0, num_tasks - 1)
+            first = ops.reshape(task_id * num_tokens, (-1, 1))
         view = CausalLMView(
             ptuning.causal_lm_class,
             ptuning.backbone,
-            ptuning.prompt_table(),
+            table,
             self.sampler,
             self,
-            split_prefill=not ptuning.uses_slots,
+            # One shared prefix is computed once and tiled over the batch.
+            split_prefill=not (ptuning.uses_slots or ptuning.is_multi_task),
         )
-        num_tokens = ptuning.num_virtual_tokens
+        first = view.vocabulary_size + first
+        extended = {
+            name: value for name, value in inputs.items() if name != TASK_ID
+        }
         if ptuning.uses_slots:
             is_slot = ops.equal(token_ids, ptuning.placeholder_id)
             slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
             slot_index = ops.clip(slot_index, 0, num_tokens - 1)
-            extended = dict(inputs)
             extended["token_ids"] = ops.where(
-                is_slot, view.vocabulary_size + slot_index, token_ids
+                is_slot, first + slot_index, token_ids
             )
             extended["padding_mask"] = padding_mask
             outputs = view.generate_step(
@@ -198,10 +215,9 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             }
         batch_size = ops.shape(token_ids)[0]
         virtual_ids = ops.broadcast_to(
-            ops.expand_dims(view.virtual_token_ids, 0),
+            first + ops.arange(num_tokens, dtype="int32")[None, :],
             (batch_size, num_tokens),
         )
-        extended = dict(inputs)
         extended["token_ids"] = ops.concatenate([virtual_ids, token_ids], 1)
         extended["padding_mask"] = ops.concatenate(
             [ops.ones((batch_size, num_tokens), "bool"), padding_mask], 1
@@ -219,6 +235,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
                 "backbone": keras.layers.serialize(self.backbone.backbone),
                 "prompt_config": self.backbone.prompt_config.to_dict(),
                 "placeholder_id": self.backbone.placeholder_id,
+                "task_names": self.backbone.task_names,
             }
         )
         return config

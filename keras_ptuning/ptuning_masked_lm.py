@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
 from keras_ptuning.verbalizer import REDUCTIONS
 from keras_ptuning.verbalizer import Verbalizer
@@ -141,10 +142,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             )
 
         # === Functional model ===
-        inputs = {
-            name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in input_names
-        }
+        inputs = model_inputs(input_names)
         outputs = backbone(
             {name: inputs[name] for name in backbone.input_names}
         )

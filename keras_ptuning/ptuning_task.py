@@ -2,16 +2,15 @@
 
 import keras
 
-from keras_ptuning.input_validation import check_placeholder_counts
-
 
 class PTuningTask:
     """Mixin for the P-tuning task models, before their keras-hub task class.
 
     - Calls check the inputs before Keras standardizes them, so errors name
-      the argument, the value and our limits. In slot placement, `fit`,
-      `evaluate` and `predict` on arrays check every row's placeholder count
-      up front, since compiled steps cannot.
+      the argument, the value and our limits. `fit`, `evaluate` and
+      `predict` on arrays check every row's placeholder count (slot
+      placement) and `task_id` (multi-task) up front, since compiled steps
+      cannot.
     - `fit`, `evaluate` and `predict` also take a `keras.utils.PyDataset`
       (such as `keras_ptuning.LengthBucketedDataset`), as core Keras models
       do. Its batches are model-ready, so they go straight to Keras:
@@ -31,16 +30,55 @@ class PTuningTask:
         return super().__call__(inputs, *args, **kwargs)
 
     def _check_array_inputs(self, x):
-        if (
-            self.backbone.uses_slots
-            and isinstance(x, dict)
-            and "token_ids" in x
-        ):
-            check_placeholder_counts(
-                x["token_ids"],
-                self.backbone.placeholder_id,
-                self.backbone.num_virtual_tokens,
+        names = set(self.backbone.input_names)
+        if isinstance(x, dict) and names <= set(x):
+            self.backbone.check_values(x)
+
+    def add_task(self, name):
+        """Adds a task (multi-task models); returns its `task_id`.
+
+        The new task gets a fresh prompt encoder (and head, where the task
+        has one); the other tasks' weights and outputs do not change.
+        Compiled functions are retraced and a compiled model is recompiled
+        from its compile config, with a fresh optimizer.
+        """
+        task_id = self.backbone.add_task(name)
+        self._add_task_head(name)
+        self._reset_after_prompt_change()
+        return task_id
+
+    def set_trainable_tasks(self, names):
+        """Trains tasks `names` only (prompt and head); freezes the others.
+
+        As `add_task`, recompiles a compiled model.
+        """
+        self.backbone.set_trainable_tasks(names)
+        self._set_trainable_task_heads(names)
+        self._reset_after_prompt_change()
+
+    def get_config(self):
+        config = super().get_config()
+        if self.backbone.is_multi_task:
+            config["trainable_tasks"] = (
+                self.backbone.prompt_encoder.trainable_tasks
             )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        trainable_tasks = config.pop("trainable_tasks", None)
+        model = super().from_config(config)
+        if trainable_tasks is not None:
+            model.backbone.set_trainable_tasks(trainable_tasks)
+            model._set_trainable_task_heads(trainable_tasks)
+        return model
+
+    def _add_task_head(self, name):
+        pass
+
+    def _set_trainable_task_heads(self, names):
+        pass
 
     def fit(self, x=None, *args, **kwargs):
         if isinstance(x, keras.utils.PyDataset):

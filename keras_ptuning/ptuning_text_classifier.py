@@ -5,8 +5,11 @@ import keras_hub
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.task_heads import TaskHeads
 
 
 def _last_real_token(sequence_output, padding_mask):
@@ -48,6 +51,9 @@ class PTuningTextClassifier(
         placeholder_id: `None` (prepend the virtual tokens) or the int that
             marks their slots in `token_ids`; see `PTuningBackbone`. A
             `PromptTemplate` preprocessor sets it.
+        task_names: `None` or a list of task names: a multi-task model with
+            one prompt encoder and one `Dense` head per task and a `task_id`
+            input `(batch,)`; see `PTuningBackbone`.
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -76,10 +82,11 @@ class PTuningTextClassifier(
         activation=None,
         dropout=0.1,
         placeholder_id=None,
+        task_names=None,
         **kwargs,
     ):
         backbone = PTuningBackbone.wrap(
-            backbone, prompt_config, placeholder_id, preprocessor
+            backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise ValueError(
@@ -99,18 +106,24 @@ class PTuningTextClassifier(
         self.output_dropout = keras.layers.Dropout(
             dropout, dtype=backbone.dtype_policy, name="output_dropout"
         )
-        self.output_dense = keras.layers.Dense(
-            num_classes,
-            activation=activation,
-            dtype=backbone.dtype_policy,
-            name="logits",
-        )
+        if backbone.is_multi_task:
+            self.output_dense = TaskHeads(
+                num_classes,
+                backbone.task_names,
+                activation=activation,
+                dtype=backbone.dtype_policy,
+                name="logits",
+            )
+        else:
+            self.output_dense = keras.layers.Dense(
+                num_classes,
+                activation=activation,
+                dtype=backbone.dtype_policy,
+                name="logits",
+            )
 
         # === Functional model ===
-        inputs = {
-            name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in backbone.input_names
-        }
+        inputs = model_inputs(backbone.input_names)
         outputs = backbone(inputs)
         if isinstance(outputs, dict) and "pooled_output" in outputs:
             x = outputs["pooled_output"]
@@ -125,7 +138,10 @@ class PTuningTextClassifier(
             else:
                 x = sequence[:, 0, :]
         x = self.output_dropout(x)
-        outputs = self.output_dense(x)
+        if backbone.is_multi_task:
+            outputs = self.output_dense(x, task_id=inputs[TASK_ID])
+        else:
+            outputs = self.output_dense(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -133,7 +149,15 @@ class PTuningTextClassifier(
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
 
+    def _add_task_head(self, name):
+        self.output_dense.add_task(name)
+
+    def _set_trainable_task_heads(self, names):
+        self.output_dense.set_trainable_tasks(names)
+
     def _head_variables(self):
+        if self.backbone.is_multi_task:
+            return {}
         return {
             "kernel": self.output_dense.kernel,
             "bias": self.output_dense.bias,
@@ -167,6 +191,7 @@ class PTuningTextClassifier(
                 "backbone": keras.layers.serialize(self.backbone.backbone),
                 "prompt_config": self.backbone.prompt_config.to_dict(),
                 "placeholder_id": self.backbone.placeholder_id,
+                "task_names": self.backbone.task_names,
                 "num_classes": self.num_classes,
                 "activation": keras.activations.serialize(self.activation),
                 "dropout": self.dropout,

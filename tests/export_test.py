@@ -77,6 +77,9 @@ def _inputs(model, batch, length, seed):
         for row in range(batch):
             slots = rng.choice(real[row], ptuning.num_virtual_tokens, False)
             inputs["token_ids"][row, slots] = ptuning.placeholder_id
+    if "task_id" in model_input_names(model):
+        num_tasks = len(ptuning.task_names)
+        inputs["task_id"] = rng.integers(0, num_tasks, batch)
     if "mask_positions" in model_input_names(model):
         inputs["mask_positions"] = rng.integers(0, real[:, None])
     return inputs
@@ -125,6 +128,9 @@ def _models():
         ),
         "classifier_slots_roberta": lambda: PTuningTextClassifier(
             FAMILIES["roberta"](), 2, PromptEncoderConfig(3), placeholder_id=-1
+        ),
+        "classifier_multi_task_gpt2": lambda: PTuningTextClassifier(
+            FAMILIES["gpt2"](), 2, PromptEncoderConfig(3), task_names=["a", "b"]
         ),
         "masked_lm_slots_bert": lambda: PTuningMaskedLM(
             keras_hub.models.BertMaskedLM(FAMILIES["bert"]()),

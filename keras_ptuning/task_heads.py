@@ -1,0 +1,93 @@
+"""`TaskHeads`: one `Dense` head per task, picked per row by `task_id`."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class TaskHeads(keras.layers.Layer):
+    """A `Dense` layer per task; each row goes through its task's head.
+
+    The classifier head of a multi-task P-tuning model: every task keeps
+    its own weights, so training or adding one task leaves the others'
+    outputs unchanged.
+
+    Args:
+        units: int. Output size of every head (the number of classes).
+        task_names: list of task names, in `task_id` order.
+        activation: activation of every head; `None` for logits.
+        trainable_tasks: `None` (all) or the names of the tasks that train.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    heads = keras_ptuning.TaskHeads(2, ["sst2", "imdb"])
+    heads(np.ones((3, 16)), task_id=np.array([0, 1, 0]))  # (3, 2)
+    ```
+    """
+
+    def __init__(
+        self, units, task_names, activation=None, trainable_tasks=None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.task_names = []
+        self.heads = []
+        self._input_dim = None
+        for name in task_names:
+            self.add_task(name)
+        if trainable_tasks is not None:
+            self.set_trainable_tasks(trainable_tasks)
+
+    def add_task(self, name):
+        """Adds a fresh head for task `name`; returns its index."""
+        head = keras.layers.Dense(
+            self.units,
+            activation=self.activation,
+            dtype=self.dtype_policy,
+            name=f"logits_{name}",
+        )
+        if self._input_dim is not None:
+            head.build((None, self._input_dim))
+        # New state after build, as Keras' own `enable_lora` adds it.
+        self._tracker.unlock()
+        self.heads.append(head)
+        self._tracker.lock()
+        self.task_names.append(name)
+        return len(self.heads) - 1
+
+    def set_trainable_tasks(self, names):
+        for task, head in zip(self.task_names, self.heads):
+            head.trainable = task in names
+
+    def build(self, inputs_shape, task_id_shape=None):
+        self._input_dim = inputs_shape[-1]
+        for head in self.heads:
+            head.build(inputs_shape)
+        self.built = True
+
+    def call(self, inputs, task_id):
+        outputs = ops.stack([head(inputs) for head in self.heads], axis=1)
+        task_id = ops.clip(ops.cast(task_id, "int32"), 0, len(self.heads) - 1)
+        index = ops.reshape(task_id, (-1, 1, 1))
+        return ops.take_along_axis(outputs, index, axis=1)[:, 0]
+
+    def compute_output_shape(self, inputs_shape, task_id_shape=None):
+        return tuple(inputs_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "task_names": list(self.task_names),
+                "activation": keras.activations.serialize(self.activation),
+                "trainable_tasks": [
+                    name
+                    for name, head in zip(self.task_names, self.heads)
+                    if head.trainable
+                ],
+            }
+        )
+        return config
