@@ -29,18 +29,23 @@ out), `adapter.adapter.h5` (the prompt, with its encoder) and
 import argparse
 import json
 import os
-import time
+import sys
 
 import keras
 import keras_hub
 import numpy as np
-import tensorflow as tf
 
 import keras_ptuning
 from keras_ptuning.datasets import load_sst2
 from keras_ptuning.presets import minilm_preset_dir
 
-ACCURACY = "sparse_categorical_accuracy"
+# The main job's tf.data tokenization and fit/evaluate loop, shared.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sst2_ptuning import ACCURACY  # noqa: E402
+from sst2_ptuning import count_trainable  # noqa: E402
+from sst2_ptuning import tokenize  # noqa: E402
+from sst2_ptuning import train  # noqa: E402
+
 VERBALIZER = {"negative": ["bad", "terrible"], "positive": ["good", "great"]}
 
 
@@ -91,19 +96,6 @@ def head_looks_untrained(head):
     return True
 
 
-def tokenize(template, sentences):
-    """Runs the template over `sentences` in `tf.data`."""
-    dataset = tf.data.Dataset.from_tensor_slices({"sentence": sentences})
-    dataset = dataset.batch(1024).map(
-        template, num_parallel_calls=tf.data.AUTOTUNE
-    )
-    parts = [
-        {name: value.numpy() for name, value in batch.items()}
-        for batch in dataset
-    ]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
 def main():
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
@@ -139,16 +131,15 @@ def main():
         score_reduction=args.score_reduction,
     )
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     print(
         f"template {args.template!r}: {template.num_virtual_tokens} virtual "
-        f"tokens, {trainable:,} trainable parameters of "
+        f"tokens, {count_trainable(model):,} trainable parameters of "
         f"{model.count_params():,}"
     )
 
     def batches(sentences, labels, shuffle):
         return keras_ptuning.LengthBucketedDataset(
-            tokenize(template, sentences),
+            tokenize(template, {"sentence": sentences}),
             np.asarray(labels),
             batch_size=args.batch_size,
             shuffle=shuffle,
@@ -159,23 +150,11 @@ def main():
     dev_data = batches(dev_x, dev_y, False)
     before = model.evaluate(dev_data, verbose=0, return_dict=True)[ACCURACY]
     print(f"dev accuracy with the untrained prompt: {before:.4f}")
-    start = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=dev_data,
-        epochs=args.epochs,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor=f"val_{ACCURACY}",
-                mode="max",
-                patience=args.patience,
-                restore_best_weights=True,
-            )
-        ],
+    result = train(model, train_data, dev_data, args)
+    print(
+        f"cloze p-tuning dev accuracy: {result['dev_accuracy']:.4f} "
+        f"(fit {result['fit_seconds']:.0f} s)"
     )
-    seconds = time.time() - start
-    accuracy = model.evaluate(dev_data, verbose=0, return_dict=True)[ACCURACY]
-    print(f"cloze p-tuning dev accuracy: {accuracy:.4f} (fit {seconds:.0f} s)")
 
     os.makedirs(args.output_dir, exist_ok=True)
     model.save(os.path.join(args.output_dir, "model.keras"))
@@ -192,11 +171,8 @@ def main():
                 "args": vars(args),
                 "pretrained_head": pretrained_head,
                 "num_virtual_tokens": template.num_virtual_tokens,
-                "trainable_params": trainable,
                 "dev_accuracy_untrained_prompt": before,
-                "dev_accuracy": accuracy,
-                "fit_seconds": seconds,
-                "history": history.history,
+                **result,
             },
             f,
             indent=2,

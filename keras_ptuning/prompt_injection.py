@@ -31,6 +31,26 @@ def check_placeholder_id(placeholder_id):
         )
 
 
+def slot_indices(token_ids, placeholder_id, num_virtual_tokens):
+    """`(is_slot, k)`: where the placeholders are, and for each position the
+    virtual token its slot takes (the k-th placeholder of a row takes k).
+
+    Beyond the N-th placeholder every slot takes the last virtual token.
+    """
+    is_slot = ops.equal(token_ids, placeholder_id)
+    index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
+    return is_slot, ops.clip(index, 0, num_virtual_tokens - 1)
+
+
+def task_offsets(task_id, num_tasks, num_virtual_tokens):
+    """`(batch, 1)` first rows of each row's prompt in a `(T * N, D)` table.
+
+    Out-of-range ids cannot raise inside compiled steps: they are clipped.
+    """
+    task_id = ops.clip(ops.cast(task_id, "int32"), 0, num_tasks - 1)
+    return ops.reshape(task_id * num_virtual_tokens, (-1, 1))
+
+
 @keras.saving.register_keras_serializable(package="keras_ptuning")
 class PromptInjection(keras.layers.Layer):
     """Puts the prompt encoder's virtual tokens into a token sequence.
@@ -149,7 +169,7 @@ class PromptInjection(keras.layers.Layer):
         """Whether the prompt comes from a `MultiTaskPromptEncoder`."""
         return hasattr(self.prompt_encoder, "prompt_tables")
 
-    def _row_prompts(self, task_id, batch_size, dtype, training):
+    def _row_prompts(self, task_id, dtype, training):
         """`(flat_table, first_index)`: rows' prompts are `flat_table`'s
         rows `first_index + k`; `first_index` is `(batch, 1)` or 0."""
         if not self.is_multi_task:
@@ -159,11 +179,10 @@ class PromptInjection(keras.layers.Layer):
                 "A multi-task prompt needs `task_id`. Received: task_id=None"
             )
         tables = self.prompt_encoder.prompt_tables(training=training)
-        num_tasks = ops.shape(tables)[0]
         flat = ops.reshape(tables, (-1, ops.shape(tables)[-1]))
-        # Out-of-range ids cannot raise inside compiled steps: clipped.
-        task_id = ops.clip(ops.cast(task_id, "int32"), 0, num_tasks - 1)
-        first = ops.reshape(task_id * self.num_virtual_tokens, (-1, 1))
+        first = task_offsets(
+            task_id, self.prompt_encoder.num_tasks, self.num_virtual_tokens
+        )
         return ops.cast(flat, dtype), first
 
     @property
@@ -213,19 +232,16 @@ class PromptInjection(keras.layers.Layer):
         if isinstance(sequence_length, int):
             self.check_sequence_length(sequence_length)
         num_tokens = self.num_virtual_tokens
-        prompts, first = self._row_prompts(
-            task_id, batch_size, embeddings.dtype, training
-        )
+        prompts, first = self._row_prompts(task_id, embeddings.dtype, training)
         if self.uses_slots:
             if token_ids is None:
                 raise ValueError(
                     "Slot placement needs the `token_ids` that mark the "
                     "slots. Received: token_ids=None"
                 )
-            is_slot = ops.equal(token_ids, self.placeholder_id)
-            # The k-th placeholder of a row takes virtual token k.
-            slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
-            slot_index = ops.clip(slot_index, 0, num_tokens - 1)
+            is_slot, slot_index = slot_indices(
+                token_ids, self.placeholder_id, num_tokens
+            )
             virtual = ops.take(prompts, first + slot_index, axis=0)
             embeddings = ops.where(
                 ops.expand_dims(is_slot, -1), virtual, embeddings

@@ -7,6 +7,8 @@ from keras import ops
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
 from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.prompt_injection import slot_indices
+from keras_ptuning.prompt_injection import task_offsets
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
@@ -175,11 +177,10 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         # several tasks the (T, N, D) table is flattened to (T * N, D).
         first = 0
         if ptuning.is_multi_task:
-            num_tasks = len(ptuning.task_names)
             table = ops.reshape(table, (-1, ops.shape(table)[-1]))
-            task_id = ops.cast(inputs[TASK_ID], "int32")
-            task_id = ops.clip(task_id, 0, num_tasks - 1)
-            first = ops.reshape(task_id * num_tokens, (-1, 1))
+            first = task_offsets(
+                inputs[TASK_ID], len(ptuning.task_names), num_tokens
+            )
         view = CausalLMView(
             ptuning.causal_lm_class,
             ptuning.backbone,
@@ -194,9 +195,9 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             name: value for name, value in inputs.items() if name != TASK_ID
         }
         if ptuning.uses_slots:
-            is_slot = ops.equal(token_ids, ptuning.placeholder_id)
-            slot_index = ops.cumsum(ops.cast(is_slot, "int32"), axis=1) - 1
-            slot_index = ops.clip(slot_index, 0, num_tokens - 1)
+            is_slot, slot_index = slot_indices(
+                token_ids, ptuning.placeholder_id, num_tokens
+            )
             extended["token_ids"] = ops.where(
                 is_slot, first + slot_index, token_ids
             )

@@ -56,6 +56,8 @@ def test_sst2_cloze_example_on_a_tiny_preset(tmp_path):
         results = json.load(f)
     assert results["backend"] == keras.config.backend()
     assert results["num_virtual_tokens"] == 4
+    # 4 x 16 embeddings + three 16 x 16 Dense layers: the prompt encoder only.
+    assert results["trainable_params"] == 4 * 16 + 3 * (16 * 16 + 16)
     assert results["pretrained_head"] is False  # random, freshly built
     assert 0.0 <= results["dev_accuracy"] <= 1.0
     assert 1 <= len(results["history"]["loss"]) <= 2
