@@ -1,5 +1,6 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
+from keras_ptuning import distribution
 from keras_ptuning.export import export_saved_model
 from keras_ptuning.length_bucketing import LengthBucketedDataset
 from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
@@ -33,6 +34,7 @@ __all__ = [
     "TaskHeads",
     "Verbalizer",
     "__version__",
+    "distribution",
     "export_saved_model",
     "load_peft_adapter",
     "save_peft_adapter",

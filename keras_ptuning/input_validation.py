@@ -29,7 +29,14 @@ def check_inputs(inputs, expected_names, model_name):
     dtype = keras.backend.standardize_dtype(
         getattr(token_ids, "dtype", None) or type(token_ids).__name__
     )
-    if "int" not in dtype:
+    # Traced tensors are not checked: Keras builds a model's compiled loss
+    # under a `tf.distribute` strategy from replica-averaged (float) inputs,
+    # and the functional model casts `token_ids` to int32 anyway.
+    traced = (
+        not keras.utils.is_keras_tensor(token_ids)
+        and concrete_numpy(token_ids) is None
+    )
+    if "int" not in dtype and not traced:
         raise TypeError(
             f"{model_name} expects integer `token_ids`. Received: token_ids "
             f"of dtype {dtype}"
