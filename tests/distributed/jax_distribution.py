@@ -26,50 +26,25 @@ import jax
 import keras
 import numpy as np
 
-from keras_ptuning import PromptEncoderConfig
-from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.distribution import layout_map
-from tests.backbones import FAMILIES
 from tests.conftest import backbone_weights
 from tests.conftest import make_inputs
-
-BATCH_SIZE = 8
-
-
-def numpy(variables):
-    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
-
-
-def build(family):
-    keras.utils.set_random_seed(0)
-    return PTuningTextClassifier(
-        FAMILIES[family](),
-        2,
-        PromptEncoderConfig(3, encoder_hidden_size=8),
-        dropout=0.0,
-    )
+from tests.distributed.common import BATCH_SIZE
+from tests.distributed.common import build
+from tests.distributed.common import compile_and_fit
+from tests.distributed.common import max_difference
+from tests.distributed.common import numpy
 
 
 def train(model, initial, x, y):
-    model.set_weights(initial)
-    # SGD: updates linear in the gradients, so a different reduction order
-    # changes them by float32 rounding only (Adam's normalisation can turn
-    # the rounding of a ~1e-8 gradient component into a full step).
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    history = model.fit(
-        x, y, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0
-    )
+    loss = compile_and_fit(model, initial, x, y)
     return {
-        "loss": history.history["loss"],
+        "loss": loss,
         "trainable": numpy(model.trainable_weights),
         "predictions": np.asarray(
             model.predict(x, batch_size=BATCH_SIZE, verbose=0)
         ),
     }
-
-
-def max_difference(a, b):
-    return float(max(np.max(np.abs(u - v)) for u, v in zip(a, b)))
 
 
 def sharding_report(model):

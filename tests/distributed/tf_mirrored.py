@@ -19,48 +19,15 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_ptuning import PromptEncoderConfig  # noqa: E402
-from keras_ptuning import PTuningTextClassifier  # noqa: E402
-from tests.backbones import FAMILIES  # noqa: E402
 from tests.conftest import backbone_weights  # noqa: E402
 from tests.conftest import make_inputs  # noqa: E402
-
-BATCH_SIZE = 8
-
-
-def numpy(variables):
-    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
-
-
-def build(family):
-    keras.utils.set_random_seed(0)
-    return PTuningTextClassifier(
-        FAMILIES[family](),
-        2,
-        PromptEncoderConfig(3, encoder_hidden_size=8),
-        dropout=0.0,
-    )
-
-
-def compile_and_fit(model, initial, x, y):
-    model.set_weights(initial)
-    # SGD: updates linear in the gradients, so replicas summing their half
-    # batches differ from one device by float32 rounding only. (Adam
-    # divides by the gradient's magnitude: a component whose gradient is
-    # ~1e-8, at the scale of `epsilon`, can step by anything up to the
-    # learning rate either way.)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    history = model.fit(
-        x, y, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0
-    )
-    return history.history["loss"]
-
-
-def max_difference(a, b):
-    return float(max(np.max(np.abs(u - v)) for u, v in zip(a, b)))
+from tests.distributed.common import BATCH_SIZE  # noqa: E402
+from tests.distributed.common import build  # noqa: E402
+from tests.distributed.common import compile_and_fit  # noqa: E402
+from tests.distributed.common import max_difference  # noqa: E402
+from tests.distributed.common import numpy  # noqa: E402
 
 
 def run_family(family, strategy):

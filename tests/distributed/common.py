@@ -1,0 +1,45 @@
+"""What the distributed checks share: the model, its training, numbers."""
+
+import keras
+import numpy as np
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningTextClassifier
+from tests.backbones import FAMILIES
+
+BATCH_SIZE = 8
+
+
+def numpy(variables):
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def max_difference(a, b):
+    return float(max(np.max(np.abs(u - v)) for u, v in zip(a, b)))
+
+
+def build(family):
+    keras.utils.set_random_seed(0)
+    return PTuningTextClassifier(
+        FAMILIES[family](),
+        2,
+        PromptEncoderConfig(3, encoder_hidden_size=8),
+        dropout=0.0,
+    )
+
+
+def compile_and_fit(model, initial, x, y):
+    """Trains from `initial` for 2 epochs; returns the loss history.
+
+    SGD: updates linear in the gradients, so a different reduction order
+    (devices, replicas) changes them by float32 rounding only. Adam divides
+    by the gradient's magnitude: a component whose gradient is ~1e-8, at
+    the scale of `epsilon`, can step by anything up to the learning rate
+    either way.
+    """
+    model.set_weights(initial)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    history = model.fit(
+        x, y, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0
+    )
+    return history.history["loss"]
