@@ -43,6 +43,7 @@ from keras_ptuning.presets import minilm_preset_dir
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sst2_ptuning import ACCURACY  # noqa: E402
 from sst2_ptuning import count_trainable  # noqa: E402
+from sst2_ptuning import save_run  # noqa: E402
 from sst2_ptuning import tokenize  # noqa: E402
 from sst2_ptuning import train  # noqa: E402
 
@@ -156,29 +157,14 @@ def main():
         f"(fit {result['fit_seconds']:.0f} s)"
     )
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    model.save(os.path.join(args.output_dir, "model.keras"))
-    model.save_adapter(
-        os.path.join(args.output_dir, "adapter.adapter.h5"),
-        include_encoder=True,
+    save_run(
+        model,
+        args,
+        pretrained_head=pretrained_head,
+        num_virtual_tokens=template.num_virtual_tokens,
+        dev_accuracy_untrained_prompt=before,
+        **result,
     )
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(
-            {
-                "backend": keras.config.backend(),
-                "keras": keras.__version__,
-                "keras_hub": keras_hub.__version__,
-                "args": vars(args),
-                "pretrained_head": pretrained_head,
-                "num_virtual_tokens": template.num_virtual_tokens,
-                "dev_accuracy_untrained_prompt": before,
-                **result,
-            },
-            f,
-            indent=2,
-            default=float,
-        )
-    print(f"wrote {args.output_dir}")
 
 
 if __name__ == "__main__":

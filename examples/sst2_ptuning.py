@@ -219,6 +219,31 @@ def plot(results, path):
     plt.close(figure)
 
 
+def save_run(model, args, **results):
+    """Writes `model.keras`, the adapter (with its encoder, so training can
+    resume) and `results.json` (versions, arguments, `results`)."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    model.save(os.path.join(args.output_dir, "model.keras"))
+    model.save_adapter(
+        os.path.join(args.output_dir, "adapter.adapter.h5"),
+        include_encoder=True,
+    )
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(
+            {
+                "backend": keras.config.backend(),
+                "keras": keras.__version__,
+                "keras_hub": keras_hub.__version__,
+                "args": vars(args),
+                **results,
+            },
+            f,
+            indent=2,
+            default=float,
+        )
+    print(f"wrote {args.output_dir}")
+
+
 def main():
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
@@ -263,27 +288,8 @@ def main():
         for name, result in results.items():
             print(f"{name}: dev accuracy {result['dev_accuracy']:.4f}")
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    model.save(os.path.join(args.output_dir, "model.keras"))
-    model.save_adapter(
-        os.path.join(args.output_dir, "adapter.adapter.h5"),
-        include_encoder=True,
-    )
+    save_run(model, args, results=results)
     plot(results, os.path.join(args.output_dir, "history.png"))
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(
-            {
-                "backend": keras.config.backend(),
-                "keras": keras.__version__,
-                "keras_hub": keras_hub.__version__,
-                "args": vars(args),
-                "results": results,
-            },
-            f,
-            indent=2,
-            default=float,
-        )
-    print(f"wrote {args.output_dir}")
 
 
 if __name__ == "__main__":

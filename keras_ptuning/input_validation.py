@@ -31,12 +31,12 @@ def check_inputs(inputs, expected_names, model_name):
     )
     # Traced tensors are not checked: Keras builds a model's compiled loss
     # under a `tf.distribute` strategy from replica-averaged (float) inputs,
-    # and the functional model casts `token_ids` to int32 anyway.
-    traced = (
-        not keras.utils.is_keras_tensor(token_ids)
-        and concrete_numpy(token_ids) is None
-    )
-    if "int" not in dtype and not traced:
+    # and the functional model casts `token_ids` to int32 anyway. (Only a
+    # non-integer dtype is looked at further: no copy of integer ids.)
+    if "int" not in dtype and (
+        keras.utils.is_keras_tensor(token_ids)
+        or concrete_numpy(token_ids) is not None
+    ):
         raise TypeError(
             f"{model_name} expects integer `token_ids`. Received: token_ids "
             f"of dtype {dtype}"

@@ -6,6 +6,8 @@ import numpy as np
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
+from tests.conftest import backbone_weights
+from tests.conftest import make_inputs
 
 BATCH_SIZE = 8
 
@@ -43,3 +45,20 @@ def compile_and_fit(model, initial, x, y):
         x, y, batch_size=BATCH_SIZE, epochs=2, shuffle=False, verbose=0
     )
     return history.history["loss"]
+
+
+def starting_point(reference):
+    """`(x, y, initial, initial_trainable, backbone_before)` for a model
+    from `build`: two global batches, and the weights training starts from.
+    """
+    x = make_inputs(
+        reference.backbone.input_names, batch_size=2 * BATCH_SIZE, length=8
+    )
+    y = np.random.default_rng(0).integers(0, 2, (2 * BATCH_SIZE,))
+    return (
+        x,
+        y,
+        reference.get_weights(),
+        numpy(reference.trainable_weights),
+        backbone_weights(reference.backbone.backbone),
+    )

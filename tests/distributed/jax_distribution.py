@@ -28,12 +28,12 @@ import numpy as np
 
 from keras_ptuning.distribution import layout_map
 from tests.conftest import backbone_weights
-from tests.conftest import make_inputs
 from tests.distributed.common import BATCH_SIZE
 from tests.distributed.common import build
 from tests.distributed.common import compile_and_fit
 from tests.distributed.common import max_difference
 from tests.distributed.common import numpy
+from tests.distributed.common import starting_point
 
 
 def train(model, initial, x, y):
@@ -68,13 +68,7 @@ def run_family(family, distributions, check_adapter=False):
     loads it into a model built on one device.
     """
     reference = build(family)
-    x = make_inputs(
-        reference.backbone.input_names, batch_size=2 * BATCH_SIZE, length=8
-    )
-    y = np.random.default_rng(0).integers(0, 2, (2 * BATCH_SIZE,))
-    initial = reference.get_weights()
-    initial_trainable = numpy(reference.trainable_weights)
-    before = backbone_weights(reference.backbone.backbone)
+    x, y, initial, initial_trainable, before = starting_point(reference)
     expected = train(reference, initial, x, y)
     results = []
     for name, make_distribution in distributions:

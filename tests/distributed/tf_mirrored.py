@@ -22,24 +22,18 @@ tf.config.set_logical_device_configuration(
 import numpy as np  # noqa: E402
 
 from tests.conftest import backbone_weights  # noqa: E402
-from tests.conftest import make_inputs  # noqa: E402
 from tests.distributed.common import BATCH_SIZE  # noqa: E402
 from tests.distributed.common import build  # noqa: E402
 from tests.distributed.common import compile_and_fit  # noqa: E402
 from tests.distributed.common import max_difference  # noqa: E402
 from tests.distributed.common import numpy  # noqa: E402
+from tests.distributed.common import starting_point  # noqa: E402
 
 
 def run_family(family, strategy):
     start = time.time()
     reference = build(family)
-    x = make_inputs(
-        reference.backbone.input_names, batch_size=2 * BATCH_SIZE, length=8
-    )
-    y = np.random.default_rng(0).integers(0, 2, (2 * BATCH_SIZE,))
-    initial = reference.get_weights()
-    initial_trainable = numpy(reference.trainable_weights)
-    before = backbone_weights(reference.backbone.backbone)
+    x, y, initial, initial_trainable, before = starting_point(reference)
     reference_loss = compile_and_fit(reference, initial, x, y)
     expected = numpy(reference.trainable_weights)
     expected_predictions = reference.predict(
