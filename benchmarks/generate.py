@@ -4,7 +4,12 @@ Both models share one randomly initialised backbone and decode the same
 prompts greedily to the same length with the KV cache; runs are interleaved
 (alternating which goes first) so machine noise hits both alike. Reports the
 ratio of the best rounds (the least disturbed by other load on a shared
-machine) and the median of the per-round ratios.
+machine) and the median of the per-round ratios, and the first call's time
+(tracing and compiling included).
+
+A third run decodes the p-tuned model in one cache segment, as keras-hub
+decodes (`keras_ptuning.cached_decoding.FIRST_SEGMENT_LENGTH = None`): what
+the segmented cache adds.
 
     KERAS_BACKEND=jax python benchmarks/generate.py
     KERAS_BACKEND=torch python benchmarks/generate.py --rounds 3 --json out.json
@@ -22,6 +27,7 @@ import numpy as np
 from keras import ops
 
 import keras_ptuning
+from keras_ptuning import cached_decoding
 
 BACKBONES = {
     # GPT-2 small (124M parameters), randomly initialised.
@@ -56,7 +62,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def timed_generate(model, inputs):
+SEGMENTED = cached_decoding.FIRST_SEGMENT_LENGTH
+
+
+def timed_generate(model, inputs, first_segment_length=SEGMENTED):
+    # Read when `generate` traces (JAX, TF) or runs (torch).
+    cached_decoding.FIRST_SEGMENT_LENGTH = first_segment_length
     start = time.perf_counter()
     out = model.generate(inputs, stop_token_ids=None)
     ops.convert_to_numpy(out["token_ids"])  # wait for the device
@@ -70,11 +81,19 @@ def bench(name, args):
         backbone,
         keras_ptuning.PromptEncoderConfig(args.num_virtual_tokens),
     )
+    one_segment = keras_ptuning.PTuningCausalLM(
+        backbone,
+        keras_ptuning.PromptEncoderConfig(args.num_virtual_tokens),
+    )
+    one_segment.set_weights(ptuned.get_weights())
     plain = ptuned.backbone.causal_lm_class(
         backbone=backbone, preprocessor=None
     )
-    plain.compile(sampler="greedy")
-    ptuned.compile(sampler="greedy")
+    runs = {
+        "plain": (plain, SEGMENTED),
+        "ptuned": (ptuned, SEGMENTED),
+        "ptuned_one_segment": (one_segment, None),
+    }
     rng = np.random.default_rng(0)
     shape = (args.batch_size, args.max_length)
     token_ids = rng.integers(1, 1000, shape).astype("int32")
@@ -85,23 +104,35 @@ def bench(name, args):
         "padding_mask": padding_mask,
     }
     new_tokens = args.batch_size * (args.max_length - args.prompt_length)
-    timed_generate(plain, inputs)  # compile
-    timed_generate(ptuned, inputs)
-    plain_tps, ptuned_tps = [], []
+    first_call_s = {}
+    for run, (model, segments) in runs.items():
+        model.compile(sampler="greedy")
+        first_call_s[run] = timed_generate(model, inputs, segments)
+    tokens_per_s = {run: [] for run in runs}
     for round_index in range(args.rounds):
-        pair = [(plain, plain_tps), (ptuned, ptuned_tps)]
-        for model, results in pair[:: 1 if round_index % 2 == 0 else -1]:
-            results.append(new_tokens / timed_generate(model, inputs))
-    ratios = [p / q for p, q in zip(ptuned_tps, plain_tps)]
-    return {
+        order = list(runs)[:: 1 if round_index % 2 == 0 else -1]
+        for run in order:
+            model, segments = runs[run]
+            seconds = timed_generate(model, inputs, segments)
+            tokens_per_s[run].append(new_tokens / seconds)
+    plain_tps = tokens_per_s["plain"]
+
+    def ratios(run):
+        per_round = [p / q for p, q in zip(tokens_per_s[run], plain_tps)]
+        best = max(tokens_per_s[run]) / max(plain_tps)
+        return best, statistics.median(per_round)
+
+    result = {
         "model": name,
         "params": backbone.count_params(),
         "plain_tokens_per_s": max(plain_tps),
-        "ptuned_tokens_per_s": max(ptuned_tps),
-        "ratio_best": max(ptuned_tps) / max(plain_tps),
-        "ratio_median": statistics.median(ratios),
-        "rounds": {"plain": plain_tps, "ptuned": ptuned_tps},
+        "ptuned_tokens_per_s": max(tokens_per_s["ptuned"]),
+        "first_call_s": first_call_s,
+        "rounds": tokens_per_s,
     }
+    for run in ("ptuned", "ptuned_one_segment"):
+        result[f"{run}_ratio_best"], result[f"{run}_ratio_median"] = ratios(run)
+    return result
 
 
 def main():
@@ -116,13 +147,19 @@ def main():
     }
     print(
         "| backend | model | plain tok/s | p-tuned tok/s | ratio (best) "
-        "| ratio (median of rounds) |"
+        "| ratio (median of rounds) | one segment: ratio (best / median) "
+        "| first call s (plain / p-tuned / one segment) |"
     )
     for r in results["results"]:
+        first = r["first_call_s"]
         print(
             f"| {results['backend']} | {r['model']} | "
             f"{r['plain_tokens_per_s']:.1f} | {r['ptuned_tokens_per_s']:.1f} "
-            f"| {r['ratio_best']:.3f} | {r['ratio_median']:.3f} |"
+            f"| {r['ptuned_ratio_best']:.3f} | {r['ptuned_ratio_median']:.3f} "
+            f"| {r['ptuned_one_segment_ratio_best']:.3f} / "
+            f"{r['ptuned_one_segment_ratio_median']:.3f} "
+            f"| {first['plain']:.1f} / {first['ptuned']:.1f} / "
+            f"{first['ptuned_one_segment']:.1f} |"
         )
     if args.json:
         with open(args.json, "w") as f:

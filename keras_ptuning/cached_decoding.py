@@ -9,11 +9,24 @@ prompt is then just the first N ids of every sequence, and every family's
 positions (learned tables and RoPE alike) count the virtual tokens. Nothing
 of the backbone is changed.
 
-The prefill is split in two. In a causal model the virtual tokens see only
-each other, so their keys and values are the same for every row: they are
-computed once for a batch of one and tiled, and the real prompt is then
-prefilled at cache index N. The prefill thus costs the plain model's plus N
-tokens, not N per row.
+Two things make this faster than running keras-hub's decoding on the
+longer sequence as it is:
+
+- The prefill is split. In a causal model the virtual tokens see only each
+  other, so their keys and values are the same for every row: they are
+  computed once for a batch of one and tiled, and the real prompt is then
+  prefilled at cache index N.
+- The cache grows in segments. keras-hub allocates the cache for the whole
+  `max_length` and every decoding step attends over (and, on some backends,
+  copies) all of it, so N more slots would slow every step. Here the cache
+  starts at `FIRST_SEGMENT_LENGTH` slots and doubles: each segment runs the
+  sampler's own loop over a cache only as long as the segment, then the
+  cache is padded to the next length. The prompt is prefilled only as far
+  as it reaches; keras-hub prefills the padding too.
+
+Segments need the sampler's plain loop (greedy, top-k, top-p, random).
+Samplers with their own loop (beam, contrastive) decode in one segment, as
+keras-hub does.
 """
 
 import inspect
@@ -21,6 +34,13 @@ import types
 
 from keras import ops
 from keras import tree
+from keras_hub.samplers import Sampler
+
+# The cache's first length, the most segments it grows in, and the fewest
+# slots a segment adds (see `cache_segment_ends`).
+FIRST_SEGMENT_LENGTH = 32
+MAX_SEGMENTS = 4
+MIN_SEGMENT_GROWTH = 16
 
 
 class VirtualTokenEmbedding:
@@ -77,6 +97,9 @@ class CausalLMView:
             virtual ids, so their cache is computed once and tiled (see
             `_build_cache`). `False` for virtual ids anywhere (slot
             placement): the family's own `_build_cache` prefills it all.
+        first_segment_length: int or `None`. The cache's first length; it
+            doubles per segment (see `cache_segment_ends`). `None` decodes
+            in one segment over the whole length, as keras-hub does.
     """
 
     def __init__(
@@ -87,6 +110,7 @@ class CausalLMView:
         sampler,
         model,
         split_prefill=True,
+        first_segment_length=None,
     ):
         self._class = causal_lm_class
         self._model = model
@@ -96,6 +120,8 @@ class CausalLMView:
         )
         self.backbone = _BackboneView(backbone, embedding)
         self.sampler = sampler
+        if first_segment_length is not None and runs_plain_loop(sampler):
+            self.sampler = SegmentedSampler(sampler, self, first_segment_length)
         self.compute_dtype = backbone.compute_dtype
         self.vocabulary_size = embedding.vocabulary_size
         self.virtual_token_ids = ops.arange(
@@ -103,24 +129,26 @@ class CausalLMView:
             embedding.vocabulary_size + prompt_table.shape[0],
             dtype="int32",
         )
+        self._build_cache_args = ((), {})
 
     def _build_cache(self, token_ids, *args, **kwargs):
-        """Seeds the cache like the family's `_build_cache`, in two parts.
+        """Seeds the cache like the family's `_build_cache`.
 
-        `token_ids` starts with the N virtual ids. Their keys and values
-        are input-independent, so they are computed for one row and tiled
-        over the batch; the real tokens are then prefilled at index N.
-        Returns `(hidden_states, cache)` for the whole sequence.
+        With segments only the first segment's positions are prefilled
+        (the sampler prefills the rest as it grows the cache). With a
+        shared prefix, the N virtual ids' keys and values are computed for
+        one row and tiled over the batch; the real tokens are then
+        prefilled at index N. Returns `(hidden_states, cache)`.
         """
+        self._build_cache_args = (args, kwargs)
+        if isinstance(self.sampler, SegmentedSampler):
+            first_end = self.sampler.segment_ends(token_ids)[0]
+            token_ids = token_ids[:, :first_end]
         if not self._split_prefill:
             return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
-        # The family's own empty cache (layout, dtype, full length), for
-        # one row, without running the model.
-        _, cache = self._class._build_cache(
-            _EmptyCacheView(self), token_ids[:1], *args, **kwargs
-        )
+        _, cache = self.empty_cache(token_ids[:1])
         _, prefix_hidden, cache = self.call_with_cache(
             token_ids=token_ids[:1, :num_tokens],
             cache=cache,
@@ -138,6 +166,16 @@ class CausalLMView:
         hidden_states = ops.concatenate([prefix_hidden, hidden_states], 1)
         return hidden_states, cache
 
+    def empty_cache(self, token_ids):
+        """The family's zero cache (layout, dtype) for `token_ids`' shape.
+
+        Runs the family's `_build_cache` without running the model.
+        """
+        args, kwargs = self._build_cache_args
+        return self._class._build_cache(
+            _EmptyCacheView(self), token_ids, *args, **kwargs
+        )
+
     def __getattr__(self, name):
         # The family's methods run with this view as `self`; any other
         # attribute (variables, `generate_function`, ...) is the model's.
@@ -145,6 +183,131 @@ class CausalLMView:
         if inspect.isfunction(attribute):
             return types.MethodType(attribute, self)
         return getattr(self._model, name)
+
+
+def runs_plain_loop(sampler):
+    """Whether `sampler` decodes with keras-hub's plain `Sampler` loop."""
+    return type(sampler).__call__ is Sampler.__call__
+
+
+def cache_segment_ends(total_length, first_segment_length):
+    """Where each cache segment ends: evenly spaced after the first.
+
+    `MAX_SEGMENTS` segments at most, each adding `MIN_SEGMENT_GROWTH`
+    slots or more; a sequence shorter than `first_segment_length +
+    MIN_SEGMENT_GROWTH` decodes in one. Evenly spaced ends keep the last,
+    full-length segment short: decoding from an empty prompt to `T` scans
+    about `0.63 * T` slots a step with 4 segments, keras-hub's `T`.
+
+    Args:
+        total_length: int, the sequence length with the virtual tokens.
+        first_segment_length: int, the first segment's length.
+
+    Example:
+
+    >>> cache_segment_ends(100, 32)
+    [32, 55, 77, 100]
+    """
+    growth = total_length - first_segment_length
+    count = min(MAX_SEGMENTS, 1 + growth // MIN_SEGMENT_GROWTH)
+    if count < 2:
+        return [total_length]
+    step = growth / (count - 1)
+    ends = [first_segment_length + round(k * step) for k in range(count)]
+    return ends
+
+
+class SegmentedSampler:
+    """Runs a plain-loop sampler segment by segment over a growing cache.
+
+    Args:
+        sampler: a `keras_hub.samplers.Sampler` using the plain loop.
+        view: the `CausalLMView` whose cache it grows.
+        first_segment_length: int, the first segment's length.
+    """
+
+    def __init__(self, sampler, view, first_segment_length):
+        self.sampler = sampler
+        self.view = view
+        self.first_segment_length = first_segment_length
+
+    def segment_ends(self, token_ids):
+        total_length = token_ids.shape[1]
+        if not isinstance(total_length, int):
+            return [total_length]
+        # The first segment holds the shared virtual-token prefix.
+        num_tokens = self.view.virtual_token_ids.shape[0]
+        first = max(self.first_segment_length, num_tokens + 1)
+        return cache_segment_ends(total_length, first)
+
+    def __call__(self, next, prompt, cache, index=0, mask=None, **kwargs):
+        ends = self.segment_ends(prompt)
+        index = ops.cast(index, "int32")
+        if mask is None:
+            mask = ops.zeros_like(prompt, dtype="bool")
+        start = 0
+        for end in ends:
+            if start:
+                cache = self.grow(cache, prompt[:, :end], mask, start)
+            loop = _LoopResult(self.sampler)
+            head = Sampler.__call__(
+                loop,
+                next,
+                prompt[:, :end],
+                cache=cache,
+                index=ops.maximum(index, start),
+                mask=mask[:, :end],
+                **kwargs,
+            )
+            cache = loop.loop_vars[1]
+            if end < ends[-1]:
+                head = ops.concatenate([head, prompt[:, end:]], axis=1)
+            prompt = head
+            start = end
+        return prompt
+
+    def grow(self, cache, token_ids, mask, start):
+        """Pads the cache to `token_ids`' length, prefilling new prompt.
+
+        The new positions are prefilled only where a row's prompt reaches
+        them; otherwise the loop writes them as it decodes.
+        """
+        view = self.view
+        _, empty = view.empty_cache(token_ids)
+        cache = tree.map_structure(
+            lambda old, new: ops.slice_update(new, [0] * len(new.shape), old),
+            cache,
+            empty,
+        )
+
+        def prefill():
+            return view.call_with_cache(
+                token_ids=token_ids[:, start:],
+                cache=cache,
+                cache_update_index=start,
+            )[2]
+
+        reaches = ops.any(mask[:, start : token_ids.shape[1]])
+        return ops.cond(reaches, prefill, lambda: cache)
+
+
+class _LoopResult:
+    """A sampler whose `run_loop` keeps the final loop variables.
+
+    keras-hub's `Sampler.__call__` returns only the prompt; run on this
+    wrapper it also leaves the final cache in `loop_vars[1]`.
+    """
+
+    def __init__(self, sampler):
+        self._sampler = sampler
+        self.loop_vars = None
+
+    def run_loop(self, cond, body, **kwargs):
+        self.loop_vars = self._sampler.run_loop(cond, body, **kwargs)
+        return self.loop_vars
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)
 
 
 class _EmptyCacheView:

@@ -4,6 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_ptuning import cached_decoding
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
 from keras_ptuning.input_validation import check_placeholder_counts
@@ -189,6 +190,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             self,
             # One shared prefix is computed once and tiled over the batch.
             split_prefill=not (ptuning.uses_slots or ptuning.is_multi_task),
+            first_segment_length=cached_decoding.FIRST_SEGMENT_LENGTH,
         )
         first = view.vocabulary_size + first
         extended = {

@@ -14,6 +14,23 @@ def _seeded():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture(params=["one_segment", "segments"])
+def cache_segments(request, monkeypatch):
+    """Cached generation in one cache segment, or in several short ones.
+
+    The default segments only start at 32 slots; the tests' sequences are
+    shorter, so "segments" shrinks them to 2 slots and up.
+    """
+    from keras_ptuning import cached_decoding
+
+    if request.param == "one_segment":
+        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", None)
+    else:
+        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", 2)
+        monkeypatch.setattr(cached_decoding, "MIN_SEGMENT_GROWTH", 2)
+    return request.param
+
+
 def pytest_report_header(config):
     return f"keras backend: {keras.config.backend()}"
 

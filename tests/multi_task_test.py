@@ -131,7 +131,7 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_mixed_task_cached_greedy_equals_uncached_loop(family):
+def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
     lm = PTuningCausalLM(
         FAMILIES[family](),
         PromptEncoderConfig(NUM_TOKENS),

@@ -217,7 +217,7 @@ def test_keras_round_trip_adapter_and_peft_refusal(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_slot_cached_greedy_equals_uncached_argmax_loop(family):
+def test_slot_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     """Slots inside the prompt: cached greedy generation equals re-running
     the full p-tuned forward pass on the growing sequence."""
     lm = PTuningCausalLM(

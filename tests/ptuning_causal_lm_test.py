@@ -6,6 +6,8 @@ from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningCausalLM
+from keras_ptuning import cached_decoding
+from keras_ptuning.cached_decoding import cache_segment_ends
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
@@ -55,8 +57,10 @@ def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
     )
 
 
-def test_cached_greedy_equals_uncached_argmax_loop(family):
-    """Batched prompts of different lengths, right padded as keras-hub does."""
+def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
+    """Batched prompts of different lengths, right padded as keras-hub does;
+    decoded over one cache, and over a cache grown in segments (the longest
+    prompt reaches past the first ones, the shortest into the second)."""
     lm = PTuningCausalLM(FAMILIES[family](), PromptEncoderConfig(NUM_TOKENS))
     lm.compile(sampler="greedy")
     lengths = [4, 2, 6]
@@ -96,7 +100,7 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
 
 
 @pytest.mark.parametrize("sampler", ["top_k", "top_p", "beam", "random"])
-def test_keras_hub_samplers(sampler):
+def test_keras_hub_samplers(sampler, cache_segments):
     lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
     lm.compile(sampler=sampler)
     ids, mask = _prompts([2, 3], 7)
@@ -109,7 +113,7 @@ def test_keras_hub_samplers(sampler):
     np.testing.assert_array_equal(tokens[:, :2], ids[:, :2])
 
 
-def test_stop_token_ids_end_generation():
+def test_stop_token_ids_end_generation(cache_segments):
     lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
     lm.compile(sampler="greedy")
     ids, mask = _prompts([3], 9)
@@ -128,6 +132,37 @@ def test_stop_token_ids_end_generation():
         mask_out[: first_stop + 1].all()
         and not mask_out[first_stop + 1 :].any()
     )
+
+
+def test_cache_segment_ends():
+    assert cache_segment_ends(100, 32) == [32, 55, 77, 100]
+    assert cache_segment_ends(1024, 32) == [32, 363, 693, 1024]
+    # Too short to grow by MIN_SEGMENT_GROWTH (16) slots: one segment.
+    assert cache_segment_ends(47, 32) == [47]
+    assert cache_segment_ends(48, 32) == [32, 48]
+    assert cache_segment_ends(64, 32) == [32, 48, 64]
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "beam"])
+def test_plain_loop_samplers_decode_in_segments(sampler, monkeypatch):
+    """keras-hub's plain-loop samplers grow the cache segment by segment;
+    beam search has its own loop and decodes in one, as keras-hub does."""
+    monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", 4)
+    monkeypatch.setattr(cached_decoding, "MIN_SEGMENT_GROWTH", 3)
+    grown = []
+    grow = cached_decoding.SegmentedSampler.grow
+
+    def counting_grow(self, cache, token_ids, *args):
+        grown.append(token_ids.shape[1])
+        return grow(self, cache, token_ids, *args)
+
+    monkeypatch.setattr(cached_decoding.SegmentedSampler, "grow", counting_grow)
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler=sampler)
+    ids, mask = _prompts([2, 3], 13)
+    lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    # 16 positions with the virtual tokens: [4, 8, 12, 16].
+    assert grown == ([8, 12, 16] if sampler == "greedy" else [])
 
 
 def test_max_length_overflowing_positions_is_refused():
