@@ -19,10 +19,12 @@ longer sequence as it is:
 - The cache grows in segments. keras-hub allocates the cache for the whole
   `max_length` and every decoding step attends over (and, on some backends,
   copies) all of it, so N more slots would slow every step. Here the cache
-  starts at `FIRST_SEGMENT_LENGTH` slots and doubles: each segment runs the
-  sampler's own loop over a cache only as long as the segment, then the
-  cache is padded to the next length. The prompt is prefilled only as far
-  as it reaches; keras-hub prefills the padding too.
+  starts at `FIRST_SEGMENT_LENGTH` slots and grows to `max_length` in up to
+  `MAX_SEGMENTS` steps: each segment runs the sampler's own loop over a
+  cache only as long as the segment, then the cache is padded to the next
+  length. The prompt is prefilled only as far as it reaches; keras-hub
+  prefills the padding too. More segments cost tracing and compile time
+  (about 2-3x keras-hub's first `generate` call).
 
 Segments need the sampler's plain loop (greedy, top-k, top-p, random).
 Samplers with their own loop (beam, contrastive) decode in one segment, as
@@ -97,9 +99,9 @@ class CausalLMView:
             virtual ids, so their cache is computed once and tiled (see
             `_build_cache`). `False` for virtual ids anywhere (slot
             placement): the family's own `_build_cache` prefills it all.
-        first_segment_length: int or `None`. The cache's first length; it
-            doubles per segment (see `cache_segment_ends`). `None` decodes
-            in one segment over the whole length, as keras-hub does.
+        first_segment_length: int or `None`. The cache's first length
+            (see `cache_segment_ends`). `None` decodes in one segment over
+            the whole length, as keras-hub does.
     """
 
     def __init__(
