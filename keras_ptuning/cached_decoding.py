@@ -23,8 +23,10 @@ longer sequence as it is:
   `MAX_SEGMENTS` steps: each segment runs the sampler's own loop over a
   cache only as long as the segment, then the cache is padded to the next
   length. The prompt is prefilled only as far as it reaches; keras-hub
-  prefills the padding too. More segments cost tracing and compile time
-  (about 2-3x keras-hub's first `generate` call).
+  prefills the padding too. Past the first segment a shared prefix is
+  behind the decoding position, so the steps embed real tokens only and
+  skip the virtual-token lookup. More segments cost tracing and compile
+  time (about 2-3x keras-hub's first `generate` call).
 
 Segments need the sampler's plain loop (greedy, top-k, top-p, random).
 Samplers with their own loop (beam, contrastive) decode in one segment, as
@@ -80,6 +82,7 @@ class _BackboneView:
 
     def __init__(self, backbone, token_embedding):
         self._backbone = backbone
+        self.real_backbone = backbone
         self.token_embedding = token_embedding
 
     def __getattr__(self, name):
@@ -116,7 +119,7 @@ class CausalLMView:
     ):
         self._class = causal_lm_class
         self._model = model
-        self._split_prefill = split_prefill
+        self.split_prefill = split_prefill
         embedding = VirtualTokenEmbedding(
             backbone.token_embedding, prompt_table
         )
@@ -146,7 +149,7 @@ class CausalLMView:
         if isinstance(self.sampler, SegmentedSampler):
             first_end = self.sampler.segment_ends(token_ids)[0]
             token_ids = token_ids[:, :first_end]
-        if not self._split_prefill:
+        if not self.split_prefill:
             return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
@@ -198,8 +201,9 @@ def cache_segment_ends(total_length, first_segment_length):
     `MAX_SEGMENTS` segments at most, each adding `MIN_SEGMENT_GROWTH`
     slots or more; a sequence shorter than `first_segment_length +
     MIN_SEGMENT_GROWTH` decodes in one. Evenly spaced ends keep the last,
-    full-length segment short: decoding from an empty prompt to `T` scans
-    about `0.63 * T` slots a step with 4 segments, keras-hub's `T`.
+    full-length segment short: decoding from a short prompt to a long `T`
+    scans about two thirds of `T` slots a step with 4 segments, keras-hub
+    all `T`.
 
     Args:
         total_length: int, the sequence length with the virtual tokens.
@@ -247,25 +251,34 @@ class SegmentedSampler:
         index = ops.cast(index, "int32")
         if mask is None:
             mask = ops.zeros_like(prompt, dtype="bool")
+        view = self.view
+        extended_backbone = view.backbone
         start = 0
-        for end in ends:
-            if start:
-                cache = self.grow(cache, prompt[:, :end], mask, start)
-            loop = _LoopResult(self.sampler)
-            head = Sampler.__call__(
-                loop,
-                next,
-                prompt[:, :end],
-                cache=cache,
-                index=ops.maximum(index, start),
-                mask=mask[:, :end],
-                **kwargs,
-            )
-            cache = loop.loop_vars[1]
-            if end < ends[-1]:
-                head = ops.concatenate([head, prompt[:, end:]], axis=1)
-            prompt = head
-            start = end
+        try:
+            for end in ends:
+                if start:
+                    cache = self.grow(cache, prompt[:, :end], mask, start)
+                    if view.split_prefill:
+                        # Past the first segment a shared prefix is behind:
+                        # only real ids, so skip the virtual-token lookup.
+                        view.backbone = extended_backbone.real_backbone
+                loop = _LoopResult(self.sampler)
+                head = Sampler.__call__(
+                    loop,
+                    next,
+                    prompt[:, :end],
+                    cache=cache,
+                    index=ops.maximum(index, start),
+                    mask=mask[:, :end],
+                    **kwargs,
+                )
+                cache = loop.loop_vars[1]
+                if end < ends[-1]:
+                    head = ops.concatenate([head, prompt[:, end:]], axis=1)
+                prompt = head
+                start = end
+        finally:
+            view.backbone = extended_backbone
         return prompt
 
     def grow(self, cache, token_ids, mask, start):
