@@ -26,7 +26,7 @@ longer sequence as it is:
   prefills the padding too. Past the first segment a shared prefix is
   behind the decoding position, so the steps embed real tokens only and
   skip the virtual-token lookup. More segments cost tracing and compile
-  time (about 2-3x keras-hub's first `generate` call).
+  time (2-4x keras-hub's first `generate` call on JAX and TensorFlow).
 
 Segments need the sampler's plain loop (greedy, top-k, top-p, random).
 Samplers with their own loop (beam, contrastive) decode in one segment, as
