@@ -81,12 +81,11 @@ class _BackboneView:
     """The backbone, with `token_embedding` swapped for the extended one."""
 
     def __init__(self, backbone, token_embedding):
-        self._backbone = backbone
         self.real_backbone = backbone
         self.token_embedding = token_embedding
 
     def __getattr__(self, name):
-        return getattr(self._backbone, name)
+        return getattr(self.real_backbone, name)
 
 
 class CausalLMView:
