@@ -8,8 +8,8 @@ from keras_ptuning.peft_interop import load_peft_adapter
 from keras_ptuning.peft_interop import save_peft_adapter
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.prompt_injection import DEFAULT_PLACEHOLDER_ID
 from keras_ptuning.prompt_injection import PromptInjection
+from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
 from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM

@@ -7,8 +7,9 @@ sequence length) or from PyTorch (it needs `torch_xla`). So the export is
 always traced by TensorFlow: in this process on the TensorFlow backend,
 otherwise in a child process that rebuilds the model under the TensorFlow
 backend from a `.keras` file written here. The prompt encoder is collapsed
-first: the SavedModel holds the `(num_virtual_tokens, token_dim)` prompt
-table, not the MLP/LSTM.
+first (unless the model already runs on its collapsed table): the
+SavedModel holds the `(num_virtual_tokens, token_dim)` prompt table, not
+the MLP/LSTM.
 
     python -m keras_ptuning.export MODEL.keras OUTPUT_DIR
 """
@@ -155,10 +156,14 @@ def write_saved_model(model, output):
     injection = ptuning.prompt_injection
     source = injection.prompt_source
     saved_table = keras.ops.convert_to_numpy(injection.prompt_table)
-    # A multi-task prompt keeps its encoders (one per task) in the graph.
-    collapse = not ptuning.is_multi_task
+    # A single prompt goes in as a table: a model that already runs on one
+    # keeps it (never re-collapsed from an idle encoder). A multi-task
+    # prompt keeps its encoders (one per task) in the graph.
+    collapse = source == "encoder" and not ptuning.is_multi_task
     encoder_ids = (
-        {id(v) for v in ptuning.prompt_encoder.weights} if collapse else set()
+        set()
+        if ptuning.is_multi_task
+        else {id(v) for v in ptuning.prompt_encoder.weights}
     )
     try:
         if collapse:

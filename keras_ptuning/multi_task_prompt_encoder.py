@@ -66,11 +66,27 @@ class MultiTaskPromptEncoder(keras.layers.Layer):
         self.config = config
         self.task_names = []
         self.encoders = []
+        self._frozen_tasks = set()
         for name in task_names:
             self.add_task(name)
         if trainable_tasks is not None:
             self.set_trainable_tasks(trainable_tasks)
         self.built = True
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Setting a model trainable reaches every sublayer; the tasks frozen
+        # with `set_trainable_tasks` stay frozen.
+        keras.layers.Layer.trainable.fset(self, value)
+        for task, encoder in zip(
+            getattr(self, "task_names", []), getattr(self, "encoders", [])
+        ):
+            if task in getattr(self, "_frozen_tasks", ()):
+                encoder.trainable = False
 
     def add_task(self, name):
         """Adds a task with a fresh encoder; returns its `task_id`."""
@@ -96,8 +112,9 @@ class MultiTaskPromptEncoder(keras.layers.Layer):
         """Trains the encoders of `names` only; the others are frozen."""
         for name in names:
             self.task_id(name)
+        self._frozen_tasks = set(self.task_names) - set(names)
         for task, encoder in zip(self.task_names, self.encoders):
-            encoder.trainable = task in names
+            encoder.trainable = task in names and self.trainable
 
     @property
     def trainable_tasks(self):

@@ -9,8 +9,8 @@ import numpy as np
 
 from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.prompt_injection import DEFAULT_PLACEHOLDER_ID
-from keras_ptuning.prompt_injection import check_placeholder_id
+from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
+from keras_ptuning.prompt_placement import check_placeholder_id
 
 try:
     import tensorflow as tf

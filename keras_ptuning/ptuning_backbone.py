@@ -4,7 +4,6 @@ import keras
 import keras_hub
 import numpy as np
 from keras import ops
-from keras import tree
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
@@ -15,7 +14,7 @@ from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
-from keras_ptuning.prompt_injection import check_placeholder_id
+from keras_ptuning.prompt_placement import check_placeholder_id
 from keras_ptuning.prompt_template import PromptTemplate
 
 TASK_ID = "task_id"
@@ -46,6 +45,12 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     the backbone's output structure, aligned with the inputs (length `L`);
     pooled outputs are the backbone's own.
 
+    This object owns everything about the prompt: where it comes from
+    (`prompt_source`, the collapsed table's values, the tasks and which of
+    them train) and where it goes (`placeholder_id`). Task models serialize
+    it whole, so a `.keras` file, an adapter or an export always carries
+    the prompt the model runs on.
+
     Where the virtual tokens go:
 
     - Prepended (`placeholder_id=None`, the default, as PEFT does): at
@@ -75,6 +80,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             extra `task_id` input `(batch,)`, the index of each row's task,
             so one batch can mix tasks. Tasks can be added later
             (`add_task`) and trained one at a time (`set_trainable_tasks`).
+        trainable_tasks: `None` (default: all) or the names of the tasks
+            whose prompts train (multi-task only).
         **kwargs: standard `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -99,8 +106,11 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         prompt_source="encoder",
         placeholder_id=None,
         task_names=None,
+        trainable_tasks=None,
         **kwargs,
     ):
+        if isinstance(backbone, dict):
+            backbone = keras.layers.deserialize(backbone)
         split = BackboneSplit(backbone)
         check_placeholder_id(placeholder_id)
         if isinstance(prompt_config, dict):
@@ -124,11 +134,19 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         backbone.trainable = False
 
         # === Layers ===
+        if task_names is None and trainable_tasks is not None:
+            raise ValueError(
+                "`trainable_tasks` needs a multi-task model (task_names). "
+                f"Received: trainable_tasks={trainable_tasks!r}"
+            )
         if task_names is None:
             prompt_encoder = PromptEncoder(prompt_config, name="prompt_encoder")
         else:
             prompt_encoder = MultiTaskPromptEncoder(
-                prompt_config, list(task_names), name="prompt_encoder"
+                prompt_config,
+                list(task_names),
+                trainable_tasks=trainable_tasks,
+                name="prompt_encoder",
             )
         injection = PromptInjection(
             prompt_encoder,
@@ -161,13 +179,9 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         outputs = split.body(
             [embeddings] + [sequence_inputs[n] for n in split.input_names[1:]]
         )
-        num_tokens = prompt_config.num_virtual_tokens
-
-        def drop_virtual_positions(x):
-            return x[:, num_tokens:] if len(x.shape) >= 3 else x
-
-        if not injection.uses_slots:
-            outputs = tree.map_structure(drop_virtual_positions, outputs)
+        outputs = injection.placement.drop_virtual_positions(
+            outputs, prompt_config.num_virtual_tokens
+        )
         super().__init__(
             inputs=inputs,
             outputs=outputs,
@@ -199,13 +213,14 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         `keras_ptuning.PromptTemplate`: its slot count and placeholder id
         then give the number of virtual tokens and the slot placement.
         """
+        if isinstance(backbone, cls):
+            backbone.check_wraps(prompt_config, placeholder_id, task_names)
+            return backbone
         if isinstance(preprocessor, PromptTemplate):
             if prompt_config is None:
                 prompt_config = preprocessor.prompt_config()
             if placeholder_id is None:
                 placeholder_id = preprocessor.placeholder_id
-        if isinstance(backbone, cls):
-            return backbone
         if prompt_config is None:
             raise ValueError(
                 "`prompt_config` is required when `backbone` is a plain "
@@ -217,6 +232,33 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             placeholder_id=placeholder_id,
             task_names=task_names,
         )
+
+    def check_wraps(
+        self, prompt_config=None, placeholder_id=None, task_names=None
+    ):
+        """Raises if arguments given with this backbone ask for another
+        prompt than it has (task models would otherwise ignore them)."""
+        if prompt_config is not None:
+            if isinstance(prompt_config, dict):
+                prompt_config = PromptEncoderConfig.from_dict(prompt_config)
+            config = prompt_config.with_token_dim(self.hidden_dim)
+            if config != self.prompt_config:
+                raise ValueError(
+                    "`prompt_config` differs from the given PTuningBackbone's"
+                    f" ({self.prompt_config.to_dict()}); pass one or the "
+                    f"other. Received: prompt_config={config.to_dict()}"
+                )
+        if placeholder_id is not None and placeholder_id != self.placeholder_id:
+            raise ValueError(
+                "`placeholder_id` differs from the given PTuningBackbone's "
+                f"({self.placeholder_id}). Received: "
+                f"placeholder_id={placeholder_id}"
+            )
+        if task_names is not None and list(task_names) != self.task_names:
+            raise ValueError(
+                "`task_names` differ from the given PTuningBackbone's "
+                f"({self.task_names}). Received: task_names={task_names!r}"
+            )
 
     def _ptuning_backbone(self):
         return self
@@ -258,22 +300,32 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.prompt_encoder.set_trainable_tasks(list(names))
 
     @property
+    def trainable_tasks(self):
+        """The tasks whose prompts train, or `None` for one prompt."""
+        if not self.is_multi_task:
+            return None
+        return self.prompt_encoder.trainable_tasks
+
+    @property
+    def placement(self):
+        """Where the virtual tokens go (`keras_ptuning.prompt_placement`)."""
+        return self.prompt_injection.placement
+
+    @property
     def placeholder_id(self):
         """The slot marker in `token_ids`, or `None` when prepending."""
-        return self.prompt_injection.placeholder_id
+        return self.placement.placeholder_id
 
     @property
     def uses_slots(self):
-        return self.prompt_injection.uses_slots
+        return self.placement.uses_slots
 
     @property
     def max_sequence_length(self):
         """The longest input sequence that fits, or `None` if unlimited."""
-        if self.max_positions is None:
-            return None
-        if self.uses_slots:
-            return self.max_positions
-        return self.max_positions - self.num_virtual_tokens
+        return self.placement.max_sequence_length(
+            self.max_positions, self.num_virtual_tokens
+        )
 
     @property
     def prompt_source(self):
@@ -355,7 +407,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         if backbone is not None:
             backbone.trainable = False
         injection = getattr(self, "prompt_injection", None)
-        if injection is not None and injection.prompt_source == "table":
+        if injection is not None and not injection.source.trains_encoder:
             injection.prompt_encoder.trainable = False
 
     def check_inputs(self, inputs, input_names=None, model_name=None):
@@ -401,25 +453,22 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("trainable", None)
-        config.update(
-            {
-                "backbone": keras.layers.serialize(self.backbone),
-                "prompt_config": self.prompt_config.to_dict(),
-                "prompt_source": self.prompt_source,
-                "placeholder_id": self.placeholder_id,
-                "task_names": self.task_names,
-            }
-        )
-        return config
+        # Not chained to `Backbone.get_config`: its `trainable` and `dtype`
+        # are not ours to set (the backbone is frozen, the dtype its own).
+        return {
+            "name": self.name,
+            "backbone": keras.layers.serialize(self.backbone),
+            "prompt_config": self.prompt_config.to_dict(),
+            "prompt_source": self.prompt_source,
+            "placeholder_id": self.placeholder_id,
+            "task_names": self.task_names,
+            "trainable_tasks": self.trainable_tasks,
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if "dtype" in config and isinstance(config["dtype"], dict):
-            config["dtype"] = keras.dtype_policies.get(config["dtype"])
+        # Written by keras_ptuning 0.1 files; derived from the backbone.
         config.pop("dtype", None)
+        config.pop("trainable", None)
         return cls(**config)

@@ -2,14 +2,11 @@
 
 import keras
 import keras_hub
-from keras import ops
 
 from keras_ptuning import cached_decoding
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
 from keras_ptuning.input_validation import check_placeholder_counts
-from keras_ptuning.prompt_injection import slot_indices
-from keras_ptuning.prompt_injection import task_offsets
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
@@ -39,7 +36,8 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     Args:
         backbone: a keras-hub decoder-only backbone (or a `PTuningBackbone`).
         prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
-            Ignored when `backbone` is already a `PTuningBackbone`.
+            Only for a plain backbone: a `PTuningBackbone` brings its own
+            (one that differs is refused).
         preprocessor: `None` or a keras-hub `CausalLMPreprocessor`. With one,
             `fit` and `generate` take raw strings.
         placeholder_id: `None` (default: prepend the virtual tokens) or the
@@ -110,21 +108,6 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if config is not None and getattr(self, "sampler", None) is not None:
-            config["sampler"] = keras_hub.samplers.serialize(self.sampler)
-        return config
-
-    def compile_from_config(self, config):
-        # Keras skips this for models with a custom `compile()`.
-        config = dict(config)
-        sampler = config.pop("sampler", "top_k")
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(sampler=keras_hub.samplers.get(sampler), **config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
     def generate(self, inputs, *args, **kwargs):
         """Generates text or token ids; see keras-hub's `CausalLM.generate`.
 
@@ -167,21 +150,14 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         the result. A multi-task model gives each row its task's ids.
         """
         ptuning = self.backbone
-        token_ids = ops.convert_to_tensor(inputs["token_ids"], "int32")
-        padding_mask = ops.cast(inputs["padding_mask"], "bool")
-        ptuning.prompt_injection.check_sequence_length(
-            _static_length(token_ids)
-        )
+        injection = ptuning.prompt_injection
+        injection.check_sequence_length(_static_length(inputs["token_ids"]))
         num_tokens = ptuning.num_virtual_tokens
-        table = ptuning.prompt_table()
-        # Each row's virtual ids are `first + k` past the vocabulary; with
-        # several tasks the (T, N, D) table is flattened to (T * N, D).
-        first = 0
-        if ptuning.is_multi_task:
-            table = ops.reshape(table, (-1, ops.shape(table)[-1]))
-            first = task_offsets(
-                inputs[TASK_ID], len(ptuning.task_names), num_tokens
-            )
+        # Row b's virtual token k is `table[first[b] + k]`; it decodes as
+        # the id `vocabulary_size + first[b] + k`.
+        table, first = injection.source.prompts(
+            inputs.get(TASK_ID), training=False
+        )
         view = CausalLMView(
             ptuning.causal_lm_class,
             ptuning.backbone,
@@ -192,56 +168,14 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             split_prefill=not (ptuning.uses_slots or ptuning.is_multi_task),
             first_segment_length=cached_decoding.FIRST_SEGMENT_LENGTH,
         )
-        first = view.vocabulary_size + first
-        extended = {
-            name: value for name, value in inputs.items() if name != TASK_ID
-        }
-        if ptuning.uses_slots:
-            is_slot, slot_index = slot_indices(
-                token_ids, ptuning.placeholder_id, num_tokens
-            )
-            extended["token_ids"] = ops.where(
-                is_slot, first + slot_index, token_ids
-            )
-            extended["padding_mask"] = padding_mask
-            outputs = view.generate_step(
-                extended, stop_token_ids=stop_token_ids
-            )
-            generated = outputs["token_ids"]
-            return {
-                "token_ids": ops.where(
-                    ops.greater_equal(generated, view.vocabulary_size),
-                    ptuning.placeholder_id,
-                    generated,
-                ),
-                "padding_mask": outputs["padding_mask"],
-            }
-        batch_size = ops.shape(token_ids)[0]
-        virtual_ids = ops.broadcast_to(
-            first + ops.arange(num_tokens, dtype="int32")[None, :],
-            (batch_size, num_tokens),
-        )
-        extended["token_ids"] = ops.concatenate([virtual_ids, token_ids], 1)
-        extended["padding_mask"] = ops.concatenate(
-            [ops.ones((batch_size, num_tokens), "bool"), padding_mask], 1
+        placement = ptuning.placement
+        extended = placement.virtual_token_inputs(
+            inputs, view.vocabulary_size + first, num_tokens
         )
         outputs = view.generate_step(extended, stop_token_ids=stop_token_ids)
-        return {
-            name: outputs[name][:, num_tokens:]
-            for name in ("token_ids", "padding_mask")
-        }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "backbone": keras.layers.serialize(self.backbone.backbone),
-                "prompt_config": self.backbone.prompt_config.to_dict(),
-                "placeholder_id": self.backbone.placeholder_id,
-                "task_names": self.backbone.task_names,
-            }
+        return placement.generated_outputs(
+            outputs, view.vocabulary_size, num_tokens
         )
-        return config
 
 
 def _static_length(token_ids):

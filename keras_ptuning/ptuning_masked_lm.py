@@ -14,9 +14,12 @@ from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.verbalizer import label_word_ids
 
 
-def _serialize_without_preprocessor(masked_lm):
+def _serialize_head_task(masked_lm):
+    """The masked LM's config without its backbone and preprocessor: the
+    backbone travels once, inside the `PTuningBackbone`."""
     config = keras.layers.serialize(masked_lm)
     config["config"] = dict(config["config"], preprocessor=None)
+    config["config"].pop("backbone", None)
     return config
 
 
@@ -61,6 +64,9 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         placeholder_id: `None` or the int that marks virtual-token slots in
             `token_ids`; a `PromptTemplate` preprocessor sets it. `None`
             with no template prepends the virtual tokens.
+        backbone: `None` (default: wrap `masked_lm.backbone`) or a
+            `keras_ptuning.PTuningBackbone` over `masked_lm.backbone`, with
+            its prompt (as `get_config` stores it).
         **kwargs: standard `keras.Model` arguments.
 
     Example:
@@ -90,10 +96,9 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         score_reduction="mean",
         activation="softmax",
         placeholder_id=None,
+        backbone=None,
         **kwargs,
     ):
-        if isinstance(masked_lm, dict):
-            masked_lm = keras.layers.deserialize(masked_lm)
         head = getattr(masked_lm, "masked_lm_head", None)
         if not isinstance(masked_lm, keras_hub.models.MaskedLM) or head is None:
             raise TypeError(
@@ -104,8 +109,15 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         tokenizer = getattr(preprocessor, "tokenizer", None) or getattr(
             masked_lm.preprocessor, "tokenizer", None
         )
+        if backbone is None:
+            backbone = masked_lm.backbone
+        elif getattr(backbone, "backbone", None) is not masked_lm.backbone:
+            raise ValueError(
+                "`backbone` must be a PTuningBackbone over masked_lm.backbone."
+                f" Received: backbone of type {type(backbone).__name__}"
+            )
         backbone = PTuningBackbone.wrap(
-            masked_lm.backbone, prompt_config, placeholder_id, preprocessor
+            backbone, prompt_config, placeholder_id, preprocessor
         )
         input_names = list(backbone.input_names) + ["mask_positions"]
         backbone.check_preprocessor(preprocessor, input_names)
@@ -159,7 +171,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         self.activation = (
             None if activation is None else keras.activations.get(activation)
         )
-        self._masked_lm_config = _serialize_without_preprocessor(masked_lm)
+        self._masked_lm_config = _serialize_head_task(masked_lm)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
     @property
@@ -213,14 +225,6 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             weighted_metrics=weighted_metrics,
             **kwargs,
         )
-
-    def compile_from_config(self, config):
-        # Keras skips this for models with a custom `compile()`; restoring
-        # it keeps the optimizer state, so `fit` resumes where it stopped.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
 
     def _model_inputs(self, inputs):
         if isinstance(inputs, dict) and "token_ids" in inputs:
@@ -287,7 +291,6 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("backbone", None)
         word_ids = None if self.verbalizer is None else self.verbalizer.word_ids
         verbalizer = word_ids
         if word_ids is not None and self.class_names is not None:
@@ -295,13 +298,28 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         config.update(
             {
                 "masked_lm": self._masked_lm_config,
-                "prompt_config": self.backbone.prompt_config.to_dict(),
                 "verbalizer": verbalizer,
                 "score_reduction": self.score_reduction,
                 "activation": None
                 if self.activation is None
                 else keras.activations.serialize(self.activation),
-                "placeholder_id": self.backbone.placeholder_id,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = config.get("backbone")
+        if isinstance(backbone, dict):
+            backbone = keras.layers.deserialize(backbone)
+        masked_lm = config["masked_lm"]
+        if isinstance(masked_lm, dict):
+            task_config = dict(masked_lm["config"])
+            if backbone is not None:  # keras_ptuning 0.1 files have none.
+                task_config["backbone"] = backbone.backbone
+            masked_lm = keras.layers.deserialize(
+                dict(masked_lm, config=task_config)
+            )
+        config.update(backbone=backbone, masked_lm=masked_lm)
+        return super().from_config(config)

@@ -1,6 +1,7 @@
 """`PTuningTask`: what every P-tuning task model adds to its keras-hub task."""
 
 import keras
+import keras_hub
 
 
 class PTuningTask:
@@ -11,6 +12,10 @@ class PTuningTask:
       `predict` on arrays check every row's placeholder count (slot
       placement) and `task_id` (multi-task) up front, since compiled steps
       cannot.
+    - Serialization is keras-hub's: `get_config` holds the
+      `PTuningBackbone` (which owns all prompt state) and the preprocessor;
+      a `.keras` file restores the compile config and the optimizer state
+      (`compile_from_config`, one for every task), so `fit` resumes.
     - `fit`, `evaluate` and `predict` also take a `keras.utils.PyDataset`
       (such as `keras_ptuning.LengthBucketedDataset`), as core Keras models
       do. Its batches are model-ready, so they go straight to Keras:
@@ -56,23 +61,24 @@ class PTuningTask:
         self._set_trainable_task_heads(names)
         self._reset_after_prompt_change()
 
-    def get_config(self):
-        config = super().get_config()
-        if self.backbone.is_multi_task:
-            config["trainable_tasks"] = (
-                self.backbone.prompt_encoder.trainable_tasks
-            )
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "sampler", None) is not None:
+            config["sampler"] = keras_hub.samplers.serialize(self.sampler)
         return config
 
-    @classmethod
-    def from_config(cls, config):
+    def compile_from_config(self, config):
+        # Keras skips this for models with a custom `compile()`. Restoring
+        # the compile config and building the optimizer lets Keras load the
+        # saved optimizer state, so `fit` resumes where it stopped.
         config = dict(config)
-        trainable_tasks = config.pop("trainable_tasks", None)
-        model = super().from_config(config)
-        if trainable_tasks is not None:
-            model.backbone.set_trainable_tasks(trainable_tasks)
-            model._set_trainable_task_heads(trainable_tasks)
-        return model
+        sampler = config.pop("sampler", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if sampler is not None:
+            config["sampler"] = keras_hub.samplers.get(sampler)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def _add_task_head(self, name):
         pass

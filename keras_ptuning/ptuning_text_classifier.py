@@ -39,7 +39,8 @@ class PTuningTextClassifier(
         backbone: a keras-hub text backbone (or a `PTuningBackbone`).
         num_classes: int. The number of classes.
         prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
-            Ignored when `backbone` is already a `PTuningBackbone`; may be
+            Only for a plain backbone: a `PTuningBackbone` brings its own
+            (one that differs is refused). May be
             `None` with a `PromptTemplate` preprocessor (its slot count).
         preprocessor: `None`, a keras-hub `TextClassifierPreprocessor` or a
             `keras_ptuning.PromptTemplate`. With one, `fit`/`evaluate`/
@@ -111,6 +112,7 @@ class PTuningTextClassifier(
                 num_classes,
                 backbone.task_names,
                 activation=activation,
+                trainable_tasks=backbone.trainable_tasks,
                 dtype=backbone.dtype_policy,
                 name="logits",
             )
@@ -175,23 +177,10 @@ class PTuningTextClassifier(
             optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kw)
 
-    def compile_from_config(self, config):
-        # Keras skips this for models with a custom `compile()`; restoring
-        # the compile config keeps the optimizer state of a saved model, so
-        # `fit` resumes where it stopped.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "backbone": keras.layers.serialize(self.backbone.backbone),
-                "prompt_config": self.backbone.prompt_config.to_dict(),
-                "placeholder_id": self.backbone.placeholder_id,
-                "task_names": self.backbone.task_names,
                 "num_classes": self.num_classes,
                 "activation": keras.activations.serialize(self.activation),
                 "dropout": self.dropout,

@@ -35,6 +35,7 @@ class TaskHeads(keras.layers.Layer):
         self.task_names = []
         self.heads = []
         self._input_dim = None
+        self._frozen_tasks = set()
         for name in task_names:
             self.add_task(name)
         if trainable_tasks is not None:
@@ -58,8 +59,24 @@ class TaskHeads(keras.layers.Layer):
         return len(self.heads) - 1
 
     def set_trainable_tasks(self, names):
+        self._frozen_tasks = set(self.task_names) - set(names)
         for task, head in zip(self.task_names, self.heads):
-            head.trainable = task in names
+            head.trainable = task in names and self.trainable
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Setting a model trainable reaches every sublayer; the tasks frozen
+        # with `set_trainable_tasks` stay frozen.
+        keras.layers.Layer.trainable.fset(self, value)
+        for task, head in zip(
+            getattr(self, "task_names", []), getattr(self, "heads", [])
+        ):
+            if task in getattr(self, "_frozen_tasks", ()):
+                head.trainable = False
 
     def build(self, inputs_shape, task_id_shape=None):
         self._input_dim = inputs_shape[-1]

@@ -163,5 +163,13 @@ def test_accepts_a_ptuning_backbone():
     model = PTuningTextClassifier(ptuning, 2)
     assert model.backbone is ptuning
     config = model.get_config()
-    assert config["prompt_config"]["num_virtual_tokens"] == 2
-    assert config["backbone"]["class_name"] == "QwenBackbone"
+    # The task serializes the PTuningBackbone, which owns the prompt.
+    assert config["backbone"]["class_name"] == "PTuningBackbone"
+    inner = config["backbone"]["config"]
+    assert inner["prompt_config"]["num_virtual_tokens"] == 2
+    assert inner["backbone"]["class_name"] == "QwenBackbone"
+    assert "prompt_config" not in config
+    with pytest.raises(ValueError, match="`prompt_config` differs"):
+        PTuningTextClassifier(ptuning, 2, PromptEncoderConfig(3))
+    with pytest.raises(ValueError, match="`placeholder_id` differs"):
+        PTuningTextClassifier(ptuning, 2, placeholder_id=-1)
