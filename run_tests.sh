@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Runs the test suite once per Keras backend; fails if any backend fails.
-# Extra arguments go to pytest, e.g. `bash run_tests.sh -x tests/prompt_encoder_test.py`.
+# Runs the whole test suite on TensorFlow, JAX and PyTorch, the three at once
+# (most of a run is single-threaded compilation and dispatch, so two cores
+# take three runs), and prints each backend's log when all are done. Fails if
+# any backend fails or skips a test for a reason other than running on one
+# backend only. Extra arguments go to pytest, e.g.
+# `bash run_tests.sh -x tests/prompt_encoder_test.py` or `-m "not slow"`.
 set -u
 cd "$(dirname "$0")"
-failed=()
-for backend in tensorflow jax torch; do
-  echo "=== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend python -m pytest -q "$@" || failed+=("$backend")
+logs=$(mktemp -d)
+start=$(date +%s)
+backends=(tensorflow jax torch)
+pids=()
+for backend in "${backends[@]}"; do
+  KERAS_BACKEND=$backend python -m pytest -q -rs --durations=15 \
+    --fail-on-unexpected-skips "$@" >"$logs/$backend.log" 2>&1 &
+  pids+=($!)
 done
+failed=()
+for i in "${!backends[@]}"; do
+  wait "${pids[$i]}" || failed+=("${backends[$i]}")
+done
+for backend in "${backends[@]}"; do
+  echo "=== KERAS_BACKEND=$backend"
+  cat "$logs/$backend.log"
+done
+rm -rf "$logs"
+echo "wall time for all backends: $(( $(date +%s) - start )) s"
 if [ ${#failed[@]} -ne 0 ]; then
   echo "FAILED on: ${failed[*]}"
   exit 1

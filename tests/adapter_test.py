@@ -4,7 +4,6 @@ import h5py
 import keras_hub
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
@@ -12,13 +11,10 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.adapter import read_adapter_config
 from tests.backbones import FAMILIES
-from tests.conftest import make_inputs
+from tests.support import make_inputs
+from tests.support import to_numpy
 
 CONFIG = PromptEncoderConfig(4, encoder_reparameterization_type="LSTM")
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _trained_classifier():
@@ -77,16 +73,16 @@ def test_adapter_with_encoder_resumes_training(tmp_path):
         fresh.backbone.prompt_encoder.weights,
         model.backbone.prompt_encoder.weights,
     ):
-        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     np.testing.assert_allclose(
         fresh.predict(inputs, verbose=0),
         model.predict(inputs, verbose=0),
         atol=1e-6,
     )
-    before = _numpy(fresh.backbone.prompt_table())
+    before = to_numpy(fresh.backbone.prompt_table())
     history = fresh.fit(inputs, np.arange(6) % 3, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    assert not np.allclose(before, _numpy(fresh.backbone.prompt_table()))
+    assert not np.allclose(before, to_numpy(fresh.backbone.prompt_table()))
 
 
 def test_causal_lm_and_backbone_adapters(tmp_path):
@@ -106,7 +102,7 @@ def test_causal_lm_and_backbone_adapters(tmp_path):
     wrapper = PTuningBackbone(backbone, CONFIG)
     wrapper.load_adapter(path)
     np.testing.assert_allclose(
-        _numpy(wrapper.prompt_table()), _numpy(lm.backbone.prompt_table())
+        to_numpy(wrapper.prompt_table()), to_numpy(lm.backbone.prompt_table())
     )
 
 
@@ -125,11 +121,11 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
     ]
     for backbone, classes, config, message in cases:
         other = PTuningTextClassifier(backbone, classes, config)
-        before = [_numpy(v) for v in other.weights]
+        before = [to_numpy(v) for v in other.weights]
         with pytest.raises(ValueError, match=message):
             other.load_adapter(path)
         for a, b in zip(before, other.weights):
-            np.testing.assert_array_equal(a, _numpy(b))
+            np.testing.assert_array_equal(a, to_numpy(b))
     narrow = keras_hub.models.BertBackbone(
         vocabulary_size=64,
         num_layers=1,

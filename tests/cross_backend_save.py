@@ -20,8 +20,8 @@ from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.conftest import make_inputs
-from tests.prompt_template_test import bert_tokenizer
+from tests.support import bert_tokenizer
+from tests.support import make_inputs
 
 SENTENCES = {"sentence": ["the movie was great", "a terrible film"]}
 

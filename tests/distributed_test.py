@@ -29,7 +29,11 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.distribution import layout_map
 from tests.backbones import FAMILIES
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
+from tests.support import run_on_one_backend
+
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
 
 BACKEND = keras.config.backend()
 # Differences of float32 rounding (measured: 3e-8 to 3e-6): the runs sum the
@@ -39,10 +43,7 @@ PTUNING_PREFIXES = ("prompt_encoder/", "prompt_injection/", "logits/")
 
 
 def only_on(backend):
-    return pytest.mark.skipif(
-        BACKEND != backend,
-        reason=f"runs once, from the {backend} suite (a {backend} subprocess)",
-    )
+    return run_on_one_backend(backend, f"runs a {backend} subprocess, once")
 
 
 def run(args, backend, output, extra_env=None, timeout=600):

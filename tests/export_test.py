@@ -14,7 +14,7 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.conftest import make_inputs
+from tests.support import make_inputs
 
 # Runs in a fresh interpreter where keras, keras_hub and keras_ptuning cannot
 # be imported (TensorFlow imports keras when it is installed, so they are

@@ -4,8 +4,8 @@ import numpy as np
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.conftest import backbone_weights
-from tests.conftest import make_inputs
+from tests.support import backbone_weights
+from tests.support import make_inputs
 
 
 def test_fit_under_mixed_bfloat16():

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_ptuning
 from keras_ptuning import PromptEncoderConfig
@@ -11,16 +10,13 @@ from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.conftest import backbone_weights
-from tests.conftest import make_inputs
+from tests.support import backbone_weights
+from tests.support import make_inputs
+from tests.support import to_numpy
 
 NUM_TOKENS = 3
 TASK_ID = np.array([0, 1, 1, 0], "int32")
 LABELS = np.array([0, 1, 0, 1])
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _inputs(model, length=7, task_id=TASK_ID, placeholder_id=None):
@@ -82,10 +78,10 @@ def test_joint_training_then_adding_a_task_leaves_the_others_bit_identical():
         backbone, 2, PromptEncoderConfig(NUM_TOKENS), task_names=["a", "b"]
     )
     inputs = _inputs(model)
-    tables = _numpy(model.backbone.prompt_table())
+    tables = to_numpy(model.backbone.prompt_table())
     model.fit(inputs, LABELS, batch_size=4, epochs=2, verbose=0)
     # A mixed batch trains both tasks' prompts and heads.
-    trained = _numpy(model.backbone.prompt_table())
+    trained = to_numpy(model.backbone.prompt_table())
     assert not np.allclose(trained[0], tables[0])
     assert not np.allclose(trained[1], tables[1])
     before = model.predict(inputs, verbose=0)
@@ -106,6 +102,7 @@ def test_joint_training_then_adding_a_task_leaves_the_others_bit_identical():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.compiled  # the traced functions users get
 def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
     model = PTuningTextClassifier(
         FAMILIES["distil_bert"](),
@@ -126,7 +123,7 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
         loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0)
     )
     # The optimizer state comes back too: training resumes.
-    assert int(_numpy(loaded.optimizer.iterations)) == 2
+    assert int(to_numpy(loaded.optimizer.iterations)) == 2
     loaded.fit(inputs, LABELS, batch_size=2, epochs=1, verbose=0)
 
 
@@ -150,7 +147,7 @@ def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
     )
     buffer = ids.copy()
     for t in range(lengths.min(), buffer.shape[1]):
-        logits = _numpy(
+        logits = to_numpy(
             lm(
                 {
                     "token_ids": buffer,
@@ -162,7 +159,7 @@ def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
         buffer[:, t] = np.where(
             t < lengths, buffer[:, t], logits[:, t - 1].argmax(-1)
         )
-    np.testing.assert_array_equal(_numpy(generated["token_ids"]), buffer)
+    np.testing.assert_array_equal(to_numpy(generated["token_ids"]), buffer)
 
 
 def test_errors():

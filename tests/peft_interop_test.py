@@ -20,6 +20,9 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.presets import minilm_preset_dir
 
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
+
 peft = pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,6 +6,9 @@ from keras import ops
 
 from keras_ptuning import PromptEncoder
 
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
+
 peft = pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
 

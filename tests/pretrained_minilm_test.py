@@ -11,8 +11,11 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.datasets import load_sst2
 from keras_ptuning.presets import minilm_preset_dir
-from tests.conftest import REPO_ROOT
-from tests.conftest import backbone_weights
+from tests.support import REPO_ROOT
+from tests.support import backbone_weights
+
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
 
 SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
 

@@ -1,14 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoder
 from keras_ptuning import PromptEncoderConfig
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
+from tests.support import to_numpy
 
 
 def _mlp_params(n, d, h, layers):
@@ -69,19 +65,19 @@ def test_mlp_math_against_numpy_reference():
         encoder_hidden_size=4,
         encoder_num_layers=3,
     )
-    table = _numpy(encoder.embedding.embeddings)
+    table = to_numpy(encoder.embedding.embeddings)
     x = table
     for dense in encoder.encoder_layers:
-        x = np.maximum(x @ _numpy(dense.kernel) + _numpy(dense.bias), 0)
-    expected = x @ _numpy(encoder.output_dense.kernel) + _numpy(
+        x = np.maximum(x @ to_numpy(dense.kernel) + to_numpy(dense.bias), 0)
+    expected = x @ to_numpy(encoder.output_dense.kernel) + to_numpy(
         encoder.output_dense.bias
     )
     indices = np.array([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]], "int32")
-    out = _numpy(encoder(indices))
+    out = to_numpy(encoder(indices))
     np.testing.assert_allclose(out[0], expected, atol=1e-5)
     np.testing.assert_allclose(out[1], expected[::-1], atol=1e-5)
     np.testing.assert_allclose(
-        _numpy(encoder.prompt_table()), expected, atol=1e-5
+        to_numpy(encoder.prompt_table()), expected, atol=1e-5
     )
 
 
@@ -110,21 +106,21 @@ def test_lstm_math_against_numpy_reference():
         encoder_reparameterization_type="LSTM",
         encoder_num_layers=2,
     )
-    x = _numpy(encoder.embedding.embeddings)
+    x = to_numpy(encoder.embedding.embeddings)
     for layer in encoder.encoder_layers:
         if isinstance(layer, keras.layers.Bidirectional):
-            fw = [_numpy(w) for w in layer.forward_layer.weights]
-            bw = [_numpy(w) for w in layer.backward_layer.weights]
+            fw = [to_numpy(w) for w in layer.forward_layer.weights]
+            bw = [to_numpy(w) for w in layer.backward_layer.weights]
             x = np.concatenate(
                 [_numpy_lstm(x, *fw), _numpy_lstm(x[::-1], *bw)[::-1]], axis=-1
             )
         else:
-            x = np.maximum(x @ _numpy(layer.kernel) + _numpy(layer.bias), 0)
-    expected = x @ _numpy(encoder.output_dense.kernel) + _numpy(
+            x = np.maximum(x @ to_numpy(layer.kernel) + to_numpy(layer.bias), 0)
+    expected = x @ to_numpy(encoder.output_dense.kernel) + to_numpy(
         encoder.output_dense.bias
     )
     np.testing.assert_allclose(
-        _numpy(encoder.prompt_table()), expected, atol=1e-5
+        to_numpy(encoder.prompt_table()), expected, atol=1e-5
     )
 
 
@@ -145,11 +141,11 @@ def test_dropout_is_inference_free_in_prompt_table():
     )
     indices = np.array([[0, 1, 2]], "int32")
     np.testing.assert_allclose(
-        _numpy(encoder.prompt_table()),
-        _numpy(encoder(indices, training=False))[0],
+        to_numpy(encoder.prompt_table()),
+        to_numpy(encoder(indices, training=False))[0],
     )
-    trained = _numpy(encoder(indices, training=True))[0]
-    assert not np.allclose(trained, _numpy(encoder.prompt_table()))
+    trained = to_numpy(encoder(indices, training=True))[0]
+    assert not np.allclose(trained, to_numpy(encoder.prompt_table()))
 
 
 def test_requires_token_dim():
@@ -190,5 +186,5 @@ def test_serialization_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     indices = np.array([[0, 1, 2]], "int32")
     np.testing.assert_array_equal(
-        _numpy(loaded(indices)), _numpy(model(indices))
+        to_numpy(loaded(indices)), to_numpy(model(indices))
     )

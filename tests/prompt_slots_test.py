@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_ptuning
 from keras_ptuning import PromptEncoderConfig
@@ -13,9 +12,10 @@ from keras_ptuning import PTuningTextClassifier
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import HIDDEN_DIM
-from tests.conftest import backbone_weights
-from tests.conftest import make_inputs
-from tests.ptuning_backbone_test import _make_identity_prompt
+from tests.support import backbone_weights
+from tests.support import make_identity_prompt
+from tests.support import make_inputs
+from tests.support import to_numpy
 
 NUM_TOKENS = 3
 VIRTUAL_IDS = [5, 9, 17]
@@ -23,10 +23,6 @@ PLACEHOLDER = -1
 # Slot positions per row: the three rows of `make_inputs(length=8)` hold at
 # least 4 real tokens, so every slot is a real (unpadded) position.
 SLOTS = [[0, 3, 7], [1, 2, 3], [0, 1, 2]]
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _with_slots(inputs, slots=SLOTS, placeholder=PLACEHOLDER):
@@ -56,7 +52,7 @@ def test_slots_equal_real_tokens_placed_by_hand(family):
     model = PTuningBackbone(
         backbone, PromptEncoderConfig(NUM_TOKENS), placeholder_id=PLACEHOLDER
     )
-    _make_identity_prompt(model, VIRTUAL_IDS)
+    make_identity_prompt(model, VIRTUAL_IDS)
     inputs, reference_inputs = _with_slots(
         make_inputs(model.input_names, batch_size=3, length=8)
     )
@@ -85,14 +81,14 @@ def test_slot_substitution_equals_hand_built_embeddings():
     out, extra = injection(
         embeddings, {"padding_mask": np.ones((2, 5))}, token_ids=token_ids
     )
-    prompt = _numpy(encoder.prompt_table())
+    prompt = to_numpy(encoder.prompt_table())
     expected = embeddings.copy()
     for row in range(2):
         slots = np.flatnonzero(token_ids[row] == 7)
         expected[row, slots] = prompt
-    np.testing.assert_allclose(_numpy(out), expected, atol=1e-6)
-    assert _numpy(extra["padding_mask"]).shape == (2, 5)
-    masked = _numpy(injection.mask_placeholders(token_ids))
+    np.testing.assert_allclose(to_numpy(out), expected, atol=1e-6)
+    assert to_numpy(extra["padding_mask"]).shape == (2, 5)
+    masked = to_numpy(injection.mask_placeholders(token_ids))
     np.testing.assert_array_equal(
         masked, np.where(token_ids == 7, 0, token_ids)
     )
@@ -108,7 +104,7 @@ def test_wrong_placeholder_counts_are_refused_before_compute():
     inputs, _ = _with_slots(make_inputs(model.backbone.input_names, length=8))
     inputs["token_ids"][1, 5] = PLACEHOLDER  # row 1: 4 placeholders
     inputs["token_ids"][2, :3] = 11  # row 2: none
-    before = [_numpy(w) for w in model.trainable_weights]
+    before = [to_numpy(w) for w in model.trainable_weights]
     with pytest.raises(ValueError, match=r"row 1: 4, row 2: 0"):
         model(inputs)
     with pytest.raises(ValueError, match="exactly num_virtual_tokens=3"):
@@ -116,7 +112,7 @@ def test_wrong_placeholder_counts_are_refused_before_compute():
     with pytest.raises(ValueError, match="row 1: 4"):
         model.predict(inputs, verbose=0)
     for a, b in zip(before, model.trainable_weights):
-        np.testing.assert_array_equal(a, _numpy(b))
+        np.testing.assert_array_equal(a, to_numpy(b))
 
 
 def test_placeholder_id_inside_the_vocabulary():
@@ -139,8 +135,8 @@ def test_placeholder_id_inside_the_vocabulary():
         token_ids=np.where(inputs["token_ids"] == -1, 63, inputs["token_ids"]),
     )
     np.testing.assert_allclose(
-        _numpy(reserved(with_63)["sequence_output"]),
-        _numpy(default(inputs)["sequence_output"]),
+        to_numpy(reserved(with_63)["sequence_output"]),
+        to_numpy(default(inputs)["sequence_output"]),
         atol=1e-6,
     )
     with_63["token_ids"][0, 6] = 63
@@ -167,9 +163,11 @@ def test_fit_trains_the_prompt_only_and_keeps_the_backbone(family):
         backbone, 2, PromptEncoderConfig(NUM_TOKENS), placeholder_id=PLACEHOLDER
     )
     inputs, _ = _with_slots(make_inputs(model.backbone.input_names, length=8))
-    prompt_before = _numpy(model.backbone.prompt_table())
+    prompt_before = to_numpy(model.backbone.prompt_table())
     model.fit(inputs, np.array([0, 1, 1]), epochs=3, batch_size=3, verbose=0)
-    assert not np.allclose(_numpy(model.backbone.prompt_table()), prompt_before)
+    assert not np.allclose(
+        to_numpy(model.backbone.prompt_table()), prompt_before
+    )
     for a, b in zip(before, backbone_weights(backbone)):
         np.testing.assert_array_equal(a, b)
     # A sequence as long as the backbone allows: nothing is prepended.
@@ -238,12 +236,12 @@ def test_slot_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     )
     buffer = ids.copy()
     for t in range(lengths.min(), buffer.shape[1]):
-        logits = _numpy(
+        logits = to_numpy(
             lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
         )
         next_token = logits[:, t - 1].argmax(-1)
         buffer[:, t] = np.where(t < lengths, buffer[:, t], next_token)
-    np.testing.assert_array_equal(_numpy(generated["token_ids"]), buffer)
+    np.testing.assert_array_equal(to_numpy(generated["token_ids"]), buffer)
     with pytest.raises(ValueError, match="row 0: 2"):
         bad = ids.copy()
         bad[0, 0] = 7
@@ -256,7 +254,7 @@ def test_causal_lm_logits_stay_aligned_with_slots():
     lm = PTuningCausalLM(
         backbone, PromptEncoderConfig(NUM_TOKENS), placeholder_id=PLACEHOLDER
     )
-    _make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     inputs, reference_inputs = _with_slots(
         make_inputs(lm.backbone.input_names, length=8)

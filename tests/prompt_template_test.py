@@ -1,74 +1,21 @@
 """`PromptTemplate`: slots, anchors, masks and truncation, per tokenizer."""
 
-import io
-
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-
-BERT_VOCAB = [
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was",
-    "great", "good", "bad", "it", "?", ".", "un", "##believ", "##able",
-    "terrible", "a", "film",
-]  # fmt: skip
-# "Ġthe" (id 1) is "the" after a space; "the" (id 2) starts a text.
-GPT2_VOCAB = {
-    "<|endoftext|>": 0, "Ġthe": 1, "the": 2, "Ġ": 3, "t": 4, "h": 5,
-    "e": 6, "Ġt": 7, "Ġth": 8, "th": 9,
-}  # fmt: skip
-GPT2_MERGES = ["Ġ t", "Ġt h", "Ġth e", "t h", "th e"]
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def bert_tokenizer():
-    return keras_hub.tokenizers.BertTokenizer(
-        vocabulary=BERT_VOCAB, lowercase=True
-    )
-
-
-def gpt2_tokenizer():
-    return keras_hub.tokenizers.GPT2Tokenizer(
-        vocabulary=GPT2_VOCAB, merges=GPT2_MERGES
-    )
-
-
-def sentencepiece_tokenizer():
-    import sentencepiece
-
-    proto = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(
-            ["the movie was great", "it was bad", "good movie"] * 10
-        ),
-        model_writer=proto,
-        vocab_size=13,
-        model_type="WORD",
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        pad_piece="<pad>",
-        unk_piece="<unk>",
-        bos_piece="[CLS]",
-        eos_piece="[SEP]",
-        user_defined_symbols="[MASK]",
-        minloglevel=2,
-    )
-    return keras_hub.tokenizers.AlbertTokenizer(proto=proto.getvalue())
+from tests.support import bert_tokenizer
+from tests.support import gpt2_tokenizer
+from tests.support import sentencepiece_tokenizer
+from tests.support import to_numpy
 
 
 def _as_numpy(outputs):
-    return {k: _numpy(v) for k, v in outputs.items()}
+    return {k: to_numpy(v) for k, v in outputs.items()}
 
 
 def test_wordpiece_ids_by_hand():
@@ -112,7 +59,7 @@ def test_byte_pair_ids_by_hand_with_word_boundaries():
         add_start_token=False,
     )  # fmt: skip
     np.testing.assert_array_equal(
-        _numpy(first(["the"])["token_ids"]), [[2, -1, 0, 0, 0]]
+        to_numpy(first(["the"])["token_ids"]), [[2, -1, 0, 0, 0]]
     )
 
 
@@ -205,7 +152,7 @@ def test_config_round_trip():
     clone = PromptTemplate.from_config(dict(config, tokenizer=bert_tokenizer()))
     inputs = {"a": ["the movie was great"], "b": ["it was bad"]}
     for name, value in _as_numpy(template(inputs)).items():
-        np.testing.assert_array_equal(_numpy(clone(inputs)[name]), value)
+        np.testing.assert_array_equal(to_numpy(clone(inputs)[name]), value)
     assert clone.output_names == ["token_ids", "padding_mask"]
 
 
@@ -247,7 +194,8 @@ def test_field_text_hitting_an_in_vocabulary_placeholder_is_caught():
     # too many placeholders when the text holds "good".
     template = PromptTemplate("{s} [P:2]", bert_tokenizer(), placeholder_id=9)
     np.testing.assert_array_equal(
-        _numpy(template(["the movie"])["token_ids"])[0, :6], [2, 5, 6, 9, 9, 3]
+        to_numpy(template(["the movie"])["token_ids"])[0, :6],
+        [2, 5, 6, 9, 9, 3],
     )
     with pytest.raises(ValueError, match=r"row 0: 3\..*collides"):
         template(["a good movie"])

@@ -9,33 +9,12 @@ from keras_ptuning import PTuningBackbone
 from tests.backbones import FAMILIES
 from tests.backbones import HIDDEN_DIM
 from tests.backbones import MAX_SEQUENCE_LENGTH
-from tests.conftest import make_inputs
-from tests.conftest import with_real_prompt
+from tests.support import make_identity_prompt
+from tests.support import make_inputs
+from tests.support import to_numpy
+from tests.support import with_real_prompt
 
 NUM_TOKENS = 3
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def _make_identity_prompt(model, token_ids):
-    """Sets the MLP encoder so its prompt equals the embeddings of token_ids."""
-    encoder = model.prompt_encoder
-    target = _numpy(model.backbone.token_embedding(np.array(token_ids)))
-    shift = (
-        1.0 + 2.0 * np.abs(target).max()
-    )  # keeps the ReLUs in their linear part
-    eye = np.eye(target.shape[-1], dtype="float32")
-    encoder.embedding.embeddings.assign(target)
-    first, second = encoder.encoder_layers
-    first.kernel.assign(eye)
-    first.bias.assign(np.full_like(eye[0], shift))
-    second.kernel.assign(eye)
-    second.bias.assign(np.zeros_like(eye[0]))
-    encoder.output_dense.kernel.assign(eye)
-    encoder.output_dense.bias.assign(np.full_like(eye[0], -shift))
-    return target
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -47,7 +26,7 @@ def test_outputs_match_plain_backbone_on_concatenated_ids(family):
     backbone = FAMILIES[family]()
     model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
     virtual_ids = [5, 9, 17]
-    _make_identity_prompt(model, virtual_ids)
+    make_identity_prompt(model, virtual_ids)
     inputs = make_inputs(model.input_names, batch_size=3, length=6)
 
     batch = inputs["token_ids"].shape[0]
@@ -203,12 +182,12 @@ def test_collapsed_prompt_gives_the_same_outputs_and_freezes_encoder():
         PromptEncoderConfig(NUM_TOKENS, encoder_reparameterization_type="LSTM"),
     )
     inputs = make_inputs(model.input_names)
-    expected = _numpy(model(inputs))
-    table = _numpy(model.prompt_table())
+    expected = to_numpy(model(inputs))
+    table = to_numpy(model.prompt_table())
     model.collapse_prompt()
     assert model.prompt_source == "table"
-    np.testing.assert_array_equal(_numpy(model.prompt_table()), table)
-    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(model.prompt_table()), table)
+    np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-6)
     assert model.trainable_variables == []
     model.trainable = True
     assert model.trainable_variables == []

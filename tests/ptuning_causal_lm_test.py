@@ -2,7 +2,6 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningCausalLM
@@ -12,16 +11,13 @@ from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.backbones import VOCABULARY_SIZE
-from tests.conftest import backbone_weights
-from tests.conftest import with_real_prompt
-from tests.ptuning_backbone_test import _make_identity_prompt
+from tests.support import backbone_weights
+from tests.support import make_identity_prompt
+from tests.support import to_numpy
+from tests.support import with_real_prompt
 
 NUM_TOKENS = 3
 VIRTUAL_IDS = [5, 9, 17]
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _prompts(lengths, buffer_length, seed=0):
@@ -45,7 +41,7 @@ def family(request):
 def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
     backbone = FAMILIES[family]()
     lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
-    _make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     ids, mask = _prompts([6, 4], 6)
     batch = len(ids)
@@ -70,13 +66,13 @@ def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     )
     buffer = ids.copy()
     for t in range(min(lengths), buffer.shape[1]):
-        logits = _numpy(
+        logits = to_numpy(
             lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
         )
         next_token = logits[:, t - 1].argmax(-1)
         buffer[:, t] = np.where(t < np.array(lengths), buffer[:, t], next_token)
-    np.testing.assert_array_equal(_numpy(generated["token_ids"]), buffer)
-    assert _numpy(generated["padding_mask"]).all()
+    np.testing.assert_array_equal(to_numpy(generated["token_ids"]), buffer)
+    assert to_numpy(generated["padding_mask"]).all()
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -85,7 +81,7 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
     equals keras-hub's own generate from those real tokens."""
     backbone = FAMILIES[family]()
     lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
-    _make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     lm.compile(sampler="greedy")
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     plain.compile(sampler="greedy")
@@ -95,7 +91,8 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
     )
     theirs = plain.generate(_with_real_prompt(ids, mask), stop_token_ids=None)
     np.testing.assert_array_equal(
-        _numpy(ours["token_ids"]), _numpy(theirs["token_ids"])[:, NUM_TOKENS:]
+        to_numpy(ours["token_ids"]),
+        to_numpy(theirs["token_ids"])[:, NUM_TOKENS:],
     )
 
 
@@ -107,7 +104,7 @@ def test_keras_hub_samplers(sampler, cache_segments):
     out = lm.generate(
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
     )
-    tokens = _numpy(out["token_ids"])
+    tokens = to_numpy(out["token_ids"])
     assert tokens.shape == (2, 7)
     assert ((tokens >= 0) & (tokens < VOCABULARY_SIZE)).all()
     np.testing.assert_array_equal(tokens[:, :2], ids[:, :2])
@@ -117,7 +114,7 @@ def test_stop_token_ids_end_generation(cache_segments):
     lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
     lm.compile(sampler="greedy")
     ids, mask = _prompts([3], 9)
-    free = _numpy(
+    free = to_numpy(
         lm.generate(
             {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
         )["token_ids"]
@@ -126,7 +123,7 @@ def test_stop_token_ids_end_generation(cache_segments):
     out = lm.generate(
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=[stop]
     )
-    mask_out = _numpy(out["padding_mask"])[0]
+    mask_out = to_numpy(out["padding_mask"])[0]
     first_stop = 3 + list(free[0, 3:]).index(stop)
     assert (
         mask_out[: first_stop + 1].all()
@@ -215,6 +212,7 @@ def _tiny_gpt2_preprocessor(sequence_length):
     )
 
 
+@pytest.mark.compiled  # the traced functions users get
 def test_fit_and_generate_strings_with_preprocessor():
     backbone = FAMILIES["gpt2"]()
     lm = PTuningCausalLM(
@@ -227,14 +225,14 @@ def test_fit_and_generate_strings_with_preprocessor():
     }
     assert {id(v) for v in lm.trainable_variables} == encoder_ids
     frozen = backbone_weights(backbone)
-    prompt_before = _numpy(lm.backbone.prompt_encoder.prompt_table())
+    prompt_before = to_numpy(lm.backbone.prompt_encoder.prompt_table())
     x = ["airplane at airport", " air!", "airport airplane", " at air"]
     history = lm.fit(x, batch_size=2, epochs=3, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     for before, after in zip(frozen, backbone_weights(backbone)):
         np.testing.assert_array_equal(before, after)
     assert not np.allclose(
-        prompt_before, _numpy(lm.backbone.prompt_encoder.prompt_table())
+        prompt_before, to_numpy(lm.backbone.prompt_encoder.prompt_table())
     )
     lm.compile(sampler="greedy")
     text = lm.generate(["airplane at", "air"], max_length=8)
@@ -252,9 +250,9 @@ def test_loss_ignores_padding_and_virtual_tokens():
     preprocessor = _tiny_gpt2_preprocessor(8)
     lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
     x, y, weights = preprocessor(["airplane at airport", " air!"])
-    x = {k: _numpy(v) for k, v in x.items()}
-    y, weights = _numpy(y), _numpy(weights).astype("float32")
-    logits = _numpy(lm(x)).astype("float64")
+    x = {k: to_numpy(v) for k, v in x.items()}
+    y, weights = to_numpy(y), to_numpy(weights).astype("float32")
+    logits = to_numpy(lm(x)).astype("float64")
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     picked = np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
     expected = -(picked * weights).sum() / weights.size
@@ -282,6 +280,6 @@ def test_keras_round_trip(tmp_path):
         loaded.predict(inputs, verbose=0), lm.predict(inputs, verbose=0)
     )
     np.testing.assert_array_equal(
-        _numpy(loaded.generate(inputs, stop_token_ids=None)["token_ids"]),
-        _numpy(lm.generate(inputs, stop_token_ids=None)["token_ids"]),
+        to_numpy(loaded.generate(inputs, stop_token_ids=None)["token_ids"]),
+        to_numpy(lm.generate(inputs, stop_token_ids=None)["token_ids"]),
     )

@@ -4,17 +4,17 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import Verbalizer
 from tests.backbones import FAMILIES
-from tests.conftest import backbone_weights
-from tests.prompt_template_test import BERT_VOCAB
-from tests.prompt_template_test import bert_tokenizer
-from tests.ptuning_backbone_test import _make_identity_prompt
+from tests.support import BERT_VOCAB
+from tests.support import backbone_weights
+from tests.support import bert_tokenizer
+from tests.support import make_identity_prompt
+from tests.support import to_numpy
 
 MASKED_LMS = {
     "bert": keras_hub.models.BertMaskedLM,
@@ -26,10 +26,6 @@ VIRTUAL_IDS = [21, 22, 23]
 VERBALIZER = {"negative": ["bad", "terrible"], "positive": ["good", "great"]}
 WORD_IDS = [[10, 17], [9, 8]]
 SENTENCES = ["the movie was great", "a terrible film", "it was bad", "good"]
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _softmax(x):
@@ -51,7 +47,7 @@ def _template(sequence_length=16):
 
 def _reference_logits(masked_lm, inputs):
     """The plain keras-hub masked LM on the virtual tokens' real ids."""
-    reference = {k: np.array(_numpy(v)) for k, v in inputs.items()}
+    reference = {k: np.array(to_numpy(v)) for k, v in inputs.items()}
     ids = reference["token_ids"]
     for row in range(len(ids)):
         ids[row, ids[row] == -1] = VIRTUAL_IDS
@@ -79,7 +75,7 @@ def test_class_probabilities_equal_the_plain_masked_lm(family, reduction):
     )
     assert model.class_names == ["negative", "positive"]
     assert model.verbalizer.word_ids == WORD_IDS
-    _make_identity_prompt(model.backbone, VIRTUAL_IDS)
+    make_identity_prompt(model.backbone, VIRTUAL_IDS)
     inputs = model.preprocessor({"sentence": SENTENCES})
     logits = _reference_logits(masked_lm, inputs)[:, 0]
     reduce = np.mean if reduction == "mean" else np.max
@@ -100,14 +96,14 @@ def test_verbalizer_layer_against_numpy():
         expected = np.stack(
             [reduce(logits[:, ids], -1) for ids in word_ids], -1
         )
-        np.testing.assert_allclose(_numpy(layer(logits)), expected, rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(layer(logits)), expected, rtol=1e-6)
     assert Verbalizer.from_config(layer.get_config()).word_ids == word_ids
 
 
 def test_fill_mask_returns_the_reference_top_k():
     masked_lm = _masked_lm()
     model = PTuningMaskedLM(masked_lm, preprocessor=_template())
-    _make_identity_prompt(model.backbone, VIRTUAL_IDS)
+    make_identity_prompt(model.backbone, VIRTUAL_IDS)
     inputs = model.preprocessor({"sentence": SENTENCES})
     reference = _softmax(_reference_logits(masked_lm, inputs))
     top = model.fill_mask({"sentence": SENTENCES}, top_k=4)
@@ -135,6 +131,7 @@ def test_fill_mask_returns_the_reference_top_k():
         model.fill_mask({"sentence": SENTENCES}, top_k=0)
 
 
+@pytest.mark.compiled  # the traced functions users get
 def test_fit_trains_the_prompt_encoder_only():
     masked_lm = _masked_lm()
     before = backbone_weights(masked_lm)
@@ -196,8 +193,8 @@ def test_keras_round_trip_with_template_and_adapter(tmp_path):
     # A fresh model on another random backbone: only the prompt moves over.
     fresh.load_adapter(adapter)
     np.testing.assert_allclose(
-        _numpy(fresh.backbone.prompt_table()),
-        _numpy(model.backbone.prompt_table()),
+        to_numpy(fresh.backbone.prompt_table()),
+        to_numpy(model.backbone.prompt_table()),
     )
 
 

@@ -2,7 +2,6 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
@@ -10,15 +9,12 @@ from keras_ptuning import PTuningTextClassifier
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
-from tests.conftest import backbone_weights
-from tests.conftest import make_inputs
+from tests.support import backbone_weights
+from tests.support import make_inputs
+from tests.support import to_numpy
 
 NUM_TOKENS = 3
 WORDS = ["the", "a", "film", "was", "good", "bad", "great", "dull", "plot"]
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -41,8 +37,8 @@ def test_fit_trains_prompt_and_head_only_backbone_bit_identical(family):
     }
     assert trainable == expected
     frozen_before = backbone_weights(backbone)
-    prompt_before = _numpy(model.backbone.prompt_encoder.prompt_table())
-    head_before = _numpy(model.output_dense.kernel)
+    prompt_before = to_numpy(model.backbone.prompt_encoder.prompt_table())
+    head_before = to_numpy(model.output_dense.kernel)
 
     inputs = make_inputs(model.backbone.input_names, batch_size=8, length=6)
     labels = np.arange(8) % 3
@@ -51,9 +47,9 @@ def test_fit_trains_prompt_and_head_only_backbone_bit_identical(family):
     for before, after in zip(frozen_before, backbone_weights(backbone)):
         np.testing.assert_array_equal(before, after)
     assert not np.allclose(
-        prompt_before, _numpy(model.backbone.prompt_encoder.prompt_table())
+        prompt_before, to_numpy(model.backbone.prompt_encoder.prompt_table())
     )
-    assert not np.allclose(head_before, _numpy(model.output_dense.kernel))
+    assert not np.allclose(head_before, to_numpy(model.output_dense.kernel))
     assert model.predict(inputs, verbose=0).shape == (8, 3)
 
 
@@ -63,13 +59,13 @@ def test_decoder_head_reads_last_real_token(family):
         FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
     )
     inputs = make_inputs(model.backbone.input_names, batch_size=4, length=7)
-    sequence = _numpy(model.backbone(inputs))
+    sequence = to_numpy(model.backbone(inputs))
     last = inputs["padding_mask"].sum(axis=1) - 1
     features = sequence[np.arange(4), last]
-    expected = features @ _numpy(model.output_dense.kernel) + _numpy(
+    expected = features @ to_numpy(model.output_dense.kernel) + to_numpy(
         model.output_dense.bias
     )
-    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-5)
 
 
 def test_encoder_head_reads_pooled_output():
@@ -77,11 +73,11 @@ def test_encoder_head_reads_pooled_output():
         FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
     )
     inputs = make_inputs(model.backbone.input_names, batch_size=2, length=5)
-    pooled = _numpy(model.backbone(inputs)["pooled_output"])
-    expected = pooled @ _numpy(model.output_dense.kernel) + _numpy(
+    pooled = to_numpy(model.backbone(inputs)["pooled_output"])
+    expected = pooled @ to_numpy(model.output_dense.kernel) + to_numpy(
         model.output_dense.bias
     )
-    np.testing.assert_allclose(_numpy(model(inputs)), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-5)
 
 
 def test_built_at_construction():
@@ -107,7 +103,7 @@ def test_compile_defaults():
         FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
     )
     assert isinstance(model.optimizer, keras.optimizers.Adam)
-    assert float(_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-3)
+    assert float(to_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-3)
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
     assert model.loss.from_logits
 
@@ -120,6 +116,7 @@ def _tiny_preprocessor(sequence_length):
     )
 
 
+@pytest.mark.compiled  # the traced functions users get
 def test_raw_strings_with_preprocessor():
     model = PTuningTextClassifier(
         FAMILIES["bert"](),

@@ -1,22 +1,18 @@
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.conftest import REPO_ROOT
-from tests.conftest import make_inputs
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
+from tests.support import REPO_ROOT
+from tests.support import make_inputs
+from tests.support import run_on_one_backend
+from tests.support import run_python
+from tests.support import to_numpy
 
 
 @pytest.mark.parametrize("family", ["bert", "distil_bert", "gemma", "llama"])
@@ -36,12 +32,12 @@ def test_classifier_keras_round_trip_resumes_training(family, tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0)
     )
-    assert int(_numpy(loaded.optimizer.iterations)) == 2
+    assert int(to_numpy(loaded.optimizer.iterations)) == 2
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
-        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert not loaded.backbone.backbone.trainable
     loaded.fit(inputs, labels, batch_size=2, epochs=1, verbose=0)
-    assert int(_numpy(loaded.optimizer.iterations)) == 4
+    assert int(to_numpy(loaded.optimizer.iterations)) == 4
 
 
 def test_backbone_keras_round_trip(tmp_path):
@@ -56,16 +52,10 @@ def test_backbone_keras_round_trip(tmp_path):
     )
 
 
-@pytest.mark.skipif(
-    keras.config.backend() != "jax",
-    reason="one JAX -> torch -> TensorFlow chain, run from the JAX suite",
-)
+@pytest.mark.slow
+@run_on_one_backend("jax", "drives one JAX -> torch -> TensorFlow chain")
 def test_save_on_one_backend_load_on_another(tmp_path):
     script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
-    chain = ["jax", "torch", "tensorflow"]
-    for i, backend in enumerate(chain):
-        env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO_ROOT)
-        args = [sys.executable, script, str(tmp_path), str(i)]
-        result = subprocess.run(args, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
+    for i, backend in enumerate(["jax", "torch", "tensorflow"]):
+        result = run_python([script, tmp_path, i], backend=backend)
         assert f"ok {backend}" in result.stdout

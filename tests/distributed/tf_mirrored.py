@@ -21,13 +21,13 @@ tf.config.set_logical_device_configuration(
 
 import numpy as np  # noqa: E402
 
-from tests.conftest import backbone_weights  # noqa: E402
 from tests.distributed.common import BATCH_SIZE  # noqa: E402
 from tests.distributed.common import build  # noqa: E402
 from tests.distributed.common import compile_and_fit  # noqa: E402
 from tests.distributed.common import max_difference  # noqa: E402
 from tests.distributed.common import numpy  # noqa: E402
 from tests.distributed.common import starting_point  # noqa: E402
+from tests.support import backbone_weights  # noqa: E402
 
 
 def run_family(family, strategy):

@@ -1,0 +1,168 @@
+"""Shared test support: inputs, references, tokenizers, one-backend tests
+and child processes. Test modules import from here (and from
+`tests.backbones`), never from one another."""
+
+import io
+import os
+import subprocess
+import sys
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+from tests.backbones import VOCABULARY_SIZE
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND = keras.config.backend()
+# The one skip reason CI accepts (see conftest.py): tests that run from a
+# single backend's suite because they drive other backends themselves.
+ONE_BACKEND_REASON = "runs on one backend"
+
+
+def run_on_one_backend(backend, why):
+    """Marks a test that runs from `backend`'s suite only."""
+    return pytest.mark.skipif(
+        BACKEND != backend,
+        reason=f"{ONE_BACKEND_REASON} ({backend}): {why}",
+    )
+
+
+def to_numpy(x, dtype=None):
+    """A tensor or variable as a numpy array."""
+    return np.asarray(ops.convert_to_numpy(x), dtype=dtype)
+
+
+def run_python(args, backend=None, timeout=900, cwd=None, env=None):
+    """Runs `python ARGS` (on `backend`), failing with the child's output
+    tail; returns the completed process."""
+    child_env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    if backend is not None:
+        child_env["KERAS_BACKEND"] = backend
+    child_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, *map(str, args)],
+        env=child_env,
+        cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`python {' '.join(map(str, args))}` on {backend or BACKEND} "
+            f"exited {result.returncode}.\n--- stdout tail ---\n"
+            f"{result.stdout[-3000:]}\n--- stderr tail ---\n"
+            f"{result.stderr[-6000:]}",
+            pytrace=False,
+        )
+    return result
+
+
+def make_inputs(input_names, batch_size=3, length=7, seed=0, padded=True):
+    """Random token ids with right padding, as keras-hub preprocessors emit."""
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(1, VOCABULARY_SIZE, (batch_size, length))
+    lengths = np.full((batch_size,), length)
+    if padded:
+        lengths = rng.integers(max(1, length // 2), length + 1, (batch_size,))
+        lengths[0] = length
+    padding_mask = np.arange(length)[None, :] < lengths[:, None]
+    token_ids = np.where(padding_mask, token_ids, 0).astype("int32")
+    inputs = {
+        "token_ids": token_ids,
+        "padding_mask": padding_mask.astype("int32"),
+    }
+    if "segment_ids" in input_names:
+        inputs["segment_ids"] = np.zeros_like(token_ids)
+    return inputs
+
+
+def with_real_prompt(inputs, prompt_ids):
+    """`inputs` with `prompt_ids` as real tokens in front of every row.
+
+    The reference for virtual tokens whose embeddings equal those tokens'.
+    """
+    batch, n = len(inputs["token_ids"]), len(prompt_ids)
+    fill = {"token_ids": np.tile(prompt_ids, (batch, 1)), "padding_mask": 1}
+    extended = {}
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        front = np.broadcast_to(fill.get(name, 0), (batch, n))
+        extended[name] = np.concatenate([front.astype(value.dtype), value], 1)
+    return extended
+
+
+def backbone_weights(backbone):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in backbone.weights]
+
+
+def make_identity_prompt(model, token_ids):
+    """Sets the MLP encoder so its prompt equals the embeddings of token_ids."""
+    encoder = model.prompt_encoder
+    target = to_numpy(model.backbone.token_embedding(np.array(token_ids)))
+    shift = (
+        1.0 + 2.0 * np.abs(target).max()
+    )  # keeps the ReLUs in their linear part
+    eye = np.eye(target.shape[-1], dtype="float32")
+    encoder.embedding.embeddings.assign(target)
+    first, second = encoder.encoder_layers
+    first.kernel.assign(eye)
+    first.bias.assign(np.full_like(eye[0], shift))
+    second.kernel.assign(eye)
+    second.bias.assign(np.zeros_like(eye[0]))
+    encoder.output_dense.kernel.assign(eye)
+    encoder.output_dense.bias.assign(np.full_like(eye[0], -shift))
+    return target
+
+
+BERT_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was",
+    "great", "good", "bad", "it", "?", ".", "un", "##believ", "##able",
+    "terrible", "a", "film",
+]  # fmt: skip
+# "Ġthe" (id 1) is "the" after a space; "the" (id 2) starts a text.
+GPT2_VOCAB = {
+    "<|endoftext|>": 0, "Ġthe": 1, "the": 2, "Ġ": 3, "t": 4, "h": 5,
+    "e": 6, "Ġt": 7, "Ġth": 8, "th": 9,
+}  # fmt: skip
+GPT2_MERGES = ["Ġ t", "Ġt h", "Ġth e", "t h", "th e"]
+
+
+def bert_tokenizer():
+    return keras_hub.tokenizers.BertTokenizer(
+        vocabulary=BERT_VOCAB, lowercase=True
+    )
+
+
+def gpt2_tokenizer():
+    return keras_hub.tokenizers.GPT2Tokenizer(
+        vocabulary=GPT2_VOCAB, merges=GPT2_MERGES
+    )
+
+
+def sentencepiece_tokenizer():
+    import sentencepiece
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(
+            ["the movie was great", "it was bad", "good movie"] * 10
+        ),
+        model_writer=proto,
+        vocab_size=13,
+        model_type="WORD",
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        user_defined_symbols="[MASK]",
+        minloglevel=2,
+    )
+    return keras_hub.tokenizers.AlbertTokenizer(proto=proto.getvalue())
