@@ -12,7 +12,7 @@ start=$(date +%s)
 backends=(tensorflow jax torch)
 pids=()
 for backend in "${backends[@]}"; do
-  KERAS_BACKEND=$backend python -m pytest -q -rs --durations=15 \
+  KERAS_BACKEND=$backend python -m pytest -q -rfEs --durations=15 \
     --fail-on-unexpected-skips "$@" >"$logs/$backend.log" 2>&1 &
   pids+=($!)
 done

@@ -11,7 +11,7 @@ first (unless the model already runs on its collapsed table): the
 SavedModel holds the `(num_virtual_tokens, token_dim)` prompt table, not
 the MLP/LSTM.
 
-    python -m keras_ptuning.export MODEL.keras OUTPUT_DIR
+    python -m keras_ptuning.export MODEL.keras OUTPUT_DIR [MODEL OUTPUT ...]
 """
 
 import os
@@ -195,5 +195,10 @@ def write_saved_model(model, output):
 
 
 if __name__ == "__main__":
-    keras_file, output = sys.argv[1:3]
-    write_saved_model(keras.saving.load_model(keras_file), output)
+    # Pairs of `.keras` file and output directory: one TensorFlow process
+    # (its start-up costs seconds) exports any number of models.
+    paths = sys.argv[1:]
+    if not paths or len(paths) % 2:
+        sys.exit("usage: python -m keras_ptuning.export MODEL OUTPUT ...")
+    for keras_file, output in zip(paths[::2], paths[1::2]):
+        write_saved_model(keras.saving.load_model(keras_file), output)

@@ -11,6 +11,7 @@ from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
 from keras_ptuning.prompt_placement import check_placeholder_id
+from keras_ptuning.vocabulary import check_known
 
 try:
     import tensorflow as tf
@@ -294,6 +295,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         with tf.init_scope():
             ids = np.asarray(self.tokenizer(text)).reshape(-1)
         ids = [int(i) for i in ids]
+        check_known(ids, text.strip(), "anchor text", self.tokenizer)
         if self.placeholder_id in ids:
             raise ValueError(
                 f"The anchor text {text!r} tokenizes to placeholder_id="

@@ -20,6 +20,9 @@ def _serialize_head_task(masked_lm):
     config = keras.layers.serialize(masked_lm)
     config["config"] = dict(config["config"], preprocessor=None)
     config["config"].pop("backbone", None)
+    # Its compile state (a fresh optimizer's name) is not the task's.
+    for key in ("compile_config", "build_config"):
+        config.pop(key, None)
     return config
 
 

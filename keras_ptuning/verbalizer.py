@@ -7,6 +7,8 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_ptuning.vocabulary import check_known
+
 REDUCTIONS = ("mean", "max")
 
 
@@ -79,6 +81,7 @@ def _word_id(word, class_name, tokenizer):
             f"{word!r} (class {class_name!r}) tokenizes to {len(tokens)} "
             f"tokens: {pieces}. Choose another word."
         )
+    check_known(tokens, word, f"label word (class {class_name!r})", tokenizer)
     return tokens[0]
 
 

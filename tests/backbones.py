@@ -65,3 +65,9 @@ def _build(name):
 
 
 FAMILIES = {name: functools.partial(_build, name) for name in _BUILDERS}
+
+
+def fresh_backbone(name):
+    """A new backbone of family `name`, never shared: for models built
+    under a distribution scope, which must create their own variables."""
+    return _BUILDERS[name]()

@@ -38,6 +38,23 @@ def _eager_unless_compiled(request, monkeypatch):
     )
 
 
+@pytest.fixture(params=["one_segment", "segments"])
+def cache_segments(request, monkeypatch):
+    """Cached generation in one cache segment, or in several short ones.
+
+    The default segments only start at 32 slots; the tests' sequences are
+    shorter, so "segments" shrinks them to 2 slots and up.
+    """
+    from keras_ptuning import cached_decoding
+
+    if request.param == "one_segment":
+        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", None)
+    else:
+        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", 2)
+        monkeypatch.setattr(cached_decoding, "MIN_SEGMENT_GROWTH", 2)
+    return request.param
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--fail-on-unexpected-skips",

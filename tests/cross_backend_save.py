@@ -20,10 +20,33 @@ from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
+from tests.round_trip_models import build
 from tests.support import bert_tokenizer
 from tests.support import make_inputs
+from tests.support import served_inputs
 
 SENTENCES = {"sentence": ["the movie was great", "a terrible film"]}
+CHAIN_MODELS = [
+    ("causal_lm", "encoder"),
+    ("causal_lm", "table"),
+    ("causal_lm", "peft_table"),
+    ("causal_lm", "slots"),
+    ("causal_lm", "multi_task"),
+    ("backbone", "table"),
+    ("backbone", "multi_task"),
+    ("classifier", "peft_table"),
+    ("masked_lm", "table"),
+]
+
+
+def _outputs(model, inputs):
+    outputs = model.predict(inputs, verbose=0)
+    return outputs if isinstance(outputs, dict) else {"output": outputs}
+
+
+def _chain_file(kind, state, step):
+    return os.path.join(directory, f"{kind}_{state}_{step}.keras")
+
 
 directory, step = sys.argv[1], int(sys.argv[2])
 backend = keras.config.backend()
@@ -79,6 +102,27 @@ else:
         np.load(os.path.join(directory, "cloze_expected.npy")),
         atol=1e-5,
     )
+for kind, state in CHAIN_MODELS:
+    name = os.path.join(directory, f"{kind}_{state}")
+    if step == 0:
+        chained = build(kind, state)
+        inputs_ = served_inputs(chained, 3, 6, seed=0)
+        np.savez(name + "_inputs.npz", **inputs_)
+        np.savez(name + "_expected.npz", **_outputs(chained, inputs_))
+        source = chained._ptuning_backbone().prompt_source
+        with open(name + "_source.txt", "w") as f:
+            f.write(source)
+    else:
+        chained = keras.saving.load_model(_chain_file(kind, state, step - 1))
+        inputs_ = dict(np.load(name + "_inputs.npz"))
+        expected_ = np.load(name + "_expected.npz")
+        with open(name + "_source.txt") as f:
+            assert chained._ptuning_backbone().prompt_source == f.read()
+        for key, value in _outputs(chained, inputs_).items():
+            np.testing.assert_allclose(
+                value, expected_[key], atol=1e-4, err_msg=f"{kind} {state}"
+            )
+    chained.save(_chain_file(kind, state, step))
 model.save(os.path.join(directory, f"model_{step}.keras"))
 cloze.save(os.path.join(directory, f"cloze_{step}.keras"))
 print(f"ok {backend}")

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningTextClassifier
+from keras_ptuning.verbalizer import label_word_ids
 from tests.backbones import FAMILIES
 from tests.support import bert_tokenizer
 from tests.support import gpt2_tokenizer
@@ -66,7 +67,7 @@ def test_byte_pair_ids_by_hand_with_word_boundaries():
 def test_sentencepiece_ids_by_hand():
     tokenizer = sentencepiece_tokenizer()
     template = PromptTemplate(
-        "[P] {premise} [P:2] {hypothesis} ? [MASK]",
+        "[P] {premise} [P:2] {hypothesis} good [MASK]",
         tokenizer,
         sequence_length=12,
         truncate="waterfall",
@@ -75,11 +76,10 @@ def test_sentencepiece_ids_by_hand():
     out = _as_numpy(
         template({"premise": ["the movie"], "hypothesis": ["it was bad"]})
     )
-    question = [int(i) for i in np.asarray(tokenizer("?")).reshape(-1)]
+    # The anchor is a word of this tiny vocabulary ("?" is not: refused).
     expected = (
         [2, -1, piece("▁the"), piece("▁movie"), -1, -1]
-        + [piece("▁it"), piece("▁was"), piece("▁bad")]
-        + question
+        + [piece("▁it"), piece("▁was"), piece("▁bad"), piece("▁good")]
         + [4, 3]
     )
     expected += [0] * (12 - len(expected))
@@ -231,3 +231,22 @@ def test_classifier_takes_raw_text_through_the_template(family):
                 "{s} [P] [MASK]", bert_tokenizer(), sequence_length=8
             ),
         )
+
+
+@pytest.mark.parametrize("tokenizer", ["wordpiece", "sentencepiece"])
+def test_unknown_anchor_text_and_label_words_are_refused(tokenizer):
+    """Text the tokenizer maps to its unknown token cannot mean what the
+    user wrote: refused at construction, naming the text and the token."""
+    tokenizer = (
+        bert_tokenizer()
+        if tokenizer == "wordpiece"
+        else sentencepiece_tokenizer()
+    )
+    unknown = "\\[UNK\\]" if hasattr(tokenizer, "oov_token") else "<unk>"
+    with pytest.raises(ValueError, match=f"anchor text 'zebra'.*{unknown}"):
+        PromptTemplate("{s} [P:2] zebra [MASK]", tokenizer, sequence_length=16)
+    with pytest.raises(ValueError, match=f"label word.*'zebra'.*{unknown}"):
+        label_word_ids({"neg": ["bad"], "pos": ["zebra"]}, tokenizer)
+    # Known words pass.
+    PromptTemplate("{s} [P:2] movie [MASK]", tokenizer, sequence_length=16)
+    assert label_word_ids([["bad"], ["good"]], tokenizer)[1][0]

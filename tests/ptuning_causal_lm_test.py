@@ -96,18 +96,44 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
     )
 
 
-@pytest.mark.parametrize("sampler", ["top_k", "top_p", "beam", "random"])
-def test_keras_hub_samplers(sampler, cache_segments):
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
-    lm.compile(sampler=sampler)
-    ids, mask = _prompts([2, 3], 7)
-    out = lm.generate(
-        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+SAMPLERS = {
+    # Deterministic ones must equal greedy decoding.
+    "top_k_1": lambda: keras_hub.samplers.TopKSampler(k=1),
+    "beam_1": lambda: keras_hub.samplers.BeamSampler(num_beams=1),
+    "top_p_tiny": lambda: keras_hub.samplers.TopPSampler(p=1e-6),
+    # Seeded random ones must draw what keras-hub's own model draws.
+    "top_p_seeded": lambda: keras_hub.samplers.TopPSampler(p=0.9, seed=7),
+    "top_k_seeded": lambda: keras_hub.samplers.TopKSampler(k=5, seed=7),
+    "random_seeded": lambda: keras_hub.samplers.RandomSampler(seed=7),
+    "beam_3": lambda: keras_hub.samplers.BeamSampler(num_beams=3),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_keras_hub_samplers_decode_what_keras_hub_decodes(
+    sampler, cache_segments
+):
+    """With the prompt set to real-token embeddings, every sampler decodes
+    exactly what keras-hub's own model decodes from those real tokens (the
+    same seeded draws); the deterministic ones also equal greedy."""
+    backbone = FAMILIES["gpt2"]()
+    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    make_identity_prompt(lm.backbone, VIRTUAL_IDS)
+    plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
+    ids, mask = _prompts([2, 3], 9)
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    lm.compile(sampler=SAMPLERS[sampler]())
+    ours = to_numpy(lm.generate(inputs, stop_token_ids=None)["token_ids"])
+    plain.compile(sampler=SAMPLERS[sampler]())
+    theirs = plain.generate(_with_real_prompt(ids, mask), stop_token_ids=None)
+    np.testing.assert_array_equal(
+        ours, to_numpy(theirs["token_ids"])[:, NUM_TOKENS:]
     )
-    tokens = to_numpy(out["token_ids"])
-    assert tokens.shape == (2, 7)
-    assert ((tokens >= 0) & (tokens < VOCABULARY_SIZE)).all()
-    np.testing.assert_array_equal(tokens[:, :2], ids[:, :2])
+    np.testing.assert_array_equal(ours[:, :2], ids[:, :2])
+    if not sampler.endswith("seeded") and sampler != "beam_3":
+        lm.compile(sampler="greedy")
+        greedy = lm.generate(inputs, stop_token_ids=None)["token_ids"]
+        np.testing.assert_array_equal(ours, to_numpy(greedy))
 
 
 def test_stop_token_ids_end_generation(cache_segments):

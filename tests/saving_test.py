@@ -53,7 +53,9 @@ def test_backbone_keras_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-@run_on_one_backend("jax", "drives one JAX -> torch -> TensorFlow chain")
+@run_on_one_backend(
+    "torch", "drives one JAX -> torch -> TensorFlow chain (lightest suite)"
+)
 def test_save_on_one_backend_load_on_another(tmp_path):
     script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
     for i, backend in enumerate(["jax", "torch", "tensorflow"]):

@@ -3,6 +3,7 @@ and child processes. Test modules import from here (and from
 `tests.backbones`), never from one another."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_ptuning import PTuningBackbone
+from keras_ptuning import PTuningCausalLM
+from keras_ptuning import PTuningMaskedLM
+from keras_ptuning import PTuningTextClassifier
 from tests.backbones import VOCABULARY_SIZE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,3 +171,117 @@ def sentencepiece_tokenizer():
         minloglevel=2,
     )
     return keras_hub.tokenizers.AlbertTokenizer(proto=proto.getvalue())
+
+
+# Runs in a fresh interpreter where keras, keras_hub and keras_ptuning cannot
+# be imported (TensorFlow imports keras when it is installed, so they are
+# blocked outright): what TensorFlow Serving would see.
+TF_ONLY_CHECK = """
+import json, sys
+for blocked in ("keras", "keras_hub", "keras_ptuning"):
+    sys.modules[blocked] = None
+import numpy as np
+import tensorflow as tf
+all_results = {}
+for path, cases in json.loads(sys.argv[1]).items():
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    results = {"inputs": sorted(served.structured_input_signature[1]),
+               "outputs": sorted(served.structured_outputs)}
+    for name in cases:
+        data = np.load(name)
+        inputs = {k[3:]: tf.constant(data[k])
+                  for k in data.files if k.startswith("in_")}
+        outputs = served(**inputs)
+        for k in data.files:
+            if k.startswith("out_"):
+                got = outputs[k[4:]].numpy()
+                results[name + ":" + k] = float(np.abs(got - data[k]).max())
+    all_results[path] = results
+imported = sorted(
+    m for m in sys.modules
+    if m.startswith(("keras", "keras_hub", "keras_ptuning"))
+    and sys.modules[m] is not None
+)
+for results in all_results.values():
+    results["imported"] = imported
+print(json.dumps(all_results))
+"""
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def expected_served_outputs(model, inputs):
+    outputs = model.predict(inputs, verbose=0)
+    if isinstance(model, PTuningTextClassifier):
+        return {"logits": outputs, "probabilities": _softmax(outputs)}
+    if isinstance(model, PTuningMaskedLM):
+        return {"logits": np.log(outputs), "probabilities": outputs}
+    if isinstance(model, PTuningCausalLM):
+        return {"logits": outputs}
+    if isinstance(outputs, dict):
+        return outputs
+    return {"sequence_output": outputs}
+
+
+def served_inputs(model, batch, length, seed):
+    """Random inputs; with prompt slots, the placeholders at random real
+    positions of every row; for a masked LM, a mask position per row."""
+    inputs = make_inputs(model_input_names(model), batch, length, seed=seed)
+    ptuning = model._ptuning_backbone()
+    rng = np.random.default_rng(seed)
+    real = inputs["padding_mask"].sum(1)
+    if ptuning.uses_slots:
+        for row in range(batch):
+            slots = rng.choice(real[row], ptuning.num_virtual_tokens, False)
+            inputs["token_ids"][row, slots] = ptuning.placeholder_id
+    if "task_id" in model_input_names(model):
+        num_tasks = len(ptuning.task_names)
+        inputs["task_id"] = rng.integers(0, num_tasks, batch)
+    if "mask_positions" in model_input_names(model):
+        inputs["mask_positions"] = rng.integers(0, real[:, None])
+    return inputs
+
+
+def check_in_tensorflow_only_process(model, path, tmp_path):
+    """Serves the SavedModel at `path` in a TensorFlow-only process on two
+    batches; returns what it saw (inputs, outputs, max differences)."""
+    return check_exports_in_tensorflow_only_process([(model, path)], tmp_path)[
+        0
+    ]
+
+
+def check_exports_in_tensorflow_only_process(exports, tmp_path):
+    """`check_in_tensorflow_only_process` for `(model, path)` pairs, in one
+    process."""
+    cases = {}
+    for j, (model, path) in enumerate(exports):
+        cases[path] = []
+        for i, (batch, length) in enumerate([(2, 6), (5, 11)]):
+            inputs = served_inputs(model, batch, length, seed=i)
+            expected = expected_served_outputs(model, inputs)
+            name = str(tmp_path / f"model{j}_case{i}.npz")
+            np.savez(
+                name,
+                **{f"in_{k}": v.astype("int32") for k, v in inputs.items()},
+                **{f"out_{k}": np.asarray(v) for k, v in expected.items()},
+            )
+            cases[path].append(name)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", TF_ONLY_CHECK, json.dumps(cases)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    return [results[path] for _, path in exports]
+
+
+def model_input_names(model):
+    if isinstance(model, PTuningBackbone):
+        return model.input_names
+    return model.model_input_names

@@ -5,7 +5,7 @@ import numpy as np
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
-from tests.backbones import FAMILIES
+from tests.backbones import fresh_backbone
 from tests.support import backbone_weights
 from tests.support import make_inputs
 
@@ -23,7 +23,7 @@ def max_difference(a, b):
 def build(family):
     keras.utils.set_random_seed(0)
     return PTuningTextClassifier(
-        FAMILIES[family](),
+        fresh_backbone(family),
         2,
         PromptEncoderConfig(3, encoder_hidden_size=8),
         dropout=0.0,

@@ -1,0 +1,104 @@
+"""The models of the round-trip matrix: every model kind in every prompt
+state, each holding a prompt that a silently re-initialised encoder cannot
+reproduce.
+
+Kinds: `PTuningBackbone` (Llama: RoPE), `PTuningTextClassifier` (BERT),
+`PTuningCausalLM` (GPT-2) and `PTuningMaskedLM` (BERT with its LM head).
+States:
+
+- `encoder`: the prompt encoder in use.
+- `table`: a fresh model that loaded an adapter without the encoder, so
+  it runs on the collapsed table while its own encoder is untrained.
+- `peft_table`: the same through a PEFT adapter (prepend models only).
+- `slots`: virtual tokens at placeholder slots (`placeholder_id=-1`).
+- `multi_task`: two tasks (the masked LM has no multi-task mode).
+"""
+
+import os
+import tempfile
+
+import keras_hub
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
+from keras_ptuning import PTuningCausalLM
+from keras_ptuning import PTuningMaskedLM
+from keras_ptuning import PTuningTextClassifier
+from keras_ptuning import load_peft_adapter
+from keras_ptuning import save_peft_adapter
+from tests.backbones import FAMILIES
+
+KINDS = ("backbone", "classifier", "causal_lm", "masked_lm")
+STATES = ("encoder", "table", "peft_table", "slots", "multi_task")
+# Combinations that do not exist, and why.
+NOT_OFFERED = {
+    ("masked_lm", "multi_task"): "PTuningMaskedLM has no task_names",
+}
+CONFIG = PromptEncoderConfig(3, encoder_hidden_size=8)
+
+
+def _build(kind, placeholder_id=None, task_names=None):
+    if kind == "backbone":
+        return PTuningBackbone(
+            FAMILIES["llama"](),
+            CONFIG,
+            placeholder_id=placeholder_id,
+            task_names=task_names,
+        )
+    if kind == "classifier":
+        return PTuningTextClassifier(
+            FAMILIES["bert"](),
+            3,
+            CONFIG,
+            placeholder_id=placeholder_id,
+            task_names=task_names,
+        )
+    if kind == "causal_lm":
+        return PTuningCausalLM(
+            FAMILIES["gpt2"](),
+            CONFIG,
+            placeholder_id=placeholder_id,
+            task_names=task_names,
+        )
+    return PTuningMaskedLM(
+        _masked_lm(),
+        CONFIG,
+        verbalizer=[[5, 6], [7]],
+        placeholder_id=placeholder_id,
+    )
+
+
+_MASKED_LM = []
+
+
+def _masked_lm():
+    # One masked LM (head weights) for every masked-LM model of the matrix,
+    # so an adapter moves between them as between models of one checkpoint.
+    if not _MASKED_LM:
+        _MASKED_LM.append(keras_hub.models.BertMaskedLM(FAMILIES["bert"]()))
+    return _MASKED_LM[0]
+
+
+def build(kind, state):
+    """The model of `kind` in `state`. Raises for `NOT_OFFERED` pairs."""
+    if (kind, state) in NOT_OFFERED:
+        raise ValueError(NOT_OFFERED[(kind, state)])
+    if state == "slots":
+        return _build(kind, placeholder_id=-1)
+    if state == "multi_task":
+        return _build(kind, task_names=["a", "b"])
+    model = _build(kind)
+    if state == "encoder":
+        return model
+    # A trained prompt moves into a fresh model whose encoder is untrained.
+    fresh = _build(kind)
+    with tempfile.TemporaryDirectory() as directory:
+        if state == "table":
+            path = os.path.join(directory, "a.adapter.h5")
+            model.save_adapter(path)
+            fresh.load_adapter(path)
+        else:
+            save_peft_adapter(model, directory)
+            load_peft_adapter(fresh, directory)
+    assert fresh._ptuning_backbone().prompt_source == "table"
+    return fresh
