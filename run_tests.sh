@@ -12,8 +12,13 @@ start=$(date +%s)
 backends=(tensorflow jax torch)
 pids=()
 for backend in "${backends[@]}"; do
+  # JAX has the most work (XLA lowers and compiles every new op shape): two
+  # workers keep both cores busy once the other backends are done.
+  workers=()
+  [ "$backend" = jax ] && workers=(-n 2)
   KERAS_BACKEND=$backend python -m pytest -q -rfEs --durations=15 \
-    --fail-on-unexpected-skips "$@" >"$logs/$backend.log" 2>&1 &
+    --fail-on-unexpected-skips "${workers[@]}" "$@" \
+    >"$logs/$backend.log" 2>&1 &
   pids+=($!)
 done
 failed=()

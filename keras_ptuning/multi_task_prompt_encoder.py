@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.trainable_tasks import TrainableTasksMixin
 
 
 def check_task_names(task_names):
@@ -27,7 +28,7 @@ def check_task_names(task_names):
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class MultiTaskPromptEncoder(keras.layers.Layer):
+class MultiTaskPromptEncoder(TrainableTasksMixin, keras.layers.Layer):
     """A prompt table with one P-tuning prompt encoder per task.
 
     Every task has its own `keras_ptuning.PromptEncoder` with the same
@@ -66,27 +67,14 @@ class MultiTaskPromptEncoder(keras.layers.Layer):
         self.config = config
         self.task_names = []
         self.encoders = []
-        self._frozen_tasks = set()
         for name in task_names:
             self.add_task(name)
         if trainable_tasks is not None:
             self.set_trainable_tasks(trainable_tasks)
         self.built = True
 
-    @property
-    def trainable(self):
-        return keras.layers.Layer.trainable.fget(self)
-
-    @trainable.setter
-    def trainable(self, value):
-        # Setting a model trainable reaches every sublayer; the tasks frozen
-        # with `set_trainable_tasks` stay frozen.
-        keras.layers.Layer.trainable.fset(self, value)
-        for task, encoder in zip(
-            getattr(self, "task_names", []), getattr(self, "encoders", [])
-        ):
-            if task in getattr(self, "_frozen_tasks", ()):
-                encoder.trainable = False
+    def _task_layers(self):
+        return getattr(self, "encoders", [])
 
     def add_task(self, name):
         """Adds a task with a fresh encoder; returns its `task_id`."""
@@ -107,22 +95,6 @@ class MultiTaskPromptEncoder(keras.layers.Layer):
                 f"Unknown task {name!r}. Known tasks: {self.task_names}"
             )
         return self.task_names.index(name)
-
-    def set_trainable_tasks(self, names):
-        """Trains the encoders of `names` only; the others are frozen."""
-        for name in names:
-            self.task_id(name)
-        self._frozen_tasks = set(self.task_names) - set(names)
-        for task, encoder in zip(self.task_names, self.encoders):
-            encoder.trainable = task in names and self.trainable
-
-    @property
-    def trainable_tasks(self):
-        return [
-            name
-            for name, encoder in zip(self.task_names, self.encoders)
-            if encoder.trainable
-        ]
 
     @property
     def num_tasks(self):

@@ -140,6 +140,13 @@ def load_peft_adapter(model_or_backbone, directory):
             f"backbone. Received: {type(model_or_backbone).__name__}"
         )
     wants_head = bool(model._head_variables())
+    if head is not None and not wants_head:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} (task_type="
+            f"{config.get('task_type')!r}) holds a classifier head, which a "
+            f"{type(model).__name__} has no place for: load it into a "
+            "PTuningTextClassifier."
+        )
     model.set_trained_weights(
         prompt_table,
         head if wants_head else None,

@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from keras_ptuning.trainable_tasks import TrainableTasksMixin
+
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
-class TaskHeads(keras.layers.Layer):
+class TaskHeads(TrainableTasksMixin, keras.layers.Layer):
     """A `Dense` layer per task; each row goes through its task's head.
 
     The classifier head of a multi-task P-tuning model: every task keeps
@@ -35,7 +37,6 @@ class TaskHeads(keras.layers.Layer):
         self.task_names = []
         self.heads = []
         self._input_dim = None
-        self._frozen_tasks = set()
         for name in task_names:
             self.add_task(name)
         if trainable_tasks is not None:
@@ -58,25 +59,8 @@ class TaskHeads(keras.layers.Layer):
         self.task_names.append(name)
         return len(self.heads) - 1
 
-    def set_trainable_tasks(self, names):
-        self._frozen_tasks = set(self.task_names) - set(names)
-        for task, head in zip(self.task_names, self.heads):
-            head.trainable = task in names and self.trainable
-
-    @property
-    def trainable(self):
-        return keras.layers.Layer.trainable.fget(self)
-
-    @trainable.setter
-    def trainable(self, value):
-        # Setting a model trainable reaches every sublayer; the tasks frozen
-        # with `set_trainable_tasks` stay frozen.
-        keras.layers.Layer.trainable.fset(self, value)
-        for task, head in zip(
-            getattr(self, "task_names", []), getattr(self, "heads", [])
-        ):
-            if task in getattr(self, "_frozen_tasks", ()):
-                head.trainable = False
+    def _task_layers(self):
+        return getattr(self, "heads", [])
 
     def build(self, inputs_shape, task_id_shape=None):
         self._input_dim = inputs_shape[-1]
@@ -100,11 +84,7 @@ class TaskHeads(keras.layers.Layer):
                 "units": self.units,
                 "task_names": list(self.task_names),
                 "activation": keras.activations.serialize(self.activation),
-                "trainable_tasks": [
-                    name
-                    for name, head in zip(self.task_names, self.heads)
-                    if head.trainable
-                ],
+                "trainable_tasks": self.trainable_tasks,
             }
         )
         return config

@@ -52,6 +52,19 @@ def label_word_ids(verbalizer, tokenizer=None):
                 f"verbalizer={verbalizer!r}"
             )
         ids.append([_word_id(word, name, tokenizer) for word in class_words])
+    owners = {}
+    for index, class_ids in enumerate(ids):
+        for word_id in class_ids:
+            owners.setdefault(word_id, set()).add(index)
+    shared = {i: sorted(c) for i, c in owners.items() if len(c) > 1}
+    if shared:
+        word_id, classes = next(iter(shared.items()))
+        classes = [names[c] if names else c for c in classes]
+        raise ValueError(
+            f"A label word cannot stand for two classes: token id {word_id} "
+            f"is a label word of classes {classes}. Received: "
+            f"verbalizer={verbalizer!r}"
+        )
     return names, ids
 
 

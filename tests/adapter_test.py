@@ -9,6 +9,8 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningTextClassifier
+from keras_ptuning import load_peft_adapter
+from keras_ptuning import save_peft_adapter
 from keras_ptuning.adapter import read_adapter_config
 from tests.backbones import FAMILIES
 from tests.support import make_inputs
@@ -144,3 +146,17 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
         model.save_adapter(path, overwrite=False)
     with pytest.raises(ValueError, match="not a file"):
         model.load_adapter(str(tmp_path / "missing.h5"))
+
+
+def test_a_classifier_peft_adapter_is_refused_by_a_model_without_head(
+    tmp_path,
+):
+    """A SEQ_CLS adapter's head cannot be dropped silently."""
+    _, model, _ = _trained_classifier()
+    save_peft_adapter(model, str(tmp_path))
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
+    before = [to_numpy(v) for v in lm.weights]
+    with pytest.raises(ValueError, match="task_type='SEQ_CLS'.*classifier"):
+        load_peft_adapter(lm, str(tmp_path))
+    for a, b in zip(before, lm.weights):
+        np.testing.assert_array_equal(a, to_numpy(b))

@@ -1,6 +1,11 @@
 import pytest
 
 from keras_ptuning import PromptEncoderConfig
+from tests.support import run_on_one_backend
+
+pytestmark = run_on_one_backend(
+    "tensorflow", "a pure-Python config, the same on every backend"
+)
 
 
 def test_defaults_match_peft():

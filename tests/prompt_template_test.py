@@ -6,13 +6,18 @@ import tensorflow as tf
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
-from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.verbalizer import label_word_ids
-from tests.backbones import FAMILIES
 from tests.support import bert_tokenizer
 from tests.support import gpt2_tokenizer
+from tests.support import run_on_one_backend
 from tests.support import sentencepiece_tokenizer
 from tests.support import to_numpy
+
+# Templates are TensorFlow graph code on every backend: checked once here;
+# the task tests run them end to end on each backend.
+pytestmark = run_on_one_backend(
+    "tensorflow", "tokenization is TensorFlow code whatever the backend"
+)
 
 
 def _as_numpy(outputs):
@@ -204,35 +209,6 @@ def test_field_text_hitting_an_in_vocabulary_placeholder_is_caught():
         next(iter(ds.map(template)))
 
 
-@pytest.mark.parametrize("family", ["bert", "distil_bert"])
-def test_classifier_takes_raw_text_through_the_template(family):
-    template = PromptTemplate(
-        "[P:2] {sentence} [P] .", bert_tokenizer(), sequence_length=12
-    )
-    model = PTuningTextClassifier(FAMILIES[family](), 2, preprocessor=template)
-    assert model.backbone.placeholder_id == -1
-    assert model.backbone.num_virtual_tokens == 3
-    assert ("segment_ids" in template.output_names) == (family == "bert")
-    sentences = ["the movie was great", "a terrible film"] * 4
-    labels = np.array([1, 0] * 4)
-    history = model.fit(sentences, labels, batch_size=4, epochs=2, verbose=0)
-    assert len(history.history["loss"]) == 2
-    probabilities = model.predict(sentences[:2], verbose=0)
-    assert probabilities.shape == (2, 2)
-    with pytest.raises(ValueError, match="has 3 slots, but .* makes"):
-        PTuningTextClassifier(
-            FAMILIES[family](), 2, PromptEncoderConfig(4), preprocessor=template
-        )
-    with pytest.raises(ValueError, match="writes .*mask_positions"):
-        PTuningTextClassifier(
-            FAMILIES[family](),
-            2,
-            preprocessor=PromptTemplate(
-                "{s} [P] [MASK]", bert_tokenizer(), sequence_length=8
-            ),
-        )
-
-
 @pytest.mark.parametrize("tokenizer", ["wordpiece", "sentencepiece"])
 def test_unknown_anchor_text_and_label_words_are_refused(tokenizer):
     """Text the tokenizer maps to its unknown token cannot mean what the
@@ -250,3 +226,12 @@ def test_unknown_anchor_text_and_label_words_are_refused(tokenizer):
     # Known words pass.
     PromptTemplate("{s} [P:2] movie [MASK]", tokenizer, sequence_length=16)
     assert label_word_ids([["bad"], ["good"]], tokenizer)[1][0]
+
+
+def test_a_label_word_of_two_classes_is_refused():
+    with pytest.raises(ValueError, match=r"token id 9.*\['neg', 'pos'\]"):
+        label_word_ids(
+            {"neg": ["bad", "good"], "pos": ["good"]}, bert_tokenizer()
+        )
+    with pytest.raises(ValueError, match=r"token id 5.*\[0, 1\]"):
+        label_word_ids([[5, 6], [5]])

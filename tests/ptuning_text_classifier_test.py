@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.support import backbone_weights
+from tests.support import bert_tokenizer
 from tests.support import make_inputs
 from tests.support import to_numpy
 
@@ -170,3 +172,32 @@ def test_accepts_a_ptuning_backbone():
         PTuningTextClassifier(ptuning, 2, PromptEncoderConfig(3))
     with pytest.raises(ValueError, match="`placeholder_id` differs"):
         PTuningTextClassifier(ptuning, 2, placeholder_id=-1)
+
+
+@pytest.mark.parametrize("family", ["bert", "distil_bert"])
+def test_classifier_takes_raw_text_through_the_template(family):
+    template = PromptTemplate(
+        "[P:2] {sentence} [P] .", bert_tokenizer(), sequence_length=12
+    )
+    model = PTuningTextClassifier(FAMILIES[family](), 2, preprocessor=template)
+    assert model.backbone.placeholder_id == -1
+    assert model.backbone.num_virtual_tokens == 3
+    assert ("segment_ids" in template.output_names) == (family == "bert")
+    sentences = ["the movie was great", "a terrible film"] * 4
+    labels = np.array([1, 0] * 4)
+    history = model.fit(sentences, labels, batch_size=4, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    probabilities = model.predict(sentences[:2], verbose=0)
+    assert probabilities.shape == (2, 2)
+    with pytest.raises(ValueError, match="has 3 slots, but .* makes"):
+        PTuningTextClassifier(
+            FAMILIES[family](), 2, PromptEncoderConfig(4), preprocessor=template
+        )
+    with pytest.raises(ValueError, match="writes .*mask_positions"):
+        PTuningTextClassifier(
+            FAMILIES[family](),
+            2,
+            preprocessor=PromptTemplate(
+                "{s} [P] [MASK]", bert_tokenizer(), sequence_length=8
+            ),
+        )
