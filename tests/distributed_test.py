@@ -17,8 +17,6 @@ predictions) match it, and that the frozen backbone is bit-identical.
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import keras_hub
@@ -31,6 +29,7 @@ from keras_ptuning.distribution import layout_map
 from tests.backbones import FAMILIES
 from tests.support import REPO_ROOT
 from tests.support import run_on_one_backend
+from tests.support import run_python
 
 # Real checkpoints, real data or child processes of other backends.
 pytestmark = pytest.mark.slow
@@ -48,17 +47,7 @@ def only_on(backend):
 
 def run(args, backend, output, extra_env=None, timeout=600):
     """Runs `args` with Python on `backend`; returns the JSON it wrote."""
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO_ROOT)
-    env.update(extra_env or {})
-    result = subprocess.run(
-        [sys.executable, *args, str(output)],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    run_python([*args, output], backend, timeout=timeout, env=extra_env)
     with open(output) as f:
         return json.load(f)
 
