@@ -34,7 +34,6 @@ from tests.support import run_python
 # Real checkpoints, real data or child processes of other backends.
 pytestmark = pytest.mark.slow
 
-BACKEND = keras.config.backend()
 # Differences of float32 rounding (measured: 3e-8 to 3e-6): the runs sum the
 # same gradients in another order. Training moves the weights by 1e-3 to 0.3.
 TOLERANCE = 1e-5
