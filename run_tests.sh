@@ -13,9 +13,10 @@ backends=(tensorflow jax torch)
 pids=()
 for backend in "${backends[@]}"; do
   # JAX has the most work (XLA lowers and compiles every new op shape): two
-  # workers keep both cores busy once the other backends are done.
+  # workers keep both cores busy once the other backends are done; a test
+  # module stays on one worker, so its module-scoped models are built once.
   workers=()
-  [ "$backend" = jax ] && workers=(-n 2)
+  [ "$backend" = jax ] && workers=(-n 2 --dist loadfile)
   KERAS_BACKEND=$backend python -m pytest -q -rfEs --durations=15 \
     --fail-on-unexpected-skips "${workers[@]}" "$@" \
     >"$logs/$backend.log" 2>&1 &

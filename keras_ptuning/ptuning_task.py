@@ -15,7 +15,11 @@ class PTuningTask:
     - Serialization is keras-hub's: `get_config` holds the
       `PTuningBackbone` (which owns all prompt state) and the preprocessor;
       a `.keras` file restores the compile config and the optimizer state
-      (`compile_from_config`, one for every task), so `fit` resumes.
+      (`compile_from_config`, one for every task), so `fit` resumes. The
+      saved `jit_compile` is the one passed to `compile` (`"auto"` unless
+      given): Keras would save what `"auto"` resolved to on the saving
+      backend, so a model saved on JAX would load on PyTorch wrapped in
+      `torch.compile`, and on a TensorFlow CPU in XLA.
     - `fit`, `evaluate` and `predict` also take a `keras.utils.PyDataset`
       (such as `keras_ptuning.LengthBucketedDataset`), as core Keras models
       do. Its batches are model-ready, so they go straight to Keras:
@@ -61,9 +65,19 @@ class PTuningTask:
         self._set_trainable_task_heads(names)
         self._reset_after_prompt_change()
 
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        self._jit_compile_argument = jit_compile
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None and getattr(self, "sampler", None) is not None:
+        if config is None:
+            return config
+        if "jit_compile" in config:
+            config["jit_compile"] = getattr(
+                self, "_jit_compile_argument", config["jit_compile"]
+            )
+        if getattr(self, "sampler", None) is not None:
             config["sampler"] = keras_hub.samplers.serialize(self.sampler)
         return config
 

@@ -85,6 +85,10 @@ else:
         model.predict(inputs, verbose=0), expected, atol=1e-5
     )
     assert type(model).__name__ == "PTuningTextClassifier"
+    # Saved from JAX, where jit_compile="auto" means XLA; on PyTorch and on a
+    # TensorFlow CPU "auto" means no compilation (not torch.compile / XLA).
+    assert model.get_compile_config()["jit_compile"] == "auto"
+    assert model.jit_compile is False, model.jit_compile
     # The adapter alone, into a fresh model on the same (loaded) backbone.
     fresh = PTuningTextClassifier(
         model.backbone.backbone, 2, model.backbone.prompt_config

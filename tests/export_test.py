@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import keras_hub
 import numpy as np
@@ -13,8 +11,10 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.support import check_in_tensorflow_only_process
+from tests.support import BACKEND
+from tests.support import check_exports_in_tensorflow_only_process
 from tests.support import model_input_names
+from tests.support import run_python
 
 
 def _models():
@@ -44,15 +44,49 @@ def _models():
     }
 
 
+def _prompt_table_model():
+    # A hidden size of 7 gives encoder shapes no backbone weight has.
+    return PTuningTextClassifier(
+        FAMILIES["bert"](), 3, PromptEncoderConfig(4, encoder_hidden_size=7)
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Every model of `_models()` (and the prompt-table one) exported from
+    this backend in one batch, and served by one TensorFlow-only process:
+    `{kind: (model, prompt table before export, what the server saw)}`.
+    `test_existing_path_and_bad_arguments` calls `export_saved_model`
+    itself; from JAX and PyTorch it runs the command below."""
+    tmp_path = tmp_path_factory.mktemp("exported")
+    models = {kind: build() for kind, build in _models().items()}
+    models["prompt_table"] = _prompt_table_model()
+    tables = {kind: model_table(m) for kind, m in models.items()}
+    paths = {kind: str(tmp_path / kind) for kind in models}
+    if BACKEND == "tensorflow":
+        for kind, model in models.items():
+            keras_ptuning.export_saved_model(model, paths[kind])
+    else:
+        pairs = []
+        for kind, model in models.items():
+            model.save(str(tmp_path / f"{kind}.keras"))
+            pairs += [str(tmp_path / f"{kind}.keras"), paths[kind]]
+        run_python(["-m", "keras_ptuning.export", *pairs], "tensorflow")
+    results = check_exports_in_tensorflow_only_process(
+        [(models[kind], paths[kind]) for kind in models], tmp_path
+    )
+    return {
+        kind: (models[kind], tables[kind], result)
+        for kind, result in zip(models, results)
+    }
+
+
 @pytest.mark.parametrize("kind", sorted(_models()))
-def test_export_is_served_by_tensorflow_alone(kind, tmp_path):
-    model = _models()[kind]()
-    path = str(tmp_path / "exported")
-    table_before = np.asarray(model_table(model))
-    keras_ptuning.export_saved_model(model, path)
-    result = check_in_tensorflow_only_process(model, path, tmp_path)
+def test_export_is_served_by_tensorflow_alone(kind, exported):
+    model, table_before, result = exported[kind]
     assert result.pop("imported") == []
     assert result.pop("inputs") == sorted(model_input_names(model))
+    result.pop("variable_shapes")
     outputs = result.pop("outputs")
     if kind.startswith(("classifier", "masked_lm")):
         assert outputs == ["logits", "probabilities"]
@@ -65,34 +99,26 @@ def test_export_is_served_by_tensorflow_alone(kind, tmp_path):
     # The model is unchanged: still trains through its encoder.
     ptuning = model._ptuning_backbone()
     assert ptuning.prompt_source == "encoder"
-    np.testing.assert_array_equal(np.asarray(model_table(model)), table_before)
+    np.testing.assert_array_equal(model_table(model), table_before)
 
 
 def model_table(model):
     from keras import ops
 
     ptuning = model._ptuning_backbone()
-    return ops.convert_to_numpy(ptuning.prompt_injection.prompt_table)
+    return np.asarray(
+        ops.convert_to_numpy(ptuning.prompt_injection.prompt_table)
+    )
 
 
-def test_export_holds_the_prompt_table_not_the_encoder(tmp_path):
-    # A hidden size of 7 gives encoder shapes no backbone weight has.
-    model = PTuningTextClassifier(
-        FAMILIES["bert"](), 3, PromptEncoderConfig(4, encoder_hidden_size=7)
-    )
-    path = str(tmp_path / "exported")
-    keras_ptuning.export_saved_model(model, path)
-    script = (
-        "import sys, tensorflow as tf\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "print(sorted(tuple(v.shape) for v in m.model_variables))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, path], capture_output=True, text=True
-    )
-    shapes = out.stdout.strip().splitlines()[-1]
-    assert "(4, 16)" in shapes  # the prompt table
-    assert "7" not in shapes
+def test_export_holds_the_prompt_table_not_the_encoder(exported):
+    model, _, result = exported["prompt_table"]
+    shapes = result["variable_shapes"]
+    assert [4, 16] in shapes  # the prompt table
+    assert not any(7 in shape for shape in shapes), shapes
+    for name, difference in result.items():
+        if ":" in name:
+            assert difference < 1e-4, name
 
 
 def test_existing_path_and_bad_arguments(tmp_path):

@@ -40,6 +40,23 @@ def test_classifier_keras_round_trip_resumes_training(family, tmp_path):
     assert int(to_numpy(loaded.optimizer.iterations)) == 4
 
 
+@pytest.mark.parametrize("jit_compile", ["auto", False])
+def test_saved_jit_compile_is_the_argument_not_its_resolution(
+    jit_compile, tmp_path
+):
+    # Keras saves what "auto" resolved to on the saving backend (True on
+    # JAX), which would wrap the model in torch.compile when loaded on
+    # PyTorch; the cross-backend chain checks the loaded model's setting.
+    model = PTuningTextClassifier(FAMILIES["bert"](), 2, PromptEncoderConfig(2))
+    model.compile(jit_compile=jit_compile)
+    assert model.get_compile_config()["jit_compile"] == jit_compile
+    path = str(tmp_path / "classifier.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_compile_config()["jit_compile"] == jit_compile
+    assert loaded.jit_compile == model.jit_compile
+
+
 def test_backbone_keras_round_trip(tmp_path):
     model = PTuningBackbone(FAMILIES["roberta"](), PromptEncoderConfig(2))
     path = str(tmp_path / "backbone.keras")

@@ -184,9 +184,12 @@ import numpy as np
 import tensorflow as tf
 all_results = {}
 for path, cases in json.loads(sys.argv[1]).items():
-    served = tf.saved_model.load(path).signatures["serving_default"]
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["serving_default"]
     results = {"inputs": sorted(served.structured_input_signature[1]),
-               "outputs": sorted(served.structured_outputs)}
+               "outputs": sorted(served.structured_outputs),
+               "variable_shapes": sorted(
+                   list(v.shape) for v in loaded.model_variables)}
     for name in cases:
         data = np.load(name)
         inputs = {k[3:]: tf.constant(data[k])
@@ -245,17 +248,11 @@ def served_inputs(model, batch, length, seed):
     return inputs
 
 
-def check_in_tensorflow_only_process(model, path, tmp_path):
-    """Serves the SavedModel at `path` in a TensorFlow-only process on two
-    batches; returns what it saw (inputs, outputs, max differences)."""
-    return check_exports_in_tensorflow_only_process([(model, path)], tmp_path)[
-        0
-    ]
-
-
 def check_exports_in_tensorflow_only_process(exports, tmp_path):
-    """`check_in_tensorflow_only_process` for `(model, path)` pairs, in one
-    process."""
+    """Serves each `(model, path)` SavedModel in one TensorFlow-only process
+    on two batches; returns, per pair, what it saw: `inputs` and `outputs`
+    (names), `variable_shapes`, `imported` (keras modules, which must be
+    none) and the largest difference from the model per batch and output."""
     cases = {}
     for j, (model, path) in enumerate(exports):
         cases[path] = []
