@@ -81,6 +81,7 @@ def exported(tmp_path_factory):
     }
 
 
+@pytest.mark.slow  # TensorFlow child processes
 @pytest.mark.parametrize("kind", sorted(_models()))
 def test_export_is_served_by_tensorflow_alone(kind, exported):
     model, table_before, result = exported[kind]
@@ -111,6 +112,7 @@ def model_table(model):
     )
 
 
+@pytest.mark.slow  # TensorFlow child processes
 def test_export_holds_the_prompt_table_not_the_encoder(exported):
     model, _, result = exported["prompt_table"]
     shapes = result["variable_shapes"]
@@ -121,6 +123,7 @@ def test_export_holds_the_prompt_table_not_the_encoder(exported):
             assert difference < 1e-4, name
 
 
+@pytest.mark.slow  # a TensorFlow child process from JAX and PyTorch
 def test_existing_path_and_bad_arguments(tmp_path):
     model = _models()["backbone_distil_bert"]()
     path = tmp_path / "exported"

@@ -134,6 +134,7 @@ def test_adapter_round_trips(kind, state, tmp_path):
     assert_same_predictions(fresh, inputs, expected)
 
 
+@pytest.mark.slow  # TensorFlow child processes
 def test_saved_models_are_served_by_tensorflow_alone(tmp_path):
     """Every offered combination exports (from this backend) to a
     SavedModel that a TensorFlow-only process serves with the model's
