@@ -1,7 +1,8 @@
 """One link of the cross-backend `.keras` chain in `saving_test.py`.
 
 Step 0 builds, trains and saves a classifier (and its adapter) with its
-predictions, and a cloze model with prompt slots and its `PromptTemplate`;
+predictions, a cloze model with prompt slots and its `PromptTemplate`, and
+every model of the round-trip matrix (`tests/round_trip_models.py`);
 each later step loads the previous step's files on its own backend, checks
 the predictions (the cloze model from raw text, through the restored
 template), loads the adapter into a fresh model on the same backbone and
@@ -20,22 +21,21 @@ from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
+from tests.round_trip_models import KINDS
+from tests.round_trip_models import NOT_OFFERED
+from tests.round_trip_models import STATES
 from tests.round_trip_models import build
 from tests.support import bert_tokenizer
 from tests.support import make_inputs
 from tests.support import served_inputs
 
 SENTENCES = {"sentence": ["the movie was great", "a terrible film"]}
+# Every model kind in every prompt state of the round-trip matrix.
 CHAIN_MODELS = [
-    ("causal_lm", "encoder"),
-    ("causal_lm", "table"),
-    ("causal_lm", "peft_table"),
-    ("causal_lm", "slots"),
-    ("causal_lm", "multi_task"),
-    ("backbone", "table"),
-    ("backbone", "multi_task"),
-    ("classifier", "peft_table"),
-    ("masked_lm", "table"),
+    (kind, state)
+    for kind in KINDS
+    for state in STATES
+    if (kind, state) not in NOT_OFFERED
 ]
 
 
