@@ -96,15 +96,37 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_configure(config):
     if keras.config.backend() == "jax":
         # Tests build many models of the same few shapes: XLA compiles each
-        # program once per session (keyed by its HLO), not once per model.
+        # program once per run (keyed by its HLO), not once per model. The
+        # cache is shared by the xdist workers of one run and by the JAX
+        # child processes they start (examples, the chain's JAX link).
         import tempfile
 
         import jax
 
-        cache = tempfile.mkdtemp(prefix="keras-ptuning-jax-cache-")
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        # The run's first process makes the cache; its xdist workers and
+        # their child processes inherit the variable.
+        cache = os.environ.get("KERAS_PTUNING_JAX_CACHE")
+        if cache is None:
+            cache = tempfile.mkdtemp(prefix="keras-ptuning-jax-cache-")
+            os.environ["KERAS_PTUNING_JAX_CACHE"] = cache
+            config._jax_cache_owned = cache
+        settings = {
+            "jax_compilation_cache_dir": cache,
+            "jax_persistent_cache_min_compile_time_secs": 0,
+            "jax_persistent_cache_min_entry_size_bytes": -1,
+        }
+        for name, value in settings.items():
+            jax.config.update(name, value)
+            os.environ[name.upper()] = str(value)
+
+
+def pytest_unconfigure(config):
+    # The process that made the cache removes it.
+    cache = getattr(config, "_jax_cache_owned", None)
+    if cache:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def pytest_report_header(config):
