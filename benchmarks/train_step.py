@@ -12,6 +12,14 @@ mask (deterministic seed; default batch 32, 64 real tokens + 20 virtual):
   the prompt encoder swapped for a trainable `(N, D)` table at construction,
   so gradients still flow through the whole frozen backbone to the inputs
   and only the encoder MLP is gone. P-tuning cannot be cheaper than this.
+- `plain`: plain prompt tuning from plain Keras and keras-hub parts, no
+  keras-ptuning code: the frozen `BertBackbone` split at its token
+  embedding (`keras.Model` from that layer's output, the segment ids and
+  the padding mask to the pooled output), a trainable `(N, D)` table
+  concatenated in front of the token embeddings (mask 1, segment 0 for the
+  virtual tokens), dropout 0.1 and a `Dense` head on the pooled output,
+  `Adam(1e-3)`, sparse categorical cross-entropy from logits. This is the
+  floor the issue tracker asks `ptuned` to be within 5% of.
 - `peft`: HF `transformers.AutoModelForSequenceClassification` wrapped by
   `peft.get_peft_model` with `peft.PromptEncoderConfig(task_type="SEQ_CLS",
   num_virtual_tokens=N, encoder_hidden_size=<hidden size>)`, `torch.optim.Adam
@@ -68,7 +76,7 @@ import unittest.mock
 
 import numpy as np
 
-VARIANTS = ("ptuned", "floor", "peft")
+VARIANTS = ("ptuned", "floor", "plain", "peft")
 WARMUP_STEPS = 2
 NUM_BATCHES = 4
 LEARNING_RATE = 1e-3
@@ -245,6 +253,74 @@ def build_keras(variant, args, batches):
     return step
 
 
+def build_plain(args, batches):
+    """Plain prompt tuning from keras-hub parts, and one train step."""
+    import keras
+    import keras_hub
+    from keras import ops
+
+    class PrependPrompt(keras.layers.Layer):
+        """A trainable `(N, D)` table in front of the token embeddings."""
+
+        def __init__(self, num_virtual_tokens, hidden_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.table = self.add_weight(
+                shape=(num_virtual_tokens, hidden_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="table",
+            )
+
+        def call(self, embeddings, padding_mask, segment_ids):
+            batch = ops.shape(embeddings)[0]
+            n = self.table.shape[0]
+            table = ops.broadcast_to(
+                ops.cast(self.table, embeddings.dtype),
+                (batch, n, self.table.shape[1]),
+            )
+            ones = ops.ones((batch, n), padding_mask.dtype)
+            zeros = ops.zeros((batch, n), segment_ids.dtype)
+            return (
+                ops.concatenate([table, embeddings], axis=1),
+                ops.concatenate([ones, padding_mask], axis=1),
+                ops.concatenate([zeros, segment_ids], axis=1),
+            )
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone.from_preset(model_dir())
+    backbone.trainable = False
+    body = keras.Model(
+        inputs=[
+            backbone.token_embedding.output,
+            backbone.input["padding_mask"],
+            backbone.input["segment_ids"],
+        ],
+        outputs=backbone.output["pooled_output"],
+    )
+    inputs = {
+        name: keras.Input((None,), dtype="int32", name=name)
+        for name in ("token_ids", "padding_mask", "segment_ids")
+    }
+    embeddings = backbone.token_embedding(inputs["token_ids"])
+    embeddings, padding_mask, segment_ids = PrependPrompt(
+        args.num_virtual_tokens, backbone.hidden_dim
+    )(embeddings, inputs["padding_mask"], inputs["segment_ids"])
+    pooled = body([embeddings, padding_mask, segment_ids])
+    logits = keras.layers.Dense(2)(keras.layers.Dropout(0.1)(pooled))
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    assert len(model.trainable_variables) == 3, model.trainable_variables
+    data = cycle(batches)
+
+    def step():
+        x, y = next(data)
+        return float(model.train_on_batch(x, y))
+
+    return step
+
+
 def build_peft(args, batches):
     """HF MiniLM + PEFT P-tuning in PyTorch, and one train step."""
     import peft
@@ -292,6 +368,8 @@ def build_peft(args, batches):
 def build(variant, args, batches):
     if variant == "peft":
         return build_peft(args, batches)
+    if variant == "plain":
+        return build_plain(args, batches)
     return build_keras(variant, args, batches)
 
 
@@ -457,6 +535,7 @@ def main():
         },
         "ratios": {
             "ptuned/floor": ratios(rounds, "ptuned", "floor"),
+            "ptuned/plain": ratios(rounds, "ptuned", "plain"),
             "ptuned/peft": ratios(rounds, "ptuned", "peft"),
         },
     }
