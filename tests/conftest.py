@@ -1,20 +1,16 @@
 import os
 
+from tests.jax_settings import with_test_xla_flags
+
 if os.environ.get("KERAS_BACKEND") == "jax":
-    # Tiny models: XLA's optimisations cost more compile time than they
-    # save (measured: 15% of a JAX test run). Set before JAX starts.
-    os.environ["XLA_FLAGS"] = " ".join(
-        [
-            os.environ.get("XLA_FLAGS", ""),
-            "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true",
-        ]
-    )
+    # Set before JAX starts; child processes inherit them.
+    os.environ.update(with_test_xla_flags(os.environ))
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.support import ONE_BACKEND_REASON  # noqa: E402
+from tests.support import run_models_eagerly  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +27,6 @@ def _seeded():
 # KERAS_PTUNING_TEST_COMPILED=1 traces them all. JAX stays compiled (its
 # eager mode compiles every op instead, which is slower) with a session-wide
 # compilation cache, and PyTorch runs eagerly anyway.
-_RUN_EAGERLY = keras.Model.run_eagerly
-
-
 @pytest.fixture(autouse=True)
 def _eager_unless_compiled(request, monkeypatch):
     if (
@@ -42,11 +35,7 @@ def _eager_unless_compiled(request, monkeypatch):
         or os.environ.get("KERAS_PTUNING_TEST_COMPILED")
     ):
         return
-    monkeypatch.setattr(
-        keras.Model,
-        "run_eagerly",
-        property(lambda self: True, _RUN_EAGERLY.fset),
-    )
+    run_models_eagerly(monkeypatch)
 
 
 @pytest.fixture(params=["one_segment", "segments"])

@@ -11,10 +11,18 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
+from tests.round_trip_models import EXPORTED_FROM_EVERY_BACKEND
+from tests.round_trip_models import OFFERED
+from tests.round_trip_models import assert_same_predictions
+from tests.round_trip_models import build as build_matrix_model
+from tests.round_trip_models import predictions
+from tests.round_trip_models import prompt_state
 from tests.support import BACKEND
 from tests.support import check_exports_in_tensorflow_only_process
+from tests.support import export_from_this_backend
 from tests.support import model_input_names
-from tests.support import run_python
+from tests.support import served_inputs
+from tests.support import to_numpy
 
 
 def _models():
@@ -51,40 +59,51 @@ def _prompt_table_model():
     )
 
 
+# The round-trip matrix's models this backend exports: every offered one
+# from TensorFlow, one per kind from JAX and PyTorch.
+MATRIX_CASES = (
+    OFFERED if BACKEND == "tensorflow" else EXPORTED_FROM_EVERY_BACKEND
+)
+
+
+def _matrix_name(case):
+    return "matrix_" + "_".join(case)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Every model of `_models()` (and the prompt-table one) exported from
-    this backend in one batch, and served by one TensorFlow-only process:
-    `{kind: (model, prompt table before export, what the server saw)}`.
-    `test_existing_path_and_bad_arguments` calls `export_saved_model`
-    itself; from JAX and PyTorch it runs the command below."""
+    """Every model of `_models()`, the prompt-table one and `MATRIX_CASES`,
+    exported from this backend in one batch and served by one
+    TensorFlow-only process: `{name: (model, prompt table before export,
+    what the server saw, and for the matrix's models their prompt state
+    and predictions before export)}`. `test_existing_path_and_bad_arguments`
+    calls `export_saved_model` itself."""
     tmp_path = tmp_path_factory.mktemp("exported")
     models = {kind: build() for kind, build in _models().items()}
     models["prompt_table"] = _prompt_table_model()
-    tables = {kind: model_table(m) for kind, m in models.items()}
-    paths = {kind: str(tmp_path / kind) for kind in models}
-    if BACKEND == "tensorflow":
-        for kind, model in models.items():
-            keras_ptuning.export_saved_model(model, paths[kind])
-    else:
-        pairs = []
-        for kind, model in models.items():
-            model.save(str(tmp_path / f"{kind}.keras"))
-            pairs += [str(tmp_path / f"{kind}.keras"), paths[kind]]
-        run_python(["-m", "keras_ptuning.export", *pairs], "tensorflow")
+    for case in MATRIX_CASES:
+        models[_matrix_name(case)] = build_matrix_model(*case)
+    tables = {name: model_table(m) for name, m in models.items()}
+    # What the matrix's models predict, for after the export.
+    before = {
+        name: (prompt_state(m), predictions(m, served_inputs(m, 2, 5, 3)))
+        for name, m in models.items()
+        if name.startswith("matrix_")
+    }
+    paths = export_from_this_backend(models, str(tmp_path))
     results = check_exports_in_tensorflow_only_process(
-        [(models[kind], paths[kind]) for kind in models], tmp_path
+        [(models[name], paths[name]) for name in models], tmp_path
     )
     return {
-        kind: (models[kind], tables[kind], result)
-        for kind, result in zip(models, results)
+        name: (models[name], tables[name], result, before.get(name))
+        for name, result in zip(models, results)
     }
 
 
 @pytest.mark.slow  # TensorFlow child processes
 @pytest.mark.parametrize("kind", sorted(_models()))
 def test_export_is_served_by_tensorflow_alone(kind, exported):
-    model, table_before, result = exported[kind]
+    model, table_before, result, _ = exported[kind]
     assert result.pop("imported") == []
     assert result.pop("inputs") == sorted(model_input_names(model))
     result.pop("variable_shapes")
@@ -104,17 +123,12 @@ def test_export_is_served_by_tensorflow_alone(kind, exported):
 
 
 def model_table(model):
-    from keras import ops
-
-    ptuning = model._ptuning_backbone()
-    return np.asarray(
-        ops.convert_to_numpy(ptuning.prompt_injection.prompt_table)
-    )
+    return to_numpy(model._ptuning_backbone().prompt_injection.prompt_table)
 
 
 @pytest.mark.slow  # TensorFlow child processes
 def test_export_holds_the_prompt_table_not_the_encoder(exported):
-    model, _, result = exported["prompt_table"]
+    model, _, result, _ = exported["prompt_table"]
     shapes = result["variable_shapes"]
     assert [4, 16] in shapes  # the prompt table
     assert not any(7 in shape for shape in shapes), shapes
@@ -154,3 +168,26 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         export.export_saved_model(model, str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # TensorFlow child processes
+@pytest.mark.parametrize("case", MATRIX_CASES, ids="-".join)
+def test_round_trip_matrix_models_are_served_by_tensorflow_alone(
+    case, exported
+):
+    """Each model of the round-trip matrix (`round_trip_models.py`) exports
+    from this backend to a SavedModel that a TensorFlow-only process serves
+    with the model's predictions, and the model is unchanged by it."""
+    model, table_before, result, before = exported[_matrix_name(case)]
+    assert result.pop("imported") == []
+    assert result.pop("inputs") == sorted(model_input_names(model))
+    result.pop("outputs")
+    result.pop("variable_shapes")
+    assert result
+    for name, difference in result.items():
+        assert difference < 1e-4, (name, difference)
+    state, outputs = before
+    assert prompt_state(model) == state
+    inputs = served_inputs(model, 2, 5, 3)
+    assert_same_predictions(model, inputs, outputs, atol=0)
+    np.testing.assert_array_equal(model_table(model), table_before)

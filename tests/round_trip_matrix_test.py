@@ -1,7 +1,7 @@
 """Every model kind in every prompt state keeps its prompt through every
 save, load and export path (see `tests/round_trip_models.py`), or the path
 refuses it with a clear error. `.keras` files across backends are in
-`tests/cross_backend_save.py`."""
+`tests/cross_backend_save.py`, SavedModels in `export_test.py`."""
 
 import json
 import os
@@ -10,61 +10,17 @@ import keras
 import numpy as np
 import pytest
 
-import keras_ptuning
-from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning import load_peft_adapter
 from keras_ptuning import save_peft_adapter
-from tests.round_trip_models import KINDS
 from tests.round_trip_models import NOT_OFFERED
-from tests.round_trip_models import STATES
+from tests.round_trip_models import OFFERED
+from tests.round_trip_models import assert_same_predictions
 from tests.round_trip_models import build
-from tests.support import BACKEND
-from tests.support import check_exports_in_tensorflow_only_process
-from tests.support import run_python
+from tests.round_trip_models import predictions
+from tests.round_trip_models import prompt_state
 from tests.support import served_inputs
 from tests.support import to_numpy
-
-CASES = [(kind, state) for kind in KINDS for state in STATES]
-OFFERED = [case for case in CASES if case not in NOT_OFFERED]
-# Every offered case is exported from TensorFlow, and every case's `.keras`
-# file crosses all three backends in the chain (`cross_backend_save.py`),
-# so JAX and PyTorch export one case per kind, one state each, through the
-# command `export_saved_model` runs there: the graph TensorFlow traces from
-# a `.keras` file is the same whichever backend wrote it.
-EXPORTED_FROM_EVERY_BACKEND = [
-    ("backbone", "multi_task"),
-    ("classifier", "slots"),
-    ("causal_lm", "peft_table"),
-    ("masked_lm", "table"),
-]
-TOLERANCE = 1e-5
-
-
-def predictions(model, inputs):
-    """The model's outputs on `inputs` as a dict of numpy arrays."""
-    outputs = model.predict(inputs, verbose=0)
-    if not isinstance(outputs, dict):
-        outputs = {"output": outputs}
-    return {name: np.asarray(value) for name, value in outputs.items()}
-
-
-def assert_same_predictions(model, inputs, expected, atol=TOLERANCE):
-    got = predictions(model, inputs)
-    assert sorted(got) == sorted(expected)
-    for name in expected:
-        np.testing.assert_allclose(got[name], expected[name], atol=atol)
-
-
-def prompt_state(model):
-    ptuning = model._ptuning_backbone()
-    return (
-        ptuning.prompt_source,
-        ptuning.placeholder_id,
-        ptuning.task_names,
-        ptuning.trainable_tasks,
-        ptuning.prompt_config,
-    )
 
 
 def _same_placement(kind, state):
@@ -143,51 +99,3 @@ def test_adapter_round_trips(kind, state, tmp_path):
     fresh = _same_placement(kind, state)
     load_peft_adapter(fresh, peft_dir)
     assert_same_predictions(fresh, inputs, expected)
-
-
-@pytest.mark.slow  # TensorFlow child processes
-def test_saved_models_are_served_by_tensorflow_alone(tmp_path):
-    """Every offered combination (on JAX and PyTorch, one per kind) exports
-    from this backend to a SavedModel that a TensorFlow-only process serves
-    with the model's predictions, and the model is unchanged by it."""
-    cases = OFFERED if BACKEND == "tensorflow" else EXPORTED_FROM_EVERY_BACKEND
-    models = {case: build(*case) for case in cases}
-    before = {
-        case: (prompt_state(m), predictions(m, served_inputs(m, 2, 5, 3)))
-        for case, m in models.items()
-    }
-    paths = {case: str(tmp_path / "_".join(case)) for case in cases}
-    if BACKEND == "tensorflow":
-        for case, model in models.items():
-            keras_ptuning.export_saved_model(model, paths[case])
-    else:
-        # What `export_saved_model` does from JAX and PyTorch, for all the
-        # models in one TensorFlow process.
-        pairs = []
-        for case, model in models.items():
-            keras_file = str(tmp_path / ("_".join(case) + ".keras"))
-            model.save(keras_file)
-            pairs += [keras_file, paths[case]]
-        run_python(["-m", "keras_ptuning.export", *pairs], "tensorflow")
-    exports = [(models[case], paths[case]) for case in cases]
-    results = check_exports_in_tensorflow_only_process(exports, tmp_path)
-    for case, result in zip(cases, results):
-        assert result.pop("imported") == [], case
-        names = result.pop("inputs")
-        model = models[case]
-        expected_names = (
-            model.input_names
-            if isinstance(model, PTuningBackbone)
-            else model.model_input_names
-        )
-        assert names == sorted(expected_names), case
-        result.pop("outputs")
-        result.pop("variable_shapes")
-        assert result, case
-        for name, difference in result.items():
-            assert difference < 1e-4, (case, name, difference)
-        state, outputs = before[case]
-        model = models[case]
-        assert prompt_state(model) == state, case
-        inputs = served_inputs(model, 2, 5, 3)
-        assert_same_predictions(model, inputs, outputs, atol=0)

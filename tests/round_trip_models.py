@@ -18,6 +18,7 @@ import os
 import tempfile
 
 import keras_hub
+import numpy as np
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
@@ -34,6 +35,20 @@ STATES = ("encoder", "table", "peft_table", "slots", "multi_task")
 NOT_OFFERED = {
     ("masked_lm", "multi_task"): "PTuningMaskedLM has no task_names",
 }
+CASES = [(kind, state) for kind in KINDS for state in STATES]
+OFFERED = [case for case in CASES if case not in NOT_OFFERED]
+# Every offered case is exported from TensorFlow, and every case's `.keras`
+# file crosses all three backends in the chain (`cross_backend_save.py`),
+# so JAX and PyTorch export one case per kind, one state each, through the
+# command `export_saved_model` runs there: the graph TensorFlow traces from
+# a `.keras` file is the same whichever backend wrote it.
+EXPORTED_FROM_EVERY_BACKEND = [
+    ("backbone", "multi_task"),
+    ("classifier", "slots"),
+    ("causal_lm", "peft_table"),
+    ("masked_lm", "table"),
+]
+TOLERANCE = 1e-5
 CONFIG = PromptEncoderConfig(3, encoder_hidden_size=8)
 
 
@@ -102,3 +117,30 @@ def build(kind, state):
             load_peft_adapter(fresh, directory)
     assert fresh._ptuning_backbone().prompt_source == "table"
     return fresh
+
+
+def predictions(model, inputs):
+    """The model's outputs on `inputs` as a dict of numpy arrays."""
+    outputs = model.predict(inputs, verbose=0)
+    if not isinstance(outputs, dict):
+        outputs = {"output": outputs}
+    return {name: np.asarray(value) for name, value in outputs.items()}
+
+
+def assert_same_predictions(model, inputs, expected, atol=TOLERANCE):
+    got = predictions(model, inputs)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], atol=atol)
+
+
+def prompt_state(model):
+    """Where the prompt comes from, where it goes and its tasks."""
+    ptuning = model._ptuning_backbone()
+    return (
+        ptuning.prompt_source,
+        ptuning.placeholder_id,
+        ptuning.task_names,
+        ptuning.trainable_tasks,
+        ptuning.prompt_config,
+    )

@@ -18,7 +18,9 @@ from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
+from keras_ptuning import export_saved_model
 from tests.backbones import VOCABULARY_SIZE
+from tests.jax_settings import with_test_xla_flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.config.backend()
@@ -35,6 +37,19 @@ def run_on_one_backend(backend, why):
     )
 
 
+_RUN_EAGERLY = keras.Model.run_eagerly
+
+
+def run_models_eagerly(monkeypatch=None):
+    """Makes every Keras model run eagerly (`run_eagerly` reads True), for
+    the test (with pytest's `monkeypatch`) or for the whole process."""
+    always = property(lambda self: True, _RUN_EAGERLY.fset)
+    if monkeypatch is None:
+        keras.Model.run_eagerly = always
+    else:
+        monkeypatch.setattr(keras.Model, "run_eagerly", always)
+
+
 def to_numpy(x, dtype=None):
     """A tensor or variable as a numpy array."""
     return np.asarray(ops.convert_to_numpy(x), dtype=dtype)
@@ -47,6 +62,8 @@ def run_python(args, backend=None, timeout=900, cwd=None, env=None):
     if backend is not None:
         child_env["KERAS_BACKEND"] = backend
     child_env.update(env or {})
+    if child_env.get("KERAS_BACKEND") == "jax":
+        child_env = with_test_xla_flags(child_env)
     result = subprocess.run(
         [sys.executable, *map(str, args)],
         env=child_env,
@@ -246,6 +263,25 @@ def served_inputs(model, batch, length, seed):
     if "mask_positions" in model_input_names(model):
         inputs["mask_positions"] = rng.integers(0, real[:, None])
     return inputs
+
+
+def export_from_this_backend(models, directory):
+    """Exports each of `models` (`{name: model}`) to a SavedModel under
+    `directory` the way `export_saved_model` does from this backend, all in
+    one TensorFlow process from JAX and PyTorch (the command it runs there,
+    once rather than once per model); returns `{name: path}`."""
+    paths = {name: os.path.join(directory, name) for name in models}
+    if BACKEND == "tensorflow":
+        for name, model in models.items():
+            export_saved_model(model, paths[name])
+        return paths
+    pairs = []
+    for name, model in models.items():
+        keras_file = os.path.join(directory, f"{name}.keras")
+        model.save(keras_file)
+        pairs += [keras_file, paths[name]]
+    run_python(["-m", "keras_ptuning.export", *pairs], "tensorflow")
+    return paths
 
 
 def check_exports_in_tensorflow_only_process(exports, tmp_path):
