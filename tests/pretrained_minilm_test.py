@@ -29,12 +29,12 @@ def test_fit_lowers_loss_and_leaves_minilm_unchanged():
     backbone = keras_hub.models.BertBackbone.from_preset(preset)
     assert backbone.hidden_dim == 384
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
-        preset, sequence_length=32
+        preset, sequence_length=16
     )
     model = PTuningTextClassifier(
         backbone,
         num_classes=2,
-        prompt_config=PromptEncoderConfig(num_virtual_tokens=20),
+        prompt_config=PromptEncoderConfig(num_virtual_tokens=8),
         preprocessor=preprocessor,
         dropout=0.0,
     )
