@@ -17,7 +17,12 @@ for backend in "${backends[@]}"; do
   # module stays on one worker, so its module-scoped models are built once.
   workers=()
   [ "$backend" = jax ] && workers=(-n 2 --dist loadfile)
-  KERAS_BACKEND=$backend python -m pytest -q -rfEs --durations=15 \
+  # TensorFlow's run is the longest chain of single-threaded work: it gets
+  # the cores first, the others fill the gaps (measured: the others ended
+  # 3.5-5 min before it without this).
+  priority=(nice -n 10)
+  [ "$backend" = tensorflow ] && priority=()
+  KERAS_BACKEND=$backend "${priority[@]}" python -m pytest -q -rfEs --durations=15 \
     --fail-on-unexpected-skips "${workers[@]}" "$@" \
     >"$logs/$backend.log" 2>&1 &
   pids+=($!)

@@ -73,8 +73,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--head-initializer",
         default=None,
-        help="a Keras initializer name for the head's kernel (keras "
-        "systems; default: the library's)",
+        help="the head's kernel initializer, a Keras initializer name, "
+        "optionally with a standard deviation: `glorot_uniform`, "
+        "`TruncatedNormal:0.02` (keras systems; default: the library's); "
+        "the bias starts at zero",
     )
     parser.add_argument(
         "--dropout",
@@ -94,6 +96,17 @@ def _data(args):
     train_x, train_y = load_sst2("train", args.data_dir, args.train_rows)
     dev_x, dev_y = load_sst2("dev", args.data_dir)
     return train_x, np.asarray(train_y), dev_x, np.asarray(dev_y)
+
+
+def _initializer(spec):
+    """`name` or `name:stddev` as a Keras initializer."""
+    import keras
+
+    name, _, stddev = spec.partition(":")
+    if not stddev:
+        return keras.initializers.get(name)
+    config = {"stddev": float(stddev)}
+    return keras.initializers.get({"class_name": name, "config": config})
 
 
 def _model_dir(args):
@@ -143,7 +156,7 @@ def run_keras(args, learning_rate, seed, probe=False):
         )
         if args.head_initializer is not None:
             kernel = model.output_dense.kernel
-            initializer = keras.initializers.get(args.head_initializer)
+            initializer = _initializer(args.head_initializer)
             kernel.assign(initializer(kernel.shape))
             model.output_dense.bias.assign(np.zeros(2))
         model.compile(optimizer=keras.optimizers.Adam(learning_rate))

@@ -21,6 +21,7 @@ from tests.support import BACKEND
 from tests.support import check_exports_in_tensorflow_only_process
 from tests.support import export_from_this_backend
 from tests.support import model_input_names
+from tests.support import run_models_eagerly
 from tests.support import served_inputs
 from tests.support import to_numpy
 
@@ -78,7 +79,15 @@ def exported(tmp_path_factory):
     what the server saw, and for the matrix's models their prompt state
     and predictions before export)}`. `test_existing_path_and_bad_arguments`
     calls `export_saved_model` itself."""
-    tmp_path = tmp_path_factory.mktemp("exported")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if BACKEND == "tensorflow":
+            # Module fixtures start before conftest's eager switch: the
+            # predictions here (about 80) would each trace a function.
+            run_models_eagerly(monkeypatch)
+        return _export_and_serve(tmp_path_factory.mktemp("exported"))
+
+
+def _export_and_serve(tmp_path):
     models = {kind: build() for kind, build in _models().items()}
     models["prompt_table"] = _prompt_table_model()
     for case in MATRIX_CASES:
