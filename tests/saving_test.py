@@ -76,7 +76,7 @@ def test_backbone_keras_round_trip(tmp_path):
 def test_save_on_one_backend_load_on_another(tmp_path):
     script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
     backends = ["jax", "torch", "tensorflow"]
+    last = len(backends) - 1
     for i, backend in enumerate(backends):
-        last = len(backends) - 1
         result = run_python([script, tmp_path, i, last], backend=backend)
         assert f"ok {backend}" in result.stdout
