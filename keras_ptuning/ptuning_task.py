@@ -24,7 +24,10 @@ class PTuningTask:
       (such as `keras_ptuning.LengthBucketedDataset`), as core Keras models
       do. Its batches are model-ready, so they go straight to Keras:
       keras-hub's own pipeline takes only arrays and `tf.data` datasets, and
-      would run the preprocessor again.
+      would run the preprocessor again. So does any input of a model
+      without a preprocessor: keras-hub's pipeline would only wrap arrays
+      in a `tf.data` pipeline, whose threads compete with a JAX or PyTorch
+      step for the same cores.
     """
 
     @property
@@ -100,20 +103,24 @@ class PTuningTask:
     def _set_trainable_task_heads(self, names):
         pass
 
+    def _straight_to_keras(self, x):
+        """Whether `x` skips keras-hub's preprocessing pipeline."""
+        return isinstance(x, keras.utils.PyDataset) or self.preprocessor is None
+
     def fit(self, x=None, *args, **kwargs):
-        if isinstance(x, keras.utils.PyDataset):
-            return keras.Model.fit(self, x, *args, **kwargs)
         self._check_array_inputs(x)
+        if self._straight_to_keras(x):
+            return keras.Model.fit(self, x, *args, **kwargs)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
-        if isinstance(x, keras.utils.PyDataset):
-            return keras.Model.evaluate(self, x, *args, **kwargs)
         self._check_array_inputs(x)
+        if self._straight_to_keras(x):
+            return keras.Model.evaluate(self, x, *args, **kwargs)
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
-        if isinstance(x, keras.utils.PyDataset):
-            return keras.Model.predict(self, x, *args, **kwargs)
         self._check_array_inputs(x)
+        if self._straight_to_keras(x):
+            return keras.Model.predict(self, x, *args, **kwargs)
         return super().predict(x, *args, **kwargs)

@@ -1,7 +1,10 @@
+from unittest import mock
+
 import keras
 import keras_hub
 import numpy as np
 import pytest
+from keras_hub.src.utils import pipeline_model
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
@@ -80,6 +83,36 @@ def test_encoder_head_reads_pooled_output():
         model.output_dense.bias
     )
     np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-5)
+
+
+def test_model_ready_inputs_skip_keras_hub_pipeline():
+    """Without a preprocessor, `fit`/`evaluate`/`predict` hand arrays
+    straight to Keras: keras-hub's pipeline would only wrap them in
+    `tf.data`, whose threads slow a JAX or PyTorch step (issue 15)."""
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+    )
+    model.compile()
+    inputs = make_inputs(model.model_input_names, batch_size=4, length=5)
+    labels = np.array([0, 1, 0, 1])
+    refused = AssertionError("went through keras-hub's pipeline")
+    with (
+        mock.patch.object(
+            pipeline_model.PipelineModel, "fit", side_effect=refused
+        ),
+        mock.patch.object(
+            pipeline_model.PipelineModel, "evaluate", side_effect=refused
+        ),
+        mock.patch.object(
+            pipeline_model.PipelineModel, "predict", side_effect=refused
+        ),
+    ):
+        history = model.fit(inputs, labels, batch_size=2, verbose=0)
+        loss = model.evaluate(inputs, labels, batch_size=2, verbose=0)
+        logits = model.predict(inputs, batch_size=2, verbose=0)
+    assert model.optimizer.iterations == 2
+    assert np.isfinite(history.history["loss"][0]) and np.isfinite(loss[0])
+    np.testing.assert_allclose(logits, to_numpy(model(inputs)), atol=1e-5)
 
 
 def test_built_at_construction():
