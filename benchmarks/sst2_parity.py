@@ -28,8 +28,14 @@ classifier head (the ablations of the README's parity section).
         --learning-rates 1e-3 --seeds 0 --dropout 0.0
     python benchmarks/sst2_parity.py --encoder LSTM --learning-rates 1e-3
 
-Prints a markdown table (mean ± standard deviation over seeds) and writes
-every run to `--output` (JSON).
+Prints a markdown table (mean ± sample standard deviation over seeds) and
+writes every run to `--output` (JSON) as it finishes. Each keras run records
+the head's initializer and dropout it trained with, defaults included, so
+runs of different settings get their own rows. `--summarize` prints the
+table of one or more earlier `--output` files (they must share the
+protocol: rows, epochs, lengths, batch):
+
+    python benchmarks/sst2_parity.py --summarize a.json b.json
 """
 
 import argparse
@@ -43,6 +49,15 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEMS = ("keras-jax", "keras-torch", "keras-tensorflow", "peft", "probe")
+# What a table's runs must share, and what else sets a row apart.
+PROTOCOL = (
+    "train_rows",
+    "epochs",
+    "sequence_length",
+    "num_virtual_tokens",
+    "batch_size",
+)
+RUN_SETTINGS = PROTOCOL + ("encoder", "head_initializer", "dropout")
 
 
 def parse_args(argv=None):
@@ -85,6 +100,13 @@ def parse_args(argv=None):
         help="dropout before the head (keras systems; default: the library's)",
     )
     parser.add_argument("--output", default="sst2_parity.json")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the table of earlier `--output` files; runs nothing",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -107,6 +129,13 @@ def _initializer(spec):
         return keras.initializers.get(name)
     config = {"stddev": float(stddev)}
     return keras.initializers.get({"class_name": name, "config": config})
+
+
+def _describe(initializer):
+    """An initializer as `--head-initializer` spells it."""
+    config = initializer.get_config()
+    name = type(initializer).__name__
+    return f"{name}:{config['stddev']:g}" if "stddev" in config else name
 
 
 def _model_dir(args):
@@ -154,7 +183,9 @@ def run_keras(args, learning_rate, seed, probe=False):
             ),
             **kwargs,
         )
+        head_initializer = _describe(model.output_dense.kernel_initializer)
         if args.head_initializer is not None:
+            head_initializer = args.head_initializer
             kernel = model.output_dense.kernel
             initializer = _initializer(args.head_initializer)
             kernel.assign(initializer(kernel.shape))
@@ -186,6 +217,10 @@ def run_keras(args, learning_rate, seed, probe=False):
         "trainable_params": int(
             sum(np.prod(v.shape) for v in model.trainable_variables)
         ),
+        # What the head started from and its dropout, library defaults
+        # included, so a table tells runs of different defaults apart.
+        **({} if probe else {"head_initializer": head_initializer}),
+        **({} if probe else {"dropout": model.dropout}),
     }
 
 
@@ -248,8 +283,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return _child(args)
+    if args.summarize:
+        runs = [run for path in args.summarize for run in load_runs(path)]
+        print(summary_table(runs))
+        return
     parent_argv = [a for a in argv if a != "--child"]
     keras_backends = [s[6:] for s in args.systems if s.startswith("keras-")]
+    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
     runs = []
     for learning_rate in args.learning_rates:
         for seed in args.seeds:
@@ -263,10 +303,19 @@ def main(argv=None):
                 result = _run_child(
                     parent_argv, system, learning_rate, seed, backend
                 )
-                result.update(
-                    system=system, learning_rate=learning_rate, seed=seed
-                )
+                # The child's own record of the head wins over the flags.
+                result = {
+                    **settings,
+                    **result,
+                    "system": system,
+                    "learning_rate": learning_rate,
+                    "seed": seed,
+                }
                 runs.append(result)
+                # Written after every run: a long sweep that stops early
+                # keeps what it measured.
+                with open(args.output, "w") as f:
+                    json.dump({"args": vars(args), "runs": runs}, f, indent=1)
                 print(
                     f"{system:17s} lr={learning_rate:g} seed={seed} "
                     f"dev={result['dev_accuracy']:.4f} "
@@ -274,36 +323,77 @@ def main(argv=None):
                     f"{result['fit_seconds']:.0f}s)",
                     flush=True,
                 )
-    with open(args.output, "w") as f:
-        json.dump({"args": vars(args), "runs": runs}, f, indent=1)
-    print(summary_table(runs, args))
+    print(summary_table(runs))
 
 
-def summary_table(runs, args):
-    """Markdown: mean ± std of last-epoch dev accuracy per system and rate."""
+def load_runs(path):
+    """The runs in an `--output` file, each with its run settings."""
+    with open(path) as f:
+        data = json.load(f)
+    settings = {name: data["args"].get(name) for name in RUN_SETTINGS}
+    return [{**settings, **run} for run in data["runs"]]
+
+
+def _label(run):
+    """A table row: the system, with the settings that set it apart."""
+    label = run["system"]
+    details = []
+    if run["encoder"] != "MLP":
+        details.append(f"{run['encoder']} encoder")
+    if run["system"].startswith("keras-"):
+        if run["head_initializer"] is not None:
+            details.append(f"head {run['head_initializer']}")
+        if run["dropout"] is not None:
+            details.append(f"dropout {run['dropout']:g}")
+    return f"{label} ({', '.join(details)})" if details else label
+
+
+def summary_table(runs):
+    """Markdown: mean ± sample standard deviation of the last epoch's dev
+    accuracy over seeds, per system (and settings) and learning rate."""
+    for name in PROTOCOL:
+        values = {run[name] for run in runs}
+        if len(values) > 1:
+            raise ValueError(
+                f"Runs with different `{name}` cannot share a table. "
+                f"Received: {name} in {sorted(values)}"
+            )
+    first = runs[0]
     rates = sorted({r["learning_rate"] for r in runs})
-    systems = [s for s in SYSTEMS if any(r["system"] == s for r in runs)]
+    labels = sorted(
+        {_label(r) for r in runs},
+        key=lambda label: (SYSTEMS.index(label.split(" ")[0]), label),
+    )
+    caption = (
+        f"{first['train_rows']} rows, {first['epochs']} epochs, sequence "
+        f"length {first['sequence_length']}, {first['num_virtual_tokens']} "
+        f"virtual tokens, batch {first['batch_size']}; dev accuracy after "
+        "the last epoch, mean ± standard deviation over seeds (n)"
+    )
     lines = [
-        f"{args.encoder} encoder, {args.train_rows} rows, {args.epochs} "
-        f"epochs, seeds {args.seeds}",
+        caption,
         "",
         "| system | " + " | ".join(f"lr {r:g}" for r in rates) + " |",
         "| --- |" + " --- |" * len(rates),
     ]
-    for system in systems:
+    for label in labels:
         cells = []
         for rate in rates:
             scores = [
                 r["dev_accuracy"]
                 for r in runs
-                if r["system"] == system and r["learning_rate"] == rate
+                if _label(r) == label and r["learning_rate"] == rate
             ]
-            cells.append(
-                f"{np.mean(scores):.3f} ± {np.std(scores):.3f}"
-                if scores
-                else "-"
-            )
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+            if not scores:
+                cells.append("-")
+            elif len(scores) == 1:
+                cells.append(f"{scores[0]:.3f} (1)")
+            else:
+                cells.append(
+                    f"{np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f} "
+                    f"({len(scores)})"
+                )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

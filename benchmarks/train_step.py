@@ -55,8 +55,15 @@ process image so a parent's peak never leaks in):
   warm-up), minus the same pre-training RSS: the steady-state training cost
   without the one-off compilation transient.
 
+`--fit` also times `ptuned` trained by `fit` against `train_on_batch` on
+the same batches (see `measure_fit`): seconds per step and the fixed cost
+of each `fit` call, for keras-hub's `model.fit` (arrays through `tf.data`)
+and `keras.Model.fit`. `--jit-compile true` compiles the Keras variants
+with XLA (JAX, TensorFlow) or `torch.compile` (PyTorch).
+
     KERAS_BACKEND=jax python benchmarks/train_step.py
     KERAS_BACKEND=torch python benchmarks/train_step.py --json out.json
+    KERAS_BACKEND=torch python benchmarks/train_step.py --fit --skip-memory
     KERAS_BACKEND=tensorflow python benchmarks/train_step.py \\
         --rounds 1 --steps-per-round 2 --variants ptuned floor
 """
@@ -79,6 +86,8 @@ import numpy as np
 VARIANTS = ("ptuned", "floor", "plain", "peft")
 WARMUP_STEPS = 2
 NUM_BATCHES = 4
+# `--fit`: one `fit` epoch over the batches repeated this many times.
+FIT_REPEATS = (1, 4)
 LEARNING_RATE = 1e-3
 
 
@@ -94,6 +103,19 @@ def parse_args(argv=None):
         "--skip-memory",
         action="store_true",
         help="skip the per-variant peak-memory subprocesses",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="`jit_compile` of the Keras variants' `compile` (default: the "
+        "backend's own choice; `true` is XLA on JAX/TensorFlow and "
+        "`torch.compile` on PyTorch)",
+    )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="also time `fit` against `train_on_batch` per step (ptuned)",
     )
     parser.add_argument("--json", default=None, help="write results here")
     # Internal: measure one variant's memory and print it as JSON.
@@ -157,6 +179,11 @@ def make_batches(args):
     return batches
 
 
+def jit_compile(args):
+    """`--jit-compile` as `compile`'s argument."""
+    return {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+
+
 def cycle(batches):
     while True:
         yield from batches
@@ -167,8 +194,8 @@ def encoder_param_count(n, d):
     return n * d + 3 * (d * d + d) + (2 * d + 2)
 
 
-def build_keras(variant, args, batches):
-    """A compiled Keras classifier and a function running one train step."""
+def keras_model(variant, args):
+    """The compiled `ptuned` or `floor` classifier, its variables checked."""
     import keras
     import keras_hub
     from keras import ops
@@ -221,7 +248,7 @@ def build_keras(variant, args, batches):
     model = keras_ptuning.PTuningTextClassifier(
         backbone, num_classes=2, prompt_config=config
     )
-    model.compile()
+    model.compile(jit_compile=jit_compile(args))
 
     # Trainable: exactly the prompt (encoder or table) and the head.
     encoder = model.backbone.prompt_encoder
@@ -242,7 +269,12 @@ def build_keras(variant, args, batches):
     assert {id(v) for v in trainable} == {id(v) for v in expected}
     assert len(trainable) == len(expected)
     assert all(layer.built for layer in model._flatten_layers())
+    return model
 
+
+def build_keras(variant, args, batches):
+    """A compiled Keras classifier and a function running one train step."""
+    model = keras_model(variant, args)
     data = cycle(batches)
 
     def step():
@@ -251,6 +283,63 @@ def build_keras(variant, args, batches):
         return float(logs["loss"])  # waits for the device
 
     return step
+
+
+def measure_fit(args, batches):
+    """Seconds per step of `fit` against `train_on_batch` (`ptuned`).
+
+    `fit` runs one epoch over the batches repeated `FIT_REPEATS[0]` and
+    `FIT_REPEATS[1]` times (the same rows, order kept, no shuffle): the
+    slope between the two is `fit`'s cost per step, the intercept its
+    fixed cost per call (data adapter, iterators, callbacks, the first
+    batch's wait). Both `model.fit` (keras-hub's `Task.fit`, which turns
+    arrays into a `tf.data` pipeline) and `keras.Model.fit` (arrays
+    straight to Keras) are timed, interleaved with `train_on_batch` over
+    the same batches, `--rounds` times; medians are reported.
+    """
+    import keras
+
+    model = keras_model("ptuned", args)
+    x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+    y = np.concatenate([b[1] for b in batches])
+    fits = {"model.fit": model.fit, "keras.Model.fit": keras.Model.fit}
+
+    def run_fit(name, repeats):
+        xs = {k: np.concatenate([v] * repeats) for k, v in x.items()}
+        ys = np.concatenate([y] * repeats)
+        fit = fits[name]
+        args_ = (xs, ys) if name == "model.fit" else (model, xs, ys)
+        start = time.perf_counter()
+        fit(*args_, batch_size=args.batch_size, shuffle=False, verbose=0)
+        return time.perf_counter() - start
+
+    def run_train_on_batch():
+        start = time.perf_counter()
+        for xb, yb in batches:
+            float(model.train_on_batch(xb, yb, return_dict=True)["loss"])
+        return (time.perf_counter() - start) / len(batches)
+
+    for name in fits:  # warm up: compile, build the data pipelines
+        run_fit(name, FIT_REPEATS[0])
+    run_train_on_batch()
+    small, large = (r * len(batches) for r in FIT_REPEATS)
+    timings = {name: [] for name in fits}
+    timings["train_on_batch"] = []
+    for _ in range(args.rounds):
+        for name in fits:
+            t_small = run_fit(name, FIT_REPEATS[0])
+            t_large = run_fit(name, FIT_REPEATS[1])
+            per_step = (t_large - t_small) / (large - small)
+            timings[name].append((per_step, t_small - small * per_step))
+        timings["train_on_batch"].append((run_train_on_batch(), 0.0))
+    return {
+        name: {
+            "seconds_per_step": statistics.median(t[0] for t in rounds),
+            "fixed_seconds_per_call": statistics.median(t[1] for t in rounds),
+            "rounds": rounds,
+        }
+        for name, rounds in timings.items()
+    }
 
 
 def build_plain(args, batches):
@@ -310,6 +399,7 @@ def build_plain(args, batches):
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile(args),
     )
     assert len(model.trainable_variables) == 3, model.trainable_variables
     data = cycle(batches)
@@ -428,6 +518,8 @@ def measure_memory(variant, args):
         str(args.num_virtual_tokens),
         "--steps-per-round",
         str(args.steps_per_round),
+        "--jit-compile",
+        args.jit_compile,
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -507,6 +599,7 @@ def main():
     if not args.skip_memory:
         memory = {v: measure_memory(v, args) for v in variants}
     rounds = measure_throughput(variants, args)
+    fit = measure_fit(args, make_batches(args)) if args.fit else None
     results = {
         "backend": backend,
         "machine": machine(),
@@ -538,6 +631,7 @@ def main():
             "ptuned/plain": ratios(rounds, "ptuned", "plain"),
             "ptuned/peft": ratios(rounds, "ptuned", "peft"),
         },
+        "fit": fit,
     }
 
     versions = ", ".join(
@@ -575,6 +669,19 @@ def main():
             print(
                 f"| {backend} | {name} | {ratio['best']:.3f} "
                 f"| {ratio['median']:.3f} |"
+            )
+    if fit:
+        step = fit["train_on_batch"]["seconds_per_step"]
+        print(
+            "\n| backend | ptuned trained by | s/step | fixed s/call "
+            "| s/step vs train_on_batch |"
+        )
+        print("|---|---|---|---|---|")
+        for name, r in fit.items():
+            print(
+                f"| {backend} | {name} | {r['seconds_per_step']:.3f} "
+                f"| {r['fixed_seconds_per_call']:.2f} "
+                f"| {r['seconds_per_step'] / step:.3f} |"
             )
     if args.json:
         with open(args.json, "w") as f:
