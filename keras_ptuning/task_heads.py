@@ -5,6 +5,16 @@ from keras import ops
 
 from keras_ptuning.trainable_tasks import TrainableTasksMixin
 
+# The classifier head's initial kernel: keras-hub's BERT-style text
+# classifiers and HF `*ForSequenceClassification` (what PEFT trains) start
+# their heads at a 0.02 standard deviation, with zero bias.
+HEAD_STDDEV = 0.02
+
+
+def head_kernel_initializer():
+    """The initializer of every classifier head's kernel."""
+    return keras.initializers.TruncatedNormal(stddev=HEAD_STDDEV)
+
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
 class TaskHeads(TrainableTasksMixin, keras.layers.Layer):
@@ -47,6 +57,7 @@ class TaskHeads(TrainableTasksMixin, keras.layers.Layer):
         head = keras.layers.Dense(
             self.units,
             activation=self.activation,
+            kernel_initializer=head_kernel_initializer(),
             dtype=self.dtype_policy,
             name=f"logits_{name}",
         )

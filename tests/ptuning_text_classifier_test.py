@@ -115,6 +115,52 @@ def test_model_ready_inputs_skip_keras_hub_pipeline():
     np.testing.assert_allclose(logits, to_numpy(model(inputs)), atol=1e-5)
 
 
+@pytest.mark.parametrize("task_names", [None, ["a", "b"]])
+def test_head_initialisation_and_dropout_placement(task_names):
+    """Pinned defaults (issue 15): the head's kernel starts at
+    TruncatedNormal(0.02) with zero bias, as keras-hub's BERT classifier and
+    PEFT's HF head; the dropout layer sits between the pooled output and
+    the head with rate 0 by default (the frozen backbone keeps its own
+    dropout), and a rate given drops in training only."""
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](),
+        2,
+        PromptEncoderConfig(NUM_TOKENS),
+        task_names=task_names,
+    )
+    heads = model.output_dense.heads if task_names else [model.output_dense]
+    for head in heads:
+        config = head.get_config()["kernel_initializer"]
+        assert config["class_name"] == "TruncatedNormal", config
+        assert config["config"]["stddev"] == 0.02
+        kernel = to_numpy(head.kernel)
+        assert np.abs(kernel).max() <= 2 * 0.02  # truncated at 2 stddev
+        assert kernel.std() < 0.03  # Glorot's would be ~0.24 for 16 -> 2
+        np.testing.assert_array_equal(to_numpy(head.bias), 0)
+    assert model.output_dropout.rate == 0.0
+    # The dropout layer's output is the head's input.
+    head_input = model.output_dense._inbound_nodes[0].input_tensors[0]
+    assert head_input._keras_history.operation is model.output_dropout
+    dropout_input = model.output_dropout._inbound_nodes[0].input_tensors[0]
+    assert dropout_input._keras_history.operation is model.backbone
+    inputs = make_inputs(model.model_input_names, batch_size=64, length=5)
+    if task_names:
+        inputs["task_id"] = np.zeros(64, "int32")
+    # The tiny backbone has no dropout of its own, so only the head's acts.
+    np.testing.assert_array_equal(
+        to_numpy(model(inputs, training=True)), to_numpy(model(inputs))
+    )
+    model = PTuningTextClassifier(
+        model.backbone, 2, dropout=0.5, task_names=task_names
+    )
+    np.testing.assert_array_equal(
+        to_numpy(model(inputs)), to_numpy(model(inputs))
+    )
+    assert not np.allclose(
+        to_numpy(model(inputs, training=True)), to_numpy(model(inputs))
+    )
+
+
 def test_built_at_construction():
     model = PTuningTextClassifier(
         FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
