@@ -290,6 +290,7 @@ def main(argv=None):
     parent_argv = [a for a in argv if a != "--child"]
     keras_backends = [s[6:] for s in args.systems if s.startswith("keras-")]
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     runs = []
     for learning_rate in args.learning_rates:
         for seed in args.seeds:
