@@ -209,7 +209,7 @@ def run_keras(args, learning_rate, seed, probe=False):
         logits = keras.Model.predict(model, dev, batch_size=256, verbose=0)
         accuracy = float(np.mean(np.argmax(logits, -1) == dev_y))
         history["val_accuracy"].append(accuracy)
-    return {
+    result = {
         "dev_accuracy": history["val_accuracy"][-1],
         "best_dev_accuracy": max(history["val_accuracy"]),
         "history": history,
@@ -217,11 +217,12 @@ def run_keras(args, learning_rate, seed, probe=False):
         "trainable_params": int(
             sum(np.prod(v.shape) for v in model.trainable_variables)
         ),
+    }
+    if not probe:
         # What the head started from and its dropout, library defaults
         # included, so a table tells runs of different defaults apart.
-        **({} if probe else {"head_initializer": head_initializer}),
-        **({} if probe else {"dropout": model.dropout}),
-    }
+        result.update(head_initializer=head_initializer, dropout=model.dropout)
+    return result
 
 
 def run_peft(args, learning_rate, seed):

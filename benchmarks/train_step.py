@@ -69,6 +69,7 @@ with XLA (JAX, TensorFlow) or `torch.compile` (PyTorch).
 """
 
 import argparse
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -272,15 +273,19 @@ def keras_model(variant, args):
     return model
 
 
+def train_on_batch(model, x, y):
+    """One `train_on_batch` step; its loss as a float (waits for the
+    device)."""
+    return float(model.train_on_batch(x, y, return_dict=True)["loss"])
+
+
 def build_keras(variant, args, batches):
     """A compiled Keras classifier and a function running one train step."""
     model = keras_model(variant, args)
     data = cycle(batches)
 
     def step():
-        x, y = next(data)
-        logs = model.train_on_batch(x, y, return_dict=True)
-        return float(logs["loss"])  # waits for the device
+        return train_on_batch(model, *next(data))
 
     return step
 
@@ -300,23 +305,32 @@ def measure_fit(args, batches):
     import keras
 
     model = keras_model("ptuned", args)
-    x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
-    y = np.concatenate([b[1] for b in batches])
-    fits = {"model.fit": model.fit, "keras.Model.fit": keras.Model.fit}
+    fits = {
+        "model.fit": model.fit,
+        "keras.Model.fit": functools.partial(keras.Model.fit, model),
+    }
+    # The arrays of one epoch per repeat count, built once.
+    epochs = {
+        repeats: (
+            {
+                k: np.concatenate([b[0][k] for b in batches] * repeats)
+                for k in batches[0][0]
+            },
+            np.concatenate([b[1] for b in batches] * repeats),
+        )
+        for repeats in FIT_REPEATS
+    }
 
     def run_fit(name, repeats):
-        xs = {k: np.concatenate([v] * repeats) for k, v in x.items()}
-        ys = np.concatenate([y] * repeats)
-        fit = fits[name]
-        args_ = (xs, ys) if name == "model.fit" else (model, xs, ys)
+        x, y = epochs[repeats]
         start = time.perf_counter()
-        fit(*args_, batch_size=args.batch_size, shuffle=False, verbose=0)
+        fits[name](x, y, batch_size=args.batch_size, shuffle=False, verbose=0)
         return time.perf_counter() - start
 
     def run_train_on_batch():
         start = time.perf_counter()
-        for xb, yb in batches:
-            float(model.train_on_batch(xb, yb, return_dict=True)["loss"])
+        for x, y in batches:
+            train_on_batch(model, x, y)
         return (time.perf_counter() - start) / len(batches)
 
     for name in fits:  # warm up: compile, build the data pipelines
