@@ -9,6 +9,12 @@ set -u
 cd "$(dirname "$0")"
 logs=$(mktemp -d)
 start=$(date +%s)
+# The real decoders are converted once per machine into the user cache
+# (about 2 min the first time, nothing after): done here, before the
+# backends start, so that their processes do not all convert at once.
+python -c "from keras_ptuning import presets
+presets.smollm2_preset_dir(); presets.gemma3_preset_dir()" >"$logs/presets.log" 2>&1 \
+  || { echo "=== converting the decoder presets failed:"; tail -5 "$logs/presets.log"; }
 backends=(tensorflow jax torch)
 pids=()
 for backend in "${backends[@]}"; do

@@ -1,6 +1,7 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
 from keras_ptuning import distribution
+from keras_ptuning import keras_hub_fixes
 from keras_ptuning.export import export_saved_model
 from keras_ptuning.length_bucketing import LengthBucketedDataset
 from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
@@ -18,6 +19,8 @@ from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.version import __version__
+
+keras_hub_fixes.apply()
 
 __all__ = [
     "DEFAULT_PLACEHOLDER_ID",
