@@ -5,6 +5,7 @@ A PEFT P-tuning adapter is a directory with `adapter_config.json`
 holding `prompt_embeddings`, the `(num_virtual_tokens, token_dim)` prompt
 PEFT computes from its encoder when saving, plus for a `SEQ_CLS` adapter the
 classifier head (`base_model.classifier.weight` / `.bias`, or `score.*`).
+A `CAUSAL_LM` adapter holds the prompt only and maps to `PTuningCausalLM`.
 PEFT only prepends virtual tokens: adapters interoperate for keras_ptuning
 models in the default prepend placement; models with prompt slots
 (`placeholder_id`) cannot be written as PEFT adapters, and PEFT adapters
