@@ -186,7 +186,8 @@ def plot(results, path):
     figure, (loss_axis, bar_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss = results["history"]["loss"]
     loss_axis.plot(np.arange(1, len(loss) + 1), loss, marker="o")
-    loss_axis.set(title="label-token loss", xlabel="epoch")
+    # Keras divides the weighted sum by every position, not by the labels.
+    loss_axis.set(title="train loss (label token only)", xlabel="epoch")
     loss_axis.xaxis.get_major_locator().set_params(integer=True)
     names = ["before (text prompt)", "after (p-tuned)"]
     values = [results["dev_accuracy_before"], results["dev_accuracy_after"]]
