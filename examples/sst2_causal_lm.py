@@ -72,11 +72,27 @@ def parse_args():
     return parser.parse_args()
 
 
+def text_ids(tokenizer, text):
+    """`text`'s token ids, as a list of ints."""
+    return [int(i) for i in keras.ops.convert_to_numpy(tokenizer(text))]
+
+
+def right_padded(rows, length, pad):
+    """`token_ids` and `padding_mask` of `rows` (lists of ids), each padded
+    on the right to `length`."""
+    token_ids = np.full((len(rows), length), pad, "int32")
+    padding_mask = np.zeros((len(rows), length), "int32")
+    for i, row in enumerate(rows):
+        token_ids[i, : len(row)] = row
+        padding_mask[i, : len(row)] = 1
+    return token_ids, padding_mask
+
+
 def label_token_ids(tokenizer):
     """The label words' token ids; each must be one token."""
     ids = []
     for word in LABEL_WORDS:
-        word_ids = [int(i) for i in keras.ops.convert_to_numpy(tokenizer(word))]
+        word_ids = text_ids(tokenizer, word)
         if len(word_ids) != 1:
             raise ValueError(
                 f"The label word {word!r} is {len(word_ids)} tokens for this "
@@ -89,13 +105,10 @@ def label_token_ids(tokenizer):
 def prompt_ids(preprocessor, sentence, max_sentence_tokens):
     """`[start] Review: <sentence cut to its first tokens> \\nSentiment:`."""
     tokenizer = preprocessor.tokenizer
-
-    def ids(text):
-        return [int(i) for i in keras.ops.convert_to_numpy(tokenizer(text))]
-
     start = [tokenizer.start_token_id] if preprocessor.add_start_token else []
-    sentence = ids(" " + sentence)[:max_sentence_tokens]
-    return start + ids(TEMPLATE[0]) + sentence + ids(TEMPLATE[1])
+    sentence = text_ids(tokenizer, " " + sentence)[:max_sentence_tokens]
+    prefix, suffix = (text_ids(tokenizer, text) for text in TEMPLATE)
+    return start + prefix + sentence + suffix
 
 
 def encode(preprocessor, sentences, labels, label_ids, args):
@@ -108,17 +121,13 @@ def encode(preprocessor, sentences, labels, label_ids, args):
     prompts = [
         prompt_ids(preprocessor, s, args.max_sentence_tokens) for s in sentences
     ]
-    length = max(map(len, prompts)) + 1
-    pad = preprocessor.tokenizer.pad_token_id or 0
-    token_ids = np.full((len(prompts), length), pad, "int32")
-    padding_mask = np.zeros((len(prompts), length), "int32")
-    positions = np.zeros(len(prompts), "int32")
-    for i, (prompt, label) in enumerate(zip(prompts, labels)):
-        n = len(prompt)
-        token_ids[i, :n] = prompt
-        token_ids[i, n] = label_ids[label]
-        padding_mask[i, : n + 1] = 1
-        positions[i] = n - 1
+    rows = [prompt + [label_ids[y]] for prompt, y in zip(prompts, labels)]
+    token_ids, padding_mask = right_padded(
+        rows,
+        max(map(len, rows)),
+        preprocessor.tokenizer.pad_token_id or 0,
+    )
+    positions = np.array([len(prompt) - 1 for prompt in prompts], "int32")
     y = np.roll(token_ids, -1, axis=1)
     sample_weight = np.zeros(token_ids.shape, "float32")
     sample_weight[np.arange(len(prompts)), positions] = 1.0
@@ -157,12 +166,9 @@ def greedy_samples(causal_lm, preprocessor, sentences, args, new_tokens=6):
     prompts = [
         prompt_ids(preprocessor, s, args.max_sentence_tokens) for s in sentences
     ]
-    length = max(map(len, prompts)) + new_tokens
-    token_ids = np.zeros((len(prompts), length), "int32")
-    padding_mask = np.zeros((len(prompts), length), "int32")
-    for i, prompt in enumerate(prompts):
-        token_ids[i, : len(prompt)] = prompt
-        padding_mask[i, : len(prompt)] = 1
+    token_ids, padding_mask = right_padded(
+        prompts, max(map(len, prompts)) + new_tokens, pad=0
+    )
     causal_lm.compile(sampler="greedy")
     # Rows with shorter prompts run on to the batch's end; each is cut to
     # `new_tokens` tokens.
