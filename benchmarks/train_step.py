@@ -55,6 +55,16 @@ process image so a parent's peak never leaks in):
   warm-up), minus the same pre-training RSS: the steady-state training cost
   without the one-off compilation transient.
 
+`--model smollm2` measures the causal-LM train step instead, on the
+frozen SmolLM2-135M-Instruct (`keras_ptuning.presets.smollm2_preset_dir`,
+converted once from its GGUF): `ptuned` is `keras_ptuning.PTuningCausalLM`
+(default MLP encoder, `compile()` defaults) trained with `train_on_batch`
+on next-token targets weighted by the padding mask, and `peft` is
+`transformers.AutoModelForCausalLM` on the same weights wrapped by
+`peft.PromptEncoderConfig(task_type="CAUSAL_LM", ...)` with the same
+targets (`labels`, padding at -100). Both train the same number of
+parameters (asserted). `floor` and `plain` exist for MiniLM only.
+
 `--fit` also times `ptuned` trained by `fit` against `train_on_batch` on
 the same batches (see `measure_fit`): seconds per step and the fixed cost
 of each `fit` call, for keras-hub's `model.fit` (arrays through `tf.data`)
@@ -66,6 +76,8 @@ with XLA (JAX, TensorFlow) or `torch.compile` (PyTorch).
     KERAS_BACKEND=torch python benchmarks/train_step.py --fit --skip-memory
     KERAS_BACKEND=tensorflow python benchmarks/train_step.py \\
         --rounds 1 --steps-per-round 2 --variants ptuned floor
+    KERAS_BACKEND=jax python benchmarks/train_step.py --model smollm2 \\
+        --batch-size 8 --rounds 3 --steps-per-round 3
 """
 
 import argparse
@@ -85,6 +97,7 @@ import unittest.mock
 import numpy as np
 
 VARIANTS = ("ptuned", "floor", "plain", "peft")
+MODELS = {"minilm": VARIANTS, "smollm2": ("ptuned", "peft")}
 WARMUP_STEPS = 2
 NUM_BATCHES = 4
 # `--fit`: one `fit` epoch over the batches repeated this many times.
@@ -94,7 +107,8 @@ LEARNING_RATE = 1e-3
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--model", default="minilm", choices=sorted(MODELS))
+    parser.add_argument("--variants", nargs="+", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--num-virtual-tokens", type=int, default=20)
@@ -122,9 +136,17 @@ def parse_args(argv=None):
     # Internal: measure one variant's memory and print it as JSON.
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.variants) - set(VARIANTS))
+    allowed = MODELS[args.model]
+    if args.variants is None:
+        args.variants = list(allowed)
+    if args.fit and args.model != "minilm":
+        parser.error("--fit is measured on --model minilm only")
+    unknown = sorted(set(args.variants) - set(allowed))
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+        parser.error(
+            f"unknown variants {unknown} for --model {args.model}; choose "
+            f"from {allowed}"
+        )
     return args
 
 
@@ -137,8 +159,8 @@ def peft_available():
     return True
 
 
-def model_dir():
-    """`keras_ptuning.presets.minilm_preset_dir()`, without importing Keras.
+def _presets():
+    """`keras_ptuning.presets`, without importing Keras.
 
     Loads that one module by path rather than through the package, so the
     PEFT memory probe's process holds PyTorch only.
@@ -148,10 +170,59 @@ def model_dir():
     spec = importlib.util.spec_from_file_location("_presets", path)
     presets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(presets)
-    return presets.minilm_preset_dir()
+    return presets
+
+
+def model_dir():
+    """`keras_ptuning.presets.minilm_preset_dir()`, without importing Keras."""
+    return _presets().minilm_preset_dir()
+
+
+def smollm2_dir(format="keras_hub"):
+    """`keras_ptuning.presets.smollm2_preset_dir()`, without Keras."""
+    return _presets().smollm2_preset_dir(format)
 
 
 def make_batches(args):
+    """`NUM_BATCHES` fixed batches of `--model`'s kind: inputs and targets."""
+    if args.model == "smollm2":
+        return make_causal_batches(args)
+    return make_classifier_batches(args)
+
+
+def make_causal_batches(args):
+    """`NUM_BATCHES` fixed right-padded SmolLM2 batches.
+
+    Each is `(inputs, targets, sample_weight)` for `PTuningCausalLM`: token
+    ids and padding mask, the next token at every position, and the mask
+    shifted the same way (the last real token predicts nothing).
+    """
+    with open(os.path.join(smollm2_dir(), "config.json")) as f:
+        vocab_size = json.load(f)["config"]["vocabulary_size"]
+    rng = np.random.default_rng(0)
+    size, length = args.batch_size, args.sequence_length
+    batches = []
+    for _ in range(NUM_BATCHES):
+        lengths = rng.integers(max(2, length // 4), length + 1, size)
+        lengths[0] = length
+        padding_mask = np.arange(length)[None] < lengths[:, None]
+        token_ids = rng.integers(0, vocab_size, (size, length))
+        token_ids = np.where(padding_mask, token_ids, 0).astype("int32")
+        targets = np.concatenate(
+            [token_ids[:, 1:], np.zeros((size, 1), "int32")], axis=1
+        )
+        weight = np.concatenate(
+            [padding_mask[:, 1:], np.zeros((size, 1), bool)], axis=1
+        )
+        inputs = {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask.astype("int32"),
+        }
+        batches.append((inputs, targets, weight.astype("float32")))
+    return batches
+
+
+def make_classifier_batches(args):
     """`NUM_BATCHES` fixed BERT-style batches: inputs (int32) and labels."""
     directory = model_dir()
     with open(os.path.join(directory, "config.json")) as f:
@@ -190,9 +261,10 @@ def cycle(batches):
         yield from batches
 
 
-def encoder_param_count(n, d):
-    """Trainable parameters of PEFT's default MLP encoder + a 2-class head."""
-    return n * d + 3 * (d * d + d) + (2 * d + 2)
+def encoder_param_count(n, d, head=True):
+    """Trainable parameters of PEFT's default MLP encoder (+ a 2-class
+    head)."""
+    return n * d + 3 * (d * d + d) + (2 * d + 2 if head else 0)
 
 
 def keras_model(variant, args):
@@ -273,15 +345,46 @@ def keras_model(variant, args):
     return model
 
 
-def train_on_batch(model, x, y):
+def causal_model(args):
+    """The compiled `PTuningCausalLM` on SmolLM2, its variables checked."""
+    import keras
+    import keras_hub
+
+    import keras_ptuning
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.Backbone.from_preset(smollm2_dir())
+    config = keras_ptuning.PromptEncoderConfig(
+        num_virtual_tokens=args.num_virtual_tokens
+    )
+    model = keras_ptuning.PTuningCausalLM(backbone, config)
+    model.compile(jit_compile=jit_compile(args))
+    trainable = model.trainable_variables
+    encoder = model.backbone.prompt_encoder
+    assert {id(v) for v in trainable} == {
+        id(v) for v in encoder.trainable_variables
+    }
+    count = sum(int(np.prod(v.shape)) for v in trainable)
+    n, d = args.num_virtual_tokens, backbone.hidden_dim
+    assert count == encoder_param_count(n, d, head=False), count
+    return model
+
+
+def train_on_batch(model, x, y, sample_weight=None):
     """One `train_on_batch` step; its loss as a float (waits for the
     device)."""
-    return float(model.train_on_batch(x, y, return_dict=True)["loss"])
+    logs = model.train_on_batch(
+        x, y, sample_weight=sample_weight, return_dict=True
+    )
+    return float(logs["loss"])
 
 
 def build_keras(variant, args, batches):
-    """A compiled Keras classifier and a function running one train step."""
-    model = keras_model(variant, args)
+    """A compiled Keras model and a function running one train step."""
+    if args.model == "smollm2":
+        model = causal_model(args)
+    else:
+        model = keras_model(variant, args)
     data = cycle(batches)
 
     def step():
@@ -425,8 +528,55 @@ def build_plain(args, batches):
     return step
 
 
+def build_peft_causal(args, batches):
+    """HF SmolLM2 + PEFT `CAUSAL_LM` P-tuning in PyTorch, one train step."""
+    import peft
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_dir("transformers"), dtype=torch.float32
+    )
+    hidden = model.config.hidden_size
+    config = peft.PromptEncoderConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=args.num_virtual_tokens,
+        encoder_hidden_size=hidden,
+    )
+    model = peft.get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    expected = encoder_param_count(args.num_virtual_tokens, hidden, False)
+    assert count == expected, count
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    torch_batches = []
+    for x, _, _ in batches:
+        token_ids = torch.from_numpy(x["token_ids"]).long()
+        mask = torch.from_numpy(x["padding_mask"]).long()
+        # transformers shifts `labels` itself: the same targets as ours.
+        labels = token_ids.masked_fill(mask == 0, -100)
+        torch_batches.append(
+            {"input_ids": token_ids, "attention_mask": mask, "labels": labels}
+        )
+    data = cycle(torch_batches)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**next(data)).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def build_peft(args, batches):
     """HF MiniLM + PEFT P-tuning in PyTorch, and one train step."""
+    if args.model == "smollm2":
+        return build_peft_causal(args, batches)
     import peft
     import torch
     import transformers
@@ -524,6 +674,8 @@ def measure_memory(variant, args):
         os.path.abspath(__file__),
         "--memory-probe",
         variant,
+        "--model",
+        args.model,
         "--batch-size",
         str(args.batch_size),
         "--sequence-length",
@@ -655,7 +807,8 @@ def main():
     )
     print(f"\nmachine: {results['machine']}; {versions}")
     print(
-        f"batch {args.batch_size} x {args.sequence_length} tokens + "
+        f"{args.model}: batch {args.batch_size} x {args.sequence_length} "
+        "tokens + "
         f"{args.num_virtual_tokens} virtual, {args.rounds} rounds x "
         f"{args.steps_per_round} steps\n"
     )
