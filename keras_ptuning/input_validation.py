@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 
 def check_inputs(inputs, expected_names, model_name):
@@ -47,9 +48,11 @@ def concrete_numpy(value):
     """`value` as a numpy array, or `None` if it is symbolic (traced).
 
     Inside `jax.jit`, `tf.function` or a functional-model build the values
-    are unknown, and the caller skips value checks.
+    are unknown, and the caller skips value checks. So are the stand-in
+    values (ones) PyTorch's `compute_output_spec` runs a model on, under
+    Keras' symbolic scope.
     """
-    if keras.utils.is_keras_tensor(value):
+    if keras.utils.is_keras_tensor(value) or in_symbolic_scope():
         return None
     if isinstance(value, (np.ndarray, list, tuple)):
         return np.asarray(value)
