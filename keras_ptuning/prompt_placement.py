@@ -27,6 +27,8 @@ from keras_ptuning.backbone_split import SEQUENCE_INPUT_FILL
 
 # The default placeholder id of slot placement: no vocabulary uses it.
 DEFAULT_PLACEHOLDER_ID = -1
+# The multi-task models' input: each row's task index, `(batch,)`.
+TASK_ID = "task_id"
 
 
 def check_placeholder_id(placeholder_id):

@@ -10,8 +10,10 @@ import numpy as np
 from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
+from keras_ptuning.prompt_placement import TASK_ID
 from keras_ptuning.prompt_placement import check_placeholder_id
 from keras_ptuning.vocabulary import check_known
+from keras_ptuning.vocabulary import spaces_word_starts
 
 try:
     import tensorflow as tf
@@ -118,10 +120,15 @@ class PromptTemplate(keras_hub.models.Preprocessor):
     a task model's `preprocessor`. It runs in `tf.data` pipelines and
     eagerly (eager calls return backend tensors).
 
-    Tokenization treats each part on its own: with byte-level BPE
-    tokenizers (GPT-2, RoBERTa), a part preceded by a space in the template
-    is tokenized with a leading space, as it would be inside a sentence;
-    WordPiece and SentencePiece need nothing of the kind.
+    Tokenization treats each part on its own: where words carry the space
+    before them (byte-level BPE such as GPT-2, RoBERTa and Llama 3, and
+    SentencePiece without a dummy prefix such as Gemma's), a part preceded
+    by a space in the template is tokenized with a leading space, as it
+    would be inside a sentence; WordPiece and other SentencePiece models
+    need nothing of the kind. Empty field text gives no tokens.
+
+    A multi-task model's `task_id` passes through: given in a dict input
+    beside the fields, it is output unchanged.
 
     Args:
         template: str. The template.
@@ -210,9 +217,6 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         self.segment_ids = segment_ids
         self._pieces = _parse(template)
         self.field_names = [v for k, v, _ in self._pieces if k == "field"]
-        self._byte_level = isinstance(
-            tokenizer, keras_hub.tokenizers.BytePairTokenizer
-        )
         self._constant_ids = None
         self._packing_function = None
         # A tokenizer being deserialized gets its vocabulary later (from the
@@ -225,6 +229,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         if self._constant_ids is not None:
             return
         tokenizer = self.tokenizer
+        self._spaced = spaces_word_starts(tokenizer)
         self._start_id = self._special_id(
             "start_token_id", self.add_start_token
         )
@@ -289,7 +294,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 )
 
     def _tokenize_constant(self, text, space_before):
-        if self._byte_level and space_before:
+        if self._spaced and space_before:
             text = " " + text
         # Eagerly, even when first called while tracing a tf.data pipeline.
         with tf.init_scope():
@@ -346,6 +351,8 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         """
         if self.segment_ids is None:
             self.segment_ids = "segment_ids" in input_names
+        # `task_id` is not written: it passes through from the input.
+        input_names = [name for name in input_names if name != TASK_ID]
         missing = sorted(set(input_names) - set(self.output_names))
         extra = sorted(set(self.output_names) - set(input_names))
         if missing or extra:
@@ -386,8 +393,13 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         spaces = {v: s for k, v, s in self._pieces if k == "field"}
         for name in self.field_names:
             text = tf.convert_to_tensor(fields[name])
-            if self._byte_level and spaces[name]:
-                text = tf.strings.join([" ", text])
+            if self._spaced and spaces[name]:
+                # Empty text stays empty: a lone space would be a token.
+                text = tf.where(
+                    tf.strings.length(text) > 0,
+                    tf.strings.join([" ", text]),
+                    text,
+                )
             tokens = self.tokenizer(text)
             if not isinstance(tokens, tf.RaggedTensor):
                 tokens = tf.RaggedTensor.from_tensor(tokens)
@@ -458,6 +470,12 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         return outputs
 
     def call(self, x, y=None, sample_weight=None):
+        outputs = self._call(x)
+        if isinstance(x, dict) and TASK_ID in x:
+            outputs[TASK_ID] = x[TASK_ID]
+        return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
+
+    def _call(self, x):
         fields = self._standardize(x)
         if tf.inside_function():
             outputs = self._pack_any_rank(
@@ -489,7 +507,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 k: keras.ops.convert_to_tensor(v[0] if scalar else v)
                 for k, v in outputs.items()
             }
-        return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
+        return outputs
 
     @classmethod
     def from_preset(cls, preset, template, **kwargs):

@@ -14,10 +14,9 @@ from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
+from keras_ptuning.prompt_placement import TASK_ID
 from keras_ptuning.prompt_placement import check_placeholder_id
 from keras_ptuning.prompt_template import PromptTemplate
-
-TASK_ID = "task_id"
 
 
 def model_inputs(input_names):

@@ -3,11 +3,11 @@
 import numbers
 
 import keras
-import keras_hub
 import numpy as np
 from keras import ops
 
 from keras_ptuning.vocabulary import check_known
+from keras_ptuning.vocabulary import word_token_ids
 
 REDUCTIONS = ("mean", "max")
 
@@ -82,11 +82,8 @@ def _word_id(word, class_name, tokenizer):
             "but there is no tokenizer: give the model a preprocessor or use "
             "token ids."
         )
-    text = word
-    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
-        # In a sentence the word follows a space: "Ġgood", not "good".
-        text = " " + word
-    tokens = [int(t) for t in np.asarray(tokenizer(text)).reshape(-1)]
+    # In a sentence the word follows a space: "Ġgood", not "good".
+    tokens = word_token_ids(word, tokenizer)
     if len(tokens) != 1:
         pieces = [tokenizer.id_to_token(t) for t in tokens]
         raise ValueError(

@@ -1,4 +1,7 @@
-"""What a keras-hub tokenizer does with text it does not know."""
+"""What a keras-hub tokenizer does with words: unknown text, spaces."""
+
+import keras_hub
+import numpy as np
 
 
 def unknown_token_id(tokenizer):
@@ -28,3 +31,35 @@ def check_known(ids, text, what, tokenizer):
             f"{name!r} (id {unknown}): the model would read an unknown word, "
             "not this text. Use words of the tokenizer's vocabulary."
         )
+
+
+def _ids(tokenizer, text):
+    return [int(i) for i in np.asarray(tokenizer(text)).reshape(-1)]
+
+
+def spaces_word_starts(tokenizer):
+    """Whether words in running text carry the space before them.
+
+    True for byte-level BPE (`"Ġgood"`) and for SentencePiece models without
+    a dummy prefix (Gemma's `"▁good"`): there a word after a space must be
+    tokenized with that space to get the ids it has inside a sentence. False
+    where spaces only separate words (WordPiece, SentencePiece with a dummy
+    prefix): a leading space changes nothing. Decided by probing the
+    tokenizer with a short phrase.
+    """
+    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
+        return True
+    alone, spaced = _ids(tokenizer, "the"), _ids(tokenizer, " the")
+    return alone != spaced and _ids(tokenizer, "the the") == alone + spaced
+
+
+def word_token_ids(word, tokenizer):
+    """The token ids of `word` where it follows a space in running text.
+
+    The form a label word or an object takes after a template: `" Paris"`
+    for tokenizers that carry spaces (see `spaces_word_starts`), `"Paris"`
+    otherwise. Returns a list of ints (one or more).
+    """
+    if spaces_word_starts(tokenizer):
+        word = " " + word
+    return _ids(tokenizer, word)

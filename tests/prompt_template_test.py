@@ -1,5 +1,8 @@
 """`PromptTemplate`: slots, anchors, masks and truncation, per tokenizer."""
 
+import io
+
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +10,8 @@ import tensorflow as tf
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning.verbalizer import label_word_ids
+from keras_ptuning.vocabulary import spaces_word_starts
+from keras_ptuning.vocabulary import word_token_ids
 from tests.support import bert_tokenizer
 from tests.support import gpt2_tokenizer
 from tests.support import run_on_one_backend
@@ -235,3 +240,67 @@ def test_a_label_word_of_two_classes_is_refused():
         )
     with pytest.raises(ValueError, match=r"token id 5.*\[0, 1\]"):
         label_word_ids([[5, 6], [5]])
+
+
+def _gemma_style_tokenizer():
+    """SentencePiece without a dummy prefix, as Gemma's: a word after a
+    space is its own piece ("▁the"), unlike the same word alone ("the")."""
+    import sentencepiece
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(
+            ["the movie was great", "it was bad", "good movie the the"] * 10
+        ),
+        model_writer=proto,
+        vocab_size=12,
+        model_type="WORD",
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        bos_piece="<bos>",
+        eos_piece="<eos>",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    return keras_hub.tokenizers.GemmaTokenizer(proto=proto.getvalue())
+
+
+def test_which_tokenizers_carry_the_space_before_a_word():
+    assert spaces_word_starts(gpt2_tokenizer())
+    assert spaces_word_starts(_gemma_style_tokenizer())
+    assert not spaces_word_starts(bert_tokenizer())
+    assert not spaces_word_starts(sentencepiece_tokenizer())  # dummy prefix
+    tokenizer = _gemma_style_tokenizer()
+    piece = tokenizer.token_to_id
+    assert word_token_ids("movie", tokenizer) == [piece("▁movie")]
+    assert word_token_ids("movie", bert_tokenizer()) == [6]
+
+
+def test_parts_after_a_space_read_as_running_text_without_dummy_prefix():
+    tokenizer = _gemma_style_tokenizer()
+    piece = tokenizer.token_to_id
+    template = PromptTemplate(
+        "{a} [P] the {b} [P]", tokenizer, 10, add_end_token=False
+    )
+    out = _as_numpy(template({"a": ["the movie"], "b": ["movie"]}))
+    # The same ids as "the movie ... the movie" in a sentence.
+    expected = [2, piece("the"), piece("▁movie"), -1, piece("▁the")]
+    expected += [piece("▁movie"), -1, 0, 0, 0]
+    np.testing.assert_array_equal(out["token_ids"][0], expected)
+
+
+def test_empty_field_text_gives_no_tokens():
+    template = PromptTemplate(
+        "[P] {a} {b} [P]", gpt2_tokenizer(), 6, add_start_token=False
+    )
+    out = _as_numpy(template({"a": ["", "the"], "b": ["the", ""]}))
+    # No lone "Ġ" (id 3) for the empty field.
+    np.testing.assert_array_equal(
+        out["token_ids"], [[-1, 1, -1, 0, 0, 0], [-1, 1, -1, 0, 0, 0]]
+    )
