@@ -15,6 +15,7 @@ from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
+from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.verbalizer import Verbalizer
@@ -33,6 +34,7 @@ __all__ = [
     "PTuningBackbone",
     "PTuningCausalLM",
     "PTuningMaskedLM",
+    "PTuningNextTokenLM",
     "PTuningTextClassifier",
     "TaskHeads",
     "Verbalizer",

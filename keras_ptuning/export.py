@@ -26,12 +26,14 @@ from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
+from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 
 EXPORTABLE = (
     PTuningTextClassifier,
     PTuningCausalLM,
     PTuningMaskedLM,
+    PTuningNextTokenLM,
     PTuningBackbone,
 )
 
@@ -49,7 +51,8 @@ def export_saved_model(model, path, overwrite=False):
     `PTuningTextClassifier` and for a `PTuningMaskedLM` with a verbalizer
     (class scores), `logits` for a `PTuningCausalLM` (the forward pass;
     generation is not exported) and for a `PTuningMaskedLM` without one
-    (vocabulary logits at the masks), and the backbone's outputs
+    (vocabulary logits at the masks), `logits` and `probabilities` of
+    the next token for a `PTuningNextTokenLM`, and the backbone's outputs
     (`sequence_output`, and `pooled_output` where it has one) for a
     `PTuningBackbone`. With prompt slots, `token_ids` carry the placeholder
     id and the graph substitutes the prompt itself. A multi-task model also
@@ -59,7 +62,7 @@ def export_saved_model(model, path, overwrite=False):
 
     Args:
         model: a built `PTuningTextClassifier`, `PTuningCausalLM`,
-            `PTuningMaskedLM` or `PTuningBackbone`.
+            `PTuningMaskedLM`, `PTuningNextTokenLM` or `PTuningBackbone`.
         path: str. The SavedModel directory to write.
         overwrite: bool. Replace `path` if it exists. Defaults to `False`.
 
@@ -77,7 +80,8 @@ def export_saved_model(model, path, overwrite=False):
     if not isinstance(model, EXPORTABLE):
         raise TypeError(
             "`model` must be a PTuningTextClassifier, PTuningCausalLM, "
-            "PTuningMaskedLM or PTuningBackbone. Received: model of type "
+            "PTuningMaskedLM, PTuningNextTokenLM or PTuningBackbone. "
+            "Received: model of type "
             f"{type(model).__name__}"
         )
     if not model.built:
@@ -138,6 +142,8 @@ def _serving_outputs(model, outputs):
         activation = model.activation
         if activation is keras.activations.softmax:
             return {"logits": ops.log(outputs), "probabilities": outputs}
+        return {"logits": outputs, "probabilities": ops.softmax(outputs)}
+    if isinstance(model, PTuningNextTokenLM):
         return {"logits": outputs, "probabilities": ops.softmax(outputs)}
     if isinstance(model, (PTuningCausalLM, PTuningMaskedLM)):
         return {"logits": outputs}

@@ -27,6 +27,7 @@ from keras_ptuning.adapter import float32_numpy
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 
 CONFIG_NAME = "adapter_config.json"
@@ -165,8 +166,8 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     prompt and the classifier head are written.
 
     Args:
-        model: a `PTuningTextClassifier`, `PTuningCausalLM` or
-            `PTuningBackbone`.
+        model: a `PTuningTextClassifier`, `PTuningCausalLM`,
+            `PTuningNextTokenLM` or `PTuningBackbone`.
         directory: where to write `adapter_config.json` and
             `adapter_model.safetensors` (created if needed).
         base_model_name_or_path: optional, recorded in the config as PEFT
@@ -195,6 +196,8 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     task_type = {
         PTuningTextClassifier: "SEQ_CLS",
         PTuningCausalLM: "CAUSAL_LM",
+        # The same prompt, read at the last token only.
+        PTuningNextTokenLM: "CAUSAL_LM",
     }.get(type(model), "FEATURE_EXTRACTION")
     config = {
         "peft_type": "P_TUNING",

@@ -27,7 +27,9 @@ class PTuningTask:
       would run the preprocessor again. So does any input of a model
       without a preprocessor: keras-hub's pipeline would only wrap arrays
       in a `tf.data` pipeline, whose threads compete with a JAX or PyTorch
-      step for the same cores.
+      step for the same cores. Nor does a dict holding every model input
+      (`token_ids`, ...: already preprocessed, e.g. by calling the
+      preprocessor once), which would not be raw input for it anyway.
     """
 
     @property
@@ -105,7 +107,14 @@ class PTuningTask:
 
     def _straight_to_keras(self, x):
         """Whether `x` skips keras-hub's preprocessing pipeline."""
-        return isinstance(x, keras.utils.PyDataset) or self.preprocessor is None
+        model_ready = isinstance(x, dict) and set(
+            self.model_input_names
+        ) <= set(x)
+        return (
+            isinstance(x, keras.utils.PyDataset)
+            or self.preprocessor is None
+            or model_ready
+        )
 
     def fit(self, x=None, *args, **kwargs):
         self._check_array_inputs(x)

@@ -3,7 +3,8 @@ state, each holding a prompt that a silently re-initialised encoder cannot
 reproduce.
 
 Kinds: `PTuningBackbone` (Llama: RoPE), `PTuningTextClassifier` (BERT),
-`PTuningCausalLM` (GPT-2) and `PTuningMaskedLM` (BERT with its LM head).
+`PTuningCausalLM` (GPT-2), `PTuningMaskedLM` (BERT with its LM head) and
+`PTuningNextTokenLM` (Gemma: scaled embeddings).
 States:
 
 - `encoder`: the prompt encoder in use.
@@ -24,12 +25,13 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
+from keras_ptuning import PTuningNextTokenLM
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning import load_peft_adapter
 from keras_ptuning import save_peft_adapter
 from tests.backbones import FAMILIES
 
-KINDS = ("backbone", "classifier", "causal_lm", "masked_lm")
+KINDS = ("backbone", "classifier", "causal_lm", "masked_lm", "next_token_lm")
 STATES = ("encoder", "table", "peft_table", "slots", "multi_task")
 # Combinations that do not exist, and why.
 NOT_OFFERED = {
@@ -71,6 +73,13 @@ def _build(kind, placeholder_id=None, task_names=None):
     if kind == "causal_lm":
         return PTuningCausalLM(
             FAMILIES["gpt2"](),
+            CONFIG,
+            placeholder_id=placeholder_id,
+            task_names=task_names,
+        )
+    if kind == "next_token_lm":
+        return PTuningNextTokenLM(
+            FAMILIES["gemma"](),
             CONFIG,
             placeholder_id=placeholder_id,
             task_names=task_names,

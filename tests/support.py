@@ -17,6 +17,7 @@ from keras import ops
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
+from keras_ptuning import PTuningNextTokenLM
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning import export_saved_model
 from tests.backbones import VOCABULARY_SIZE
@@ -239,6 +240,8 @@ def expected_served_outputs(model, inputs):
         return {"logits": outputs, "probabilities": _softmax(outputs)}
     if isinstance(model, PTuningMaskedLM):
         return {"logits": np.log(outputs), "probabilities": outputs}
+    if isinstance(model, PTuningNextTokenLM):
+        return {"logits": outputs, "probabilities": _softmax(outputs)}
     if isinstance(model, PTuningCausalLM):
         return {"logits": outputs}
     if isinstance(outputs, dict):
@@ -318,3 +321,30 @@ def model_input_names(model):
     if isinstance(model, PTuningBackbone):
         return model.input_names
     return model.model_input_names
+
+
+def byte_level_llama3_tokenizer(words):
+    """A Llama 3 (SmolLM2-style) byte-level tokenizer: every byte, plus
+    each of `words` (spaces as written) as one token."""
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    byte_chars = list(bytes_to_unicode()[1])
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocabulary = {token: i for i, token in enumerate(specials)}
+    for char in byte_chars:
+        vocabulary.setdefault(char, len(vocabulary))
+    merges = []
+    for word in words:
+        word = word.replace(" ", "Ġ")
+        for end in range(2, len(word) + 1):
+            merge = f"{word[: end - 1]} {word[end - 1]}"
+            if merge not in merges:  # Words may share a prefix.
+                merges.append(merge)
+            vocabulary.setdefault(word[:end], len(vocabulary))
+    return keras_hub.models.Llama3Tokenizer(
+        vocabulary=vocabulary,
+        merges=merges,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        misc_special_tokens={"<|endoftext|>"},
+    )
