@@ -1,12 +1,14 @@
-"""Loading GLUE SST-2, the default P-tuning benchmark data."""
+"""Loading GLUE SST-2 (the default P-tuning benchmark data) and LAMA."""
 
 import csv
+import json
 import os
 
 import keras
 
 SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SST2_SPLITS = ("train", "dev")
+LAMA_SPLITS = ("train", "dev")
 DATA_DIR_ENV = "KERAS_PTUNING_DATA"
 
 
@@ -69,3 +71,40 @@ def load_sst2(split, data_dir=None, max_rows=None):
             sentences.append(row["sentence"].strip())
             labels.append(int(row["label"]))
     return sentences, labels
+
+
+def find_lama_dir(data_dir=None):
+    """Returns a directory holding LAMA T-REx's `train.jsonl` and `dev.jsonl`.
+
+    Looks at `data_dir`, at `../shared/data/lama` from the working
+    directory, and at `$KERAS_PTUNING_DATA/lama`. The split (50% train, 15%
+    dev of each relation's LAMA T-REx facts; see that directory's README)
+    has no public download.
+    """
+    candidates = [os.path.join("..", "shared", "data", "lama")]
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    if env_dir:
+        candidates.append(os.path.join(env_dir, "lama"))
+    if data_dir is not None:
+        candidates = [data_dir]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "dev.jsonl")):
+            return candidate
+    raise FileNotFoundError(
+        "No LAMA train.jsonl/dev.jsonl in "
+        f"{candidates}: pass data_dir or set ${DATA_DIR_ENV} to a directory "
+        "with a `lama` subdirectory."
+    )
+
+
+def load_lama(split, data_dir=None):
+    """Reads one LAMA T-REx split: a list of dicts with `uid`, `rel_id`,
+    `subj`, `input` (the manual template, `[MASK]` for the object) and
+    `output` (the object)."""
+    if split not in LAMA_SPLITS:
+        raise ValueError(
+            f"`split` must be one of {LAMA_SPLITS}. Received: split={split!r}"
+        )
+    path = os.path.join(find_lama_dir(data_dir), f"{split}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

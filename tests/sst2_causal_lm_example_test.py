@@ -10,12 +10,12 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 import keras_ptuning
 from keras_ptuning.datasets import load_sst2
 from tests.backbones import _ROPE
 from tests.support import REPO_ROOT
+from tests.support import byte_level_llama3_tokenizer
 from tests.support import run_on_one_backend
 from tests.support import run_python
 
@@ -27,34 +27,13 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "examples"))
 import sst2_causal_lm  # noqa: E402
 
 
-def _byte_level_tokenizer():
-    """Every byte, plus the label words as single tokens."""
-    byte_chars = list(bytes_to_unicode()[1])
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocabulary = {token: i for i, token in enumerate(specials)}
-    for char in byte_chars:
-        vocabulary.setdefault(char, len(vocabulary))
-    merges = []
-    for word in ("Ġpositive", "Ġnegative"):
-        for end in range(2, len(word) + 1):
-            merges.append(f"{word[: end - 1]} {word[end - 1]}")
-            vocabulary.setdefault(word[:end], len(vocabulary))
-    return keras_hub.models.Llama3Tokenizer(
-        vocabulary=vocabulary,
-        merges=merges,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        misc_special_tokens={"<|endoftext|>"},
-    )
-
-
 @run_on_one_backend(
     "tensorflow",
     "the example runs in a JAX child process; TensorFlow's suite ends "
     "first, and its checks of the child's numbers cross backends",
 )
 def test_sst2_causal_lm_example_on_a_tiny_preset(tmp_path):
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_llama3_tokenizer([" positive", " negative"])
     backbone = keras_hub.models.Llama3Backbone(
         **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
         tie_word_embeddings=True,

@@ -1,0 +1,147 @@
+"""The LAMA example, on a tiny random Llama 3 saved as a preset with
+SmolLM2's kind of tokenizer, and a few facts written like LAMA's."""
+
+import json
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_ptuning
+from tests.backbones import _ROPE
+from tests.support import REPO_ROOT
+from tests.support import byte_level_llama3_tokenizer
+from tests.support import run_on_one_backend
+from tests.support import run_python
+
+# A child process.
+pytestmark = pytest.mark.slow
+
+OBJECTS = [" France", " Spain", " English", " French"]
+RELATIONS = {
+    # "Germany" is not one token of the tiny vocabulary: dropped.
+    "P17": ("{} is located in [MASK] .", ["France", "Spain", "Germany"]),
+    "P37": ("The official language of {} is [MASK] .", ["English", "French"]),
+}
+
+
+def _facts(split, count):
+    rows = []
+    for relation, (template, objects) in RELATIONS.items():
+        for i in range(count):
+            subject = f"{split} place {i}"
+            rows.append(
+                {
+                    "uid": f"{relation}-{split}-{i}",
+                    "rel_id": relation,
+                    "subj": subject,
+                    "input": template.format(subject),
+                    "output": objects[i % len(objects)],
+                }
+            )
+    return rows
+
+
+def _write(directory, split, rows):
+    with open(directory / f"{split}.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+@run_on_one_backend(
+    "tensorflow",
+    "the example runs in a JAX child process; its multi-task file is "
+    "loaded back here, across backends",
+)
+def test_lama_example_on_a_tiny_preset(tmp_path):
+    tokenizer = byte_level_llama3_tokenizer(OBJECTS)
+    backbone = keras_hub.models.Llama3Backbone(
+        **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
+        tie_word_embeddings=True,
+    )
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
+        tokenizer, add_start_token=False
+    )
+    preset = str(tmp_path / "tiny_llama3")
+    causal_lm = keras_hub.models.Llama3CausalLM(backbone, preprocessor)
+    causal_lm.save_to_preset(preset)
+    data = tmp_path / "lama"
+    data.mkdir()
+    train, dev = _facts("train", 9), _facts("dev", 6)
+    _write(data, "train", train)
+    _write(data, "dev", dev)
+    output_dir = tmp_path / "run"
+    run_python(
+        [
+            os.path.join(REPO_ROOT, "examples", "lama_ptuning.py"),
+            *("--preset", preset, "--relations", "all"),
+            *("--data-dir", str(data), "--output-dir", str(output_dir)),
+            *("--epochs", "2", "--batch-size", "4", "--slots", "2"),
+            *("--min-epoch-facts", "8", "--multi-task"),
+        ],
+        backend="jax",
+        timeout=600,
+    )
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert results["backend"] == "jax"
+    assert sorted(results["relations"]) == ["P17", "P37"]
+    p17, p37 = results["relations"]["P17"], results["relations"]["P37"]
+    assert p17["facts_kept"] == {
+        "train": 6,
+        "train_total": 9,
+        "dev": 4,
+        "dev_total": 6,
+    }
+    assert p37["facts_kept"]["train"] == 9 and p37["facts_kept"]["dev"] == 6
+    assert p17["template"] == "{subject} is located in [MASK] ."
+    # Train P17 objects kept: France x3, Spain x3 -> the first most common.
+    assert p17["majority_object"] == "France"
+    dev_p17 = [f for f in dev if f["rel_id"] == "P17"]
+    kept = [f for f in dev_p17 if f["output"] != "Germany"]
+    assert p17["majority_p1"] == pytest.approx(
+        np.mean([f["output"] == "France" for f in kept])
+    )
+    for entry in (p17, p37):
+        assert entry["training"]["epochs_run"] == 2
+        for key in ("manual_p1", "ptuning_p1", "multi_task_p1"):
+            assert 0.0 <= entry[key] <= 1.0
+    assert set(results["macro"]) >= {"manual_p1", "ptuning_p1"}
+    assert results["macro"]["majority_p1"] == pytest.approx(
+        (p17["majority_p1"] + p37["majority_p1"]) / 2
+    )
+
+    # The manual prompt's P@1, from keras-hub's own full logits at the last
+    # token of the manual text.
+    hits = []
+    for fact in kept:
+        ids = np.asarray(tokenizer(fact["input"].split(" [MASK]")[0]))
+        logits = keras.ops.convert_to_numpy(
+            causal_lm({"token_ids": ids[None], "padding_mask": ids[None] > -1})
+        )
+        hits.append(
+            logits[0, -1].argmax()
+            == tokenizer.token_to_id("Ġ" + fact["output"])
+        )
+    assert p17["manual_p1"] == pytest.approx(np.mean(hits))
+
+    # The multi-task model: one file, loaded on this backend, predicting
+    # what the example scored.
+    model = keras.saving.load_model(output_dir / "multi_task.keras")
+    assert isinstance(model, keras_ptuning.PTuningNextTokenLM)
+    assert model.backbone.task_names == ["P17", "P37"]
+    top = model.predict_top_k(
+        {
+            "head": [""] * len(kept),
+            "subject": [f["subj"] for f in kept],
+            "tail": ["is located in"] * len(kept),
+            "task_id": np.zeros(len(kept), "int32"),
+        },
+        top_k=1,
+    )
+    objects = model.target_ids([f["output"] for f in kept])
+    assert p17["multi_task_p1"] == pytest.approx(
+        np.mean(top["token_ids"][:, 0] == objects)
+    )
+    assert (output_dir / "lama_p1.png").stat().st_size > 0
