@@ -229,7 +229,10 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         if self._constant_ids is not None:
             return
         tokenizer = self.tokenizer
-        self._spaced = spaces_word_starts(tokenizer)
+        # Eagerly, even when first called while tracing a tf.data pipeline
+        # (a deserialized template gets its vocabulary late).
+        with tf.init_scope():
+            self._spaced = spaces_word_starts(tokenizer)
         self._start_id = self._special_id(
             "start_token_id", self.add_start_token
         )
