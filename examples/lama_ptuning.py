@@ -509,9 +509,8 @@ def main(argv=None):
         else:
             prefix = kept["template"].split("[MASK]")[0].strip()
             texts = [prefix.replace("{subject}", f["subj"]) for f in dev]
-            entry["manual_p1"] = p_at_1(
-                manual.top1(texts, args.batch_size), dev
-            )
+            manual_top1 = manual.top1(texts, args.batch_size)
+            entry["manual_p1"] = p_at_1(manual_top1, dev)
             counts = collections.Counter(f["output"] for f in kept["train"])
             majority, _ = counts.most_common(1)[0]
             entry["majority_object"] = majority
@@ -523,9 +522,15 @@ def main(argv=None):
             )
             trainer.reset()
             entry["training"] = trainer.fit(train, val, relation_anchors)
-            entry["ptuning_p1"] = p_at_1(
-                trainer.top1(dev, relation_anchors), dev
-            )
+            ptuning_top1 = trainer.top1(dev, relation_anchors)
+            entry["ptuning_p1"] = p_at_1(ptuning_top1, dev)
+            # Per dev fact: its object's token id and each prompt's top-1.
+            entry["dev_predictions"] = {
+                "uid": [f["uid"] for f in dev],
+                "object_id": [int(f["object_id"]) for f in dev],
+                "manual": [int(i) for i in manual_top1],
+                "ptuning": [int(i) for i in ptuning_top1],
+            }
         entry["seconds"] = round(time.time() - start, 1)
         results["relations"][relation] = entry
         write_results(results, results_path)

@@ -112,19 +112,26 @@ def test_lama_example_on_a_tiny_preset(tmp_path):
         (p17["majority_p1"] + p37["majority_p1"]) / 2
     )
 
-    # The manual prompt's P@1, from keras-hub's own full logits at the last
-    # token of the manual text.
-    hits = []
+    # The manual prompt's top-1 for every kept dev fact, from keras-hub's
+    # own full logits at the last token of the manual text.
+    predictions = p17["dev_predictions"]
+    assert predictions["uid"] == [f["uid"] for f in kept]
+    expected = []
     for fact in kept:
         ids = np.asarray(tokenizer(fact["input"].split(" [MASK]")[0]))
         logits = keras.ops.convert_to_numpy(
             causal_lm({"token_ids": ids[None], "padding_mask": ids[None] > -1})
         )
-        hits.append(
-            logits[0, -1].argmax()
-            == tokenizer.token_to_id("Ġ" + fact["output"])
-        )
-    assert p17["manual_p1"] == pytest.approx(np.mean(hits))
+        expected.append(int(logits[0, -1].argmax()))
+    assert predictions["manual"] == expected
+    objects = [tokenizer.token_to_id("Ġ" + f["output"]) for f in kept]
+    assert predictions["object_id"] == objects
+    assert p17["manual_p1"] == pytest.approx(
+        np.mean(np.array(expected) == objects)
+    )
+    assert p17["ptuning_p1"] == pytest.approx(
+        np.mean(np.array(predictions["ptuning"]) == objects)
+    )
 
     # The multi-task model: one file, loaded on this backend, predicting
     # what the example scored.
