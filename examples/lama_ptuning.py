@@ -55,8 +55,9 @@ MODELS = {
     "gemma3": presets.gemma3_preset_dir,
 }
 # The default subset: six relations of different kinds (countries,
-# languages, companies, places, continents), about 20 minutes on a 2-core
-# CPU with SmolLM2. `--relations all` runs the 41.
+# languages, companies, places, continents). With SmolLM2 on the 2-core CPU
+# a relation took 2-4 min in the all-relations run (plus 2-3 min of
+# compilation once), so about 20 minutes. `--relations all` runs the 41.
 DEFAULT_RELATIONS = ["P17", "P30", "P37", "P103", "P176", "P1376"]
 TEMPLATE = "[P:{k}] {{head}} {{subject}} [P:{k}] {{tail}} [P:{k}]"
 
