@@ -528,9 +528,39 @@ def build_plain(args, batches):
     return step
 
 
+def peft_train_step(model, task_type, args, torch_batches, head=True):
+    """Wraps an HF model with PEFT P-tuning (trainable count checked) and
+    returns one eager train step over `torch_batches`, cycled."""
+    import peft
+    import torch
+
+    hidden = model.config.hidden_size
+    config = peft.PromptEncoderConfig(
+        task_type=task_type,
+        num_virtual_tokens=args.num_virtual_tokens,
+        encoder_hidden_size=hidden,
+    )
+    model = peft.get_peft_model(model, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    expected = encoder_param_count(args.num_virtual_tokens, hidden, head)
+    assert count == expected, count
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    data = cycle(torch_batches)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**next(data)).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def build_peft_causal(args, batches):
     """HF SmolLM2 + PEFT `CAUSAL_LM` P-tuning in PyTorch, one train step."""
-    import peft
     import torch
     import transformers
 
@@ -539,19 +569,6 @@ def build_peft_causal(args, batches):
     model = transformers.AutoModelForCausalLM.from_pretrained(
         smollm2_dir("transformers"), dtype=torch.float32
     )
-    hidden = model.config.hidden_size
-    config = peft.PromptEncoderConfig(
-        task_type="CAUSAL_LM",
-        num_virtual_tokens=args.num_virtual_tokens,
-        encoder_hidden_size=hidden,
-    )
-    model = peft.get_peft_model(model, config)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in params)
-    expected = encoder_param_count(args.num_virtual_tokens, hidden, False)
-    assert count == expected, count
-    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
     torch_batches = []
     for x, _, _ in batches:
         token_ids = torch.from_numpy(x["token_ids"]).long()
@@ -561,23 +578,13 @@ def build_peft_causal(args, batches):
         torch_batches.append(
             {"input_ids": token_ids, "attention_mask": mask, "labels": labels}
         )
-    data = cycle(torch_batches)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(**next(data)).loss
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return peft_train_step(model, "CAUSAL_LM", args, torch_batches, False)
 
 
 def build_peft(args, batches):
     """HF MiniLM + PEFT P-tuning in PyTorch, and one train step."""
     if args.model == "smollm2":
         return build_peft_causal(args, batches)
-    import peft
     import torch
     import transformers
 
@@ -586,18 +593,6 @@ def build_peft(args, batches):
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         model_dir(), num_labels=2
     )
-    hidden = model.config.hidden_size
-    config = peft.PromptEncoderConfig(
-        task_type="SEQ_CLS",
-        num_virtual_tokens=args.num_virtual_tokens,
-        encoder_hidden_size=hidden,
-    )
-    model = peft.get_peft_model(model, config)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in params)
-    assert count == encoder_param_count(args.num_virtual_tokens, hidden), count
-    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
     torch_batches = [
         {
             "input_ids": torch.from_numpy(x["token_ids"]).long(),
@@ -607,16 +602,7 @@ def build_peft(args, batches):
         }
         for x, y in batches
     ]
-    data = cycle(torch_batches)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(**next(data)).loss
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
+    return peft_train_step(model, "SEQ_CLS", args, torch_batches)
 
 
 def build(variant, args, batches):
