@@ -104,6 +104,9 @@ class CausalLMView:
         first_segment_length: int or `None`. The cache's first length
             (see `cache_segment_ends`). `None` decodes in one segment over
             the whole length, as keras-hub does.
+        shared_prefix: `None` (computed on every call) or the virtual
+            tokens' `(hidden_states, cache)` for one row from
+            `shared_prefix_for`, e.g. kept as constants in an export.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class CausalLMView:
         model,
         split_prefill=True,
         first_segment_length=None,
+        shared_prefix=None,
     ):
         self._class = causal_lm_class
+        self.shared_prefix = shared_prefix
         self._model = model
         self.split_prefill = split_prefill
         embedding = VirtualTokenEmbedding(
@@ -152,12 +157,10 @@ class CausalLMView:
             return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
-        _, cache = self.empty_cache(token_ids[:1])
-        _, prefix_hidden, cache = self.call_with_cache(
-            token_ids=token_ids[:1, :num_tokens],
-            cache=cache,
-            cache_update_index=0,
-        )
+        if self.shared_prefix is None:
+            prefix_hidden, cache = self.compute_shared_prefix(token_ids[:1])
+        else:
+            prefix_hidden, cache = self.shared_prefix
         cache = tree.map_structure(
             lambda x: ops.repeat(x, batch_size, axis=0), cache
         )
@@ -169,6 +172,40 @@ class CausalLMView:
         prefix_hidden = ops.repeat(prefix_hidden, batch_size, axis=0)
         hidden_states = ops.concatenate([prefix_hidden, hidden_states], 1)
         return hidden_states, cache
+
+    def compute_shared_prefix(self, token_ids):
+        """The virtual tokens' hidden states and cache for one row.
+
+        Args:
+            token_ids: `(1, length)` ids starting with the N virtual ids;
+                `length` is the cache's (first segment's) length.
+
+        Returns `(hidden_states, cache)`: `(1, N, hidden_dim)` and the
+        family's cache for one row, filled at the first N positions.
+        """
+        num_tokens = self.virtual_token_ids.shape[0]
+        _, cache = self.empty_cache(token_ids)
+        _, hidden_states, cache = self.call_with_cache(
+            token_ids=token_ids[:, :num_tokens],
+            cache=cache,
+            cache_update_index=0,
+        )
+        return hidden_states, cache
+
+    def shared_prefix_for(self, total_length):
+        """`compute_shared_prefix` for sequences of `total_length` ids (the
+        virtual ones included), at the cache length `_build_cache` starts
+        with; `None` without a shared prefix. Runs the model."""
+        if not self.split_prefill:
+            return None
+        token_ids = ops.zeros((1, total_length), "int32")
+        if isinstance(self.sampler, SegmentedSampler):
+            token_ids = token_ids[:, : self.sampler.segment_ends(token_ids)[0]]
+        num_tokens = self.virtual_token_ids.shape[0]
+        token_ids = ops.concatenate(
+            [self.virtual_token_ids[None], token_ids[:, num_tokens:]], 1
+        )
+        return self.compute_shared_prefix(token_ids)
 
     def empty_cache(self, token_ids):
         """The family's zero cache (layout, dtype) for `token_ids`' shape.

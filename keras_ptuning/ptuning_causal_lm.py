@@ -139,7 +139,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
                     self.preprocessor = preprocessor
         return super().generate(inputs, *args, **kwargs)
 
-    def generate_step(self, inputs, stop_token_ids=None):
+    def generate_step(self, inputs, stop_token_ids=None, shared_prefix=None):
         """One compilable generation pass over a batch; see `CausalLM`.
 
         Prepends the virtual-token ids to `token_ids` (and ones to
@@ -148,6 +148,9 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         slot placement the k-th placeholder of each row becomes the k-th
         virtual-token id instead, and turns back into the placeholder in
         the result. A multi-task model gives each row its task's ids.
+        `shared_prefix` is `None` or what `shared_prefix(max_length)`
+        returned for this batch's `max_length` (the virtual tokens' cache,
+        then not recomputed).
         """
         ptuning = self.backbone
         injection = ptuning.prompt_injection
@@ -158,7 +161,35 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         table, first = injection.source.prompts(
             inputs.get(TASK_ID), training=False
         )
-        view = CausalLMView(
+        view = self._causal_lm_view(table, shared_prefix)
+        placement = ptuning.placement
+        extended = placement.virtual_token_inputs(
+            inputs, view.vocabulary_size + first, num_tokens
+        )
+        outputs = view.generate_step(extended, stop_token_ids=stop_token_ids)
+        return placement.generated_outputs(
+            outputs, view.vocabulary_size, num_tokens
+        )
+
+    def shared_prefix(self, max_length):
+        """The virtual tokens' hidden states and KV cache for one row.
+
+        Every sequence starts with the same virtual tokens, which see only
+        each other: their keys and values can be computed once, for
+        batches of `max_length` real tokens, and given back to
+        `generate_step`. `None` where sequences do not share them (prompt
+        slots, several tasks).
+        """
+        ptuning = self.backbone
+        if ptuning.uses_slots or ptuning.is_multi_task:
+            return None
+        table, _ = ptuning.prompt_injection.source.prompts(None, training=False)
+        view = self._causal_lm_view(table)
+        return view.shared_prefix_for(max_length + ptuning.num_virtual_tokens)
+
+    def _causal_lm_view(self, table, shared_prefix=None):
+        ptuning = self.backbone
+        return CausalLMView(
             ptuning.causal_lm_class,
             ptuning.backbone,
             table,
@@ -167,14 +198,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
             # One shared prefix is computed once and tiled over the batch.
             split_prefill=not (ptuning.uses_slots or ptuning.is_multi_task),
             first_segment_length=cached_decoding.FIRST_SEGMENT_LENGTH,
-        )
-        placement = ptuning.placement
-        extended = placement.virtual_token_inputs(
-            inputs, view.vocabulary_size + first, num_tokens
-        )
-        outputs = view.generate_step(extended, stop_token_ids=stop_token_ids)
-        return placement.generated_outputs(
-            outputs, view.vocabulary_size, num_tokens
+            shared_prefix=shared_prefix,
         )
 
 
