@@ -22,6 +22,7 @@ from tests.support import check_exports_in_tensorflow_only_process
 from tests.support import export_from_this_backend
 from tests.support import model_input_names
 from tests.support import run_models_eagerly
+from tests.support import run_on_one_backend
 from tests.support import served_inputs
 from tests.support import to_numpy
 
@@ -88,8 +89,10 @@ def exported(tmp_path_factory):
 
 
 def _export_and_serve(tmp_path):
-    models = {kind: build() for kind, build in _models().items()}
-    models["prompt_table"] = _prompt_table_model()
+    models = {}
+    if BACKEND == "tensorflow":
+        models = {kind: build() for kind, build in _models().items()}
+        models["prompt_table"] = _prompt_table_model()
     for case in MATRIX_CASES:
         models[_matrix_name(case)] = build_matrix_model(*case)
     tables = {name: model_table(m) for name, m in models.items()}
@@ -112,7 +115,18 @@ def _export_and_serve(tmp_path):
     }
 
 
-@pytest.mark.slow  # TensorFlow child processes
+# JAX and PyTorch export the matrix's one case per kind (below) and a
+# causal LM with text signatures through `export_saved_model`
+# (`serving_test.py`): the graph TensorFlow traces from a `.keras` file is
+# the same whichever backend wrote it.
+ONLY_FROM_TENSORFLOW = run_on_one_backend(
+    "tensorflow",
+    "JAX and PyTorch export the round-trip matrix's one case per kind",
+)
+
+
+@pytest.mark.slow  # exports and a TensorFlow-only process
+@ONLY_FROM_TENSORFLOW
 @pytest.mark.parametrize("kind", sorted(_models()))
 def test_export_is_served_by_tensorflow_alone(kind, exported):
     model, table_before, result, _ = exported[kind]
@@ -147,7 +161,8 @@ def model_table(model):
     return to_numpy(model._ptuning_backbone().prompt_injection.prompt_table)
 
 
-@pytest.mark.slow  # TensorFlow child processes
+@pytest.mark.slow  # exports and a TensorFlow-only process
+@ONLY_FROM_TENSORFLOW
 def test_export_holds_the_prompt_table_not_the_encoder(exported):
     model, _, result, _ = exported["prompt_table"]
     shapes = result["variable_shapes"]
@@ -158,7 +173,12 @@ def test_export_holds_the_prompt_table_not_the_encoder(exported):
             assert difference < 1e-4, name
 
 
-@pytest.mark.slow  # a TensorFlow child process from JAX and PyTorch
+@pytest.mark.slow  # an export
+@run_on_one_backend(
+    "tensorflow",
+    "path handling is the same Python on every backend; serving_test.py "
+    "exports through the child process from JAX and PyTorch",
+)
 def test_existing_path_and_bad_arguments(tmp_path):
     model = _models()["backbone_distil_bert"]()
     path = tmp_path / "exported"

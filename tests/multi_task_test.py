@@ -130,7 +130,12 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
     assert int(to_numpy(loaded.optimizer.iterations)) == 4
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+# Both position kinds in segments (the default); one cache for RoPE.
+@pytest.mark.parametrize(
+    "family,cache_segments",
+    [("gpt2", "segments"), ("llama", "segments"), ("llama", "one_segment")],
+    indirect=["cache_segments"],
+)
 def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
     lm = PTuningCausalLM(
         FAMILIES[family](),

@@ -214,7 +214,12 @@ def test_keras_round_trip_adapter_and_peft_refusal(tmp_path):
     assert not (tmp_path / "peft").exists()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+# Both position kinds in segments (the default); one cache for RoPE.
+@pytest.mark.parametrize(
+    "family,cache_segments",
+    [("gpt2", "segments"), ("llama", "segments"), ("llama", "one_segment")],
+    indirect=["cache_segments"],
+)
 def test_slot_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     """Slots inside the prompt: cached greedy generation equals re-running
     the full p-tuned forward pass on the growing sequence."""

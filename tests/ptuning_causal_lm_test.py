@@ -53,6 +53,19 @@ def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
     )
 
 
+# Every family decodes over a cache grown in segments (the default, and
+# each family's cache layout is grown by our code); one cache over the
+# whole length (keras-hub's own loop on the same split prefill) for a
+# learned-position family and a RoPE one.
+CACHED_GREEDY_CASES = [(f, "segments") for f in sorted(CAUSAL)] + [
+    ("gpt2", "one_segment"),
+    ("llama", "one_segment"),
+]
+
+
+@pytest.mark.parametrize(
+    "family,cache_segments", CACHED_GREEDY_CASES, indirect=True
+)
 def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     """Batched prompts of different lengths, right padded as keras-hub does;
     decoded over one cache, and over a cache grown in segments (the longest
@@ -109,7 +122,22 @@ SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+# Plain-loop samplers decode in segments (the default), and two of them
+# (a deterministic and a seeded one) also in one cache as keras-hub does;
+# beam samplers run their own loop, in one segment whatever the setting.
+SAMPLER_CASES = [
+    (sampler, "segments")
+    for sampler in sorted(SAMPLERS)
+    if not sampler.startswith("beam")
+] + [
+    (sampler, "one_segment")
+    for sampler in ("beam_1", "beam_3", "top_k_1", "top_k_seeded")
+]
+
+
+@pytest.mark.parametrize(
+    "sampler,cache_segments", SAMPLER_CASES, indirect=["cache_segments"]
+)
 def test_keras_hub_samplers_decode_what_keras_hub_decodes(
     sampler, cache_segments
 ):

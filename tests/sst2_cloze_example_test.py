@@ -12,6 +12,7 @@ import keras_ptuning  # noqa: F401  (registers the classes for loading)
 from tests.backbones import FAMILIES
 from tests.support import REPO_ROOT
 from tests.support import bert_tokenizer
+from tests.support import run_on_one_backend
 from tests.support import run_python
 
 # Real checkpoints, real data or child processes of other backends.
@@ -20,6 +21,11 @@ pytestmark = pytest.mark.slow
 SST2_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "sst2")
 
 
+@run_on_one_backend(
+    "tensorflow",
+    "the example's masked-LM path is tested on every backend in "
+    "ptuning_masked_lm_test.py; here its script runs once",
+)
 def test_sst2_cloze_example_on_a_tiny_preset(tmp_path):
     preset = str(tmp_path / "tiny_bert_mlm")
     preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
