@@ -349,6 +349,16 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.prompt_injection.prompt_table.assign(ops.cast(table, "float32"))
         self.prompt_injection.set_prompt_source("table")
 
+    def check_decoder(self, model_name):
+        """Raises unless this is a decoder-only backbone with a keras-hub
+        `CausalLM` (what `model_name`, a causal task model, runs on)."""
+        if self.causal_lm_class is None:
+            raise ValueError(
+                f"`{model_name}` needs a decoder-only backbone with a "
+                "keras-hub `CausalLM`. Received: "
+                f"{type(self.backbone).__name__}"
+            )
+
     def check_preprocessor(self, preprocessor, input_names=None):
         """Raises if `preprocessor` does not fit this backbone.
 

@@ -78,12 +78,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         backbone = PTuningBackbone.wrap(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
-        if backbone.causal_lm_class is None:
-            raise ValueError(
-                "`PTuningCausalLM` needs a decoder-only backbone with a "
-                "keras-hub `CausalLM`. Received: "
-                f"{type(backbone.backbone).__name__}"
-            )
+        backbone.check_decoder(type(self).__name__)
         backbone.check_preprocessor(preprocessor)
 
         # === Layers ===

@@ -2,7 +2,6 @@
 
 import keras
 import keras_hub
-import numpy as np
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
@@ -12,6 +11,8 @@ from keras_ptuning.ptuning_task import PTuningTask
 from keras_ptuning.verbalizer import REDUCTIONS
 from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.verbalizer import label_word_ids
+from keras_ptuning.vocabulary import check_top_k
+from keras_ptuning.vocabulary import top_k_tokens
 
 
 def _serialize_head_task(masked_lm):
@@ -255,16 +256,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             `token_ids`, `probabilities` and, with a tokenizer, `tokens`
             (`None` for ids past the tokenizer's vocabulary).
         """
-        vocabulary_size = self.backbone.token_embedding.input_dim
-        if (
-            isinstance(top_k, bool)
-            or not isinstance(top_k, int)
-            or not 1 <= top_k <= vocabulary_size
-        ):
-            raise ValueError(
-                f"`top_k` must be an int in [1, {vocabulary_size}]. "
-                f"Received: top_k={top_k!r}"
-            )
+        check_top_k(top_k, self.backbone.token_embedding.input_dim)
         x = self._model_inputs(inputs)
         self.backbone.check_inputs(
             x, self.model_input_names, type(self).__name__
@@ -277,20 +269,8 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             outputs, mask_positions=ops.convert_to_tensor(x["mask_positions"])
         )
         probabilities = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-        values, indices = ops.top_k(probabilities, top_k)
-        result = {
-            "token_ids": np.asarray(ops.convert_to_numpy(indices)),
-            "probabilities": np.asarray(ops.convert_to_numpy(values)),
-        }
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
-        if tokenizer is not None:
-            known = tokenizer.vocabulary_size()
-            # Embedding tables can be padded beyond the tokenizer's vocabulary.
-            result["tokens"] = np.vectorize(
-                lambda i: tokenizer.id_to_token(int(i)) if i < known else None,
-                otypes=[object],
-            )(result["token_ids"])
-        return result
+        return top_k_tokens(probabilities, top_k, tokenizer)
 
     def get_config(self):
         config = super().get_config()

@@ -11,7 +11,9 @@ from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
-from keras_ptuning.vocabulary import word_token_ids
+from keras_ptuning.vocabulary import check_top_k
+from keras_ptuning.vocabulary import single_token_id
+from keras_ptuning.vocabulary import top_k_tokens
 
 
 def last_token_states(hidden_states, padding_mask):
@@ -94,12 +96,7 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         backbone = PTuningBackbone.wrap(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
-        if backbone.causal_lm_class is None:
-            raise ValueError(
-                "`PTuningNextTokenLM` needs a decoder-only backbone with a "
-                "keras-hub `CausalLM`. Received: "
-                f"{type(backbone.backbone).__name__}"
-            )
+        backbone.check_decoder(type(self).__name__)
         backbone.check_preprocessor(preprocessor)
 
         # === Layers ===
@@ -179,14 +176,7 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
                     "Every target word must be a non-empty string. Received: "
                     f"{word!r}"
                 )
-            tokens = word_token_ids(word, tokenizer)
-            if len(tokens) != 1:
-                pieces = [tokenizer.id_to_token(t) for t in tokens]
-                raise ValueError(
-                    f"Each target word must be one token. The word {word!r} "
-                    f"tokenizes to {len(tokens)} tokens: {pieces}."
-                )
-            ids.append(tokens[0])
+            ids.append(single_token_id(word, tokenizer, "target word"))
         return np.asarray(ids, "int32")
 
     def _model_inputs(self, inputs):
@@ -214,34 +204,13 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             `probabilities` and, with a tokenizer, `tokens` (`None` for ids
             past the tokenizer's vocabulary).
         """
-        vocabulary_size = self.backbone.token_embedding.input_dim
-        if (
-            isinstance(top_k, bool)
-            or not isinstance(top_k, int)
-            or not 1 <= top_k <= vocabulary_size
-        ):
-            raise ValueError(
-                f"`top_k` must be an int in [1, {vocabulary_size}]. "
-                f"Received: top_k={top_k!r}"
-            )
+        check_top_k(top_k, self.backbone.token_embedding.input_dim)
         x = self._model_inputs(inputs)
         x = {name: x[name] for name in self.model_input_names}
         self.backbone.check_values(x)
         logits = keras.Model.predict(self, x, batch_size=batch_size, verbose=0)
         probabilities = ops.softmax(ops.convert_to_tensor(logits), axis=-1)
-        values, indices = ops.top_k(probabilities, top_k)
-        result = {
-            "token_ids": np.asarray(ops.convert_to_numpy(indices)),
-            "probabilities": np.asarray(ops.convert_to_numpy(values)),
-        }
-        tokenizer = self._tokenizer()
-        if tokenizer is not None:
-            known = tokenizer.vocabulary_size()
-            result["tokens"] = np.vectorize(
-                lambda i: tokenizer.id_to_token(int(i)) if i < known else None,
-                otypes=[object],
-            )(result["token_ids"])
-        return result
+        return top_k_tokens(probabilities, top_k, self._tokenizer())
 
 
 def _check_template(preprocessor):

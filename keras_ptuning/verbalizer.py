@@ -6,8 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ptuning.vocabulary import check_known
-from keras_ptuning.vocabulary import word_token_ids
+from keras_ptuning.vocabulary import single_token_id
 
 REDUCTIONS = ("mean", "max")
 
@@ -83,16 +82,9 @@ def _word_id(word, class_name, tokenizer):
             "token ids."
         )
     # In a sentence the word follows a space: "Ġgood", not "good".
-    tokens = word_token_ids(word, tokenizer)
-    if len(tokens) != 1:
-        pieces = [tokenizer.id_to_token(t) for t in tokens]
-        raise ValueError(
-            f"Each label word must be one token of the vocabulary. The word "
-            f"{word!r} (class {class_name!r}) tokenizes to {len(tokens)} "
-            f"tokens: {pieces}. Choose another word."
-        )
-    check_known(tokens, word, f"label word (class {class_name!r})", tokenizer)
-    return tokens[0]
+    return single_token_id(
+        word, tokenizer, "label word", f" (class {class_name!r})"
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")

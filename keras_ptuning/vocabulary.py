@@ -1,7 +1,9 @@
-"""What a keras-hub tokenizer does with words: unknown text, spaces."""
+"""What a keras-hub tokenizer does with words: unknown text, spaces, and
+the most likely tokens of a prediction."""
 
 import keras_hub
 import numpy as np
+from keras import ops
 
 
 def unknown_token_id(tokenizer):
@@ -63,3 +65,55 @@ def word_token_ids(word, tokenizer):
     if spaces_word_starts(tokenizer):
         word = " " + word
     return _ids(tokenizer, word)
+
+
+def single_token_id(word, tokenizer, noun, context=""):
+    """The one token id of `word` after a space in running text (see
+    `word_token_ids`); raises if it is more than one token or unknown.
+    `noun` and `context` name the word in errors: `"label word"`,
+    `" (class 'neg')"`."""
+    tokens = word_token_ids(word, tokenizer)
+    if len(tokens) != 1:
+        pieces = [tokenizer.id_to_token(t) for t in tokens]
+        raise ValueError(
+            f"Each {noun} must be one token of the vocabulary. The {noun} "
+            f"{word!r}{context} tokenizes to {len(tokens)} tokens: {pieces}. "
+            "Choose another word."
+        )
+    check_known(tokens, word, noun + context, tokenizer)
+    return tokens[0]
+
+
+def check_top_k(top_k, vocabulary_size):
+    """Raises unless `top_k` is an int in `[1, vocabulary_size]`."""
+    if (
+        isinstance(top_k, bool)
+        or not isinstance(top_k, int)
+        or not 1 <= top_k <= vocabulary_size
+    ):
+        raise ValueError(
+            f"`top_k` must be an int in [1, {vocabulary_size}]. "
+            f"Received: top_k={top_k!r}"
+        )
+
+
+def top_k_tokens(probabilities, top_k, tokenizer=None):
+    """The `top_k` most likely tokens of each row of `probabilities`.
+
+    Returns a dict of numpy arrays `(..., top_k)`: `token_ids`,
+    `probabilities` (descending) and, with a tokenizer, `tokens` (`None`
+    for ids past the tokenizer's vocabulary: embedding tables can be padded
+    beyond it).
+    """
+    values, indices = ops.top_k(probabilities, top_k)
+    result = {
+        "token_ids": np.asarray(ops.convert_to_numpy(indices)),
+        "probabilities": np.asarray(ops.convert_to_numpy(values)),
+    }
+    if tokenizer is not None:
+        known = tokenizer.vocabulary_size()
+        result["tokens"] = np.vectorize(
+            lambda i: tokenizer.id_to_token(int(i)) if i < known else None,
+            otypes=[object],
+        )(result["token_ids"])
+    return result

@@ -1,7 +1,5 @@
 """`PromptTemplate`: slots, anchors, masks and truncation, per tokenizer."""
 
-import io
-
 import keras_hub
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from keras_ptuning.vocabulary import word_token_ids
 from tests.support import bert_tokenizer
 from tests.support import gpt2_tokenizer
 from tests.support import run_on_one_backend
+from tests.support import sentencepiece_proto
 from tests.support import sentencepiece_tokenizer
 from tests.support import to_numpy
 
@@ -245,30 +244,16 @@ def test_a_label_word_of_two_classes_is_refused():
 def _gemma_style_tokenizer():
     """SentencePiece without a dummy prefix, as Gemma's: a word after a
     space is its own piece ("▁the"), unlike the same word alone ("the")."""
-    import sentencepiece
-
-    proto = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(
-            ["the movie was great", "it was bad", "good movie the the"] * 10
-        ),
-        model_writer=proto,
-        vocab_size=12,
-        model_type="WORD",
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        pad_piece="<pad>",
-        unk_piece="<unk>",
+    proto = sentencepiece_proto(
+        ["the movie was great", "it was bad", "good movie the the"],
+        12,
         bos_piece="<bos>",
         eos_piece="<eos>",
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
-        minloglevel=2,
     )
-    return keras_hub.tokenizers.GemmaTokenizer(proto=proto.getvalue())
+    return keras_hub.tokenizers.GemmaTokenizer(proto=proto)
 
 
 def test_which_tokenizers_carry_the_space_before_a_word():

@@ -4,8 +4,6 @@ tensorflow_text's ops load."""
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import keras_hub
@@ -26,6 +24,7 @@ from tests.support import BACKEND
 from tests.support import bert_tokenizer
 from tests.support import byte_level_llama3_tokenizer
 from tests.support import run_on_one_backend
+from tests.support import run_tensorflow_only
 
 # One string, then three of different lengths: empty, longer than every
 # sequence length (truncated by the preprocessor) and short.
@@ -244,15 +243,7 @@ def served(tmp_path_factory):
             if isinstance(model, PTuningCausalLM)
             else [],
         }
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    result = subprocess.run(
-        [sys.executable, "-c", TEXT_SERVER, json.dumps(cases)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_tensorflow_only(TEXT_SERVER, cases)
     return {k: (m, b, results[k]) for k, (m, b) in models.items()}
 
 
@@ -260,6 +251,7 @@ def _json_value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+@pytest.mark.slow  # exports and a TensorFlow-only process
 @pytest.mark.parametrize(
     "name",
     [
@@ -296,6 +288,7 @@ def test_text_signature_serves_what_predict_returns(name, served):
             )
 
 
+@pytest.mark.slow  # exports and a TensorFlow-only process
 def test_generate_signature_is_greedy_generate_token_for_token(served):
     model, batches, result = served["causal_lm"]
     model.compile(sampler="greedy")
@@ -345,6 +338,7 @@ def test_text_export_refuses_what_it_cannot_serve(tmp_path):
     assert not os.path.exists(path)
 
 
+@pytest.mark.slow  # traces a causal LM's text signatures
 @run_on_one_backend("tensorflow", "fails the export in this process")
 def test_failed_text_export_leaves_nothing_and_the_model_as_it_was(
     tmp_path, monkeypatch

@@ -166,16 +166,17 @@ def gpt2_tokenizer():
     )
 
 
-def sentencepiece_tokenizer():
+def sentencepiece_proto(sentences, vocab_size, **options):
+    """A word-level SentencePiece model trained on `sentences` (ten times
+    over), ids 0-3 for pad, unknown, start and end; `options` go to the
+    trainer. Returns the serialized proto."""
     import sentencepiece
 
     proto = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(
-            ["the movie was great", "it was bad", "good movie"] * 10
-        ),
+        sentence_iterator=iter(sentences * 10),
         model_writer=proto,
-        vocab_size=13,
+        vocab_size=vocab_size,
         model_type="WORD",
         pad_id=0,
         unk_id=1,
@@ -183,12 +184,21 @@ def sentencepiece_tokenizer():
         eos_id=3,
         pad_piece="<pad>",
         unk_piece="<unk>",
+        minloglevel=2,
+        **options,
+    )
+    return proto.getvalue()
+
+
+def sentencepiece_tokenizer():
+    proto = sentencepiece_proto(
+        ["the movie was great", "it was bad", "good movie"],
+        13,
         bos_piece="[CLS]",
         eos_piece="[SEP]",
         user_defined_symbols="[MASK]",
-        minloglevel=2,
     )
-    return keras_hub.tokenizers.AlbertTokenizer(proto=proto.getvalue())
+    return keras_hub.tokenizers.AlbertTokenizer(proto=proto)
 
 
 # Runs in a fresh interpreter where keras, keras_hub and keras_ptuning cannot
@@ -305,16 +315,22 @@ def check_exports_in_tensorflow_only_process(exports, tmp_path):
                 **{f"out_{k}": np.asarray(v) for k, v in expected.items()},
             )
             cases[path].append(name)
+    results = run_tensorflow_only(TF_ONLY_CHECK, cases)
+    return [results[path] for _, path in exports]
+
+
+def run_tensorflow_only(script, argument):
+    """Runs `python -c script JSON` (`argument` as JSON) with no Keras
+    backend set; returns what its last line of output holds (JSON)."""
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     result = subprocess.run(
-        [sys.executable, "-c", TF_ONLY_CHECK, json.dumps(cases)],
+        [sys.executable, "-c", script, json.dumps(argument)],
         env=env,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
-    return [results[path] for _, path in exports]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def model_input_names(model):
