@@ -74,11 +74,13 @@ def test_training_on_the_object_token_lowers_its_loss_and_not_the_backbone():
     x = {"subject": ["the", "the the", "t", "th the"]}
     # The object token after the template: one id a row ("Ġthe").
     y = np.full(4, GPT2_VOCAB["Ġthe"], "int32")
-    before = model.evaluate(x, y, verbose=0, return_dict=True)
-    # 25 steps in one epoch: keras-hub sets up its pipeline once.
-    repeated = {"subject": x["subject"] * 25}
+    # Tokenized once: model-ready arrays go straight to Keras (no tf.data
+    # pipeline a call; text through the template is tested above).
+    ready = {k: to_numpy(v) for k, v in template(x).items()}
+    before = model.evaluate(ready, y, verbose=0, return_dict=True)
+    repeated = {k: np.tile(v, (25, 1)) for k, v in ready.items()}
     model.fit(repeated, np.tile(y, 25), epochs=1, batch_size=4, verbose=0)
-    after = model.evaluate(x, y, verbose=0, return_dict=True)
+    after = model.evaluate(ready, y, verbose=0, return_dict=True)
     # A tiny random decoder's logits span a few tenths (small tied
     # embeddings), so the loss can only fall a little; the ranking can move.
     assert after["loss"] < before["loss"] - 0.05
