@@ -11,7 +11,11 @@ first (unless the model already runs on its collapsed table): the
 SavedModel holds the `(num_virtual_tokens, token_dim)` prompt table, not
 the MLP/LSTM.
 
-    python -m keras_ptuning.export MODEL.keras OUTPUT_DIR [MODEL OUTPUT ...]
+    python -m keras_ptuning.export [--include-preprocessing]
+        [--max-length N] MODEL.keras OUTPUT_DIR [MODEL OUTPUT ...]
+
+(`--max-length` is the `generate` signature's, for the causal LMs among
+the models.)
 """
 
 import os
@@ -375,6 +379,8 @@ def _generate_signature(model, max_length):
     import tensorflow as tf
 
     preprocessor = model.preprocessor
+    if max_length is None:
+        max_length = preprocessor.sequence_length
     tokenizer = preprocessor.tokenizer
     stop_token_ids = [tokenizer.end_token_id]
     # As keras-hub's `generate(stop_token_ids="auto")`.
