@@ -56,7 +56,7 @@ def export_saved_model(
     whose outputs are named: `logits` and `probabilities` for a
     `PTuningTextClassifier` and for a `PTuningMaskedLM` with a verbalizer
     (class scores), `logits` for a `PTuningCausalLM` (the forward pass;
-    generation is not exported) and for a `PTuningMaskedLM` without one
+    see below for generation) and for a `PTuningMaskedLM` without one
     (vocabulary logits at the masks), `logits` and `probabilities` of
     the next token for a `PTuningNextTokenLM`, and the backbone's outputs
     (`sequence_output`, and `pooled_output` where it has one) for a
