@@ -236,13 +236,18 @@ def _export_in_tensorflow_process(
         )
 
 
+def _predicts_classes(model):
+    """Whether `model` scores classes: a classifier, or a masked LM with a
+    verbalizer."""
+    return isinstance(model, PTuningTextClassifier) or (
+        isinstance(model, PTuningMaskedLM) and model.verbalizer is not None
+    )
+
+
 def _serving_outputs(model, outputs):
     from keras import ops
 
-    classes = isinstance(model, PTuningTextClassifier) or (
-        isinstance(model, PTuningMaskedLM) and model.verbalizer is not None
-    )
-    if classes:
+    if _predicts_classes(model):
         activation = model.activation
         if activation is keras.activations.softmax:
             return {"logits": ops.log(outputs), "probabilities": outputs}
@@ -361,9 +366,7 @@ def _text_signature(model):
     def serve_text(inputs):
         x = _preprocess(model, inputs)
         outputs = _serving_outputs(model, model(x, training=False))
-        if "probabilities" in outputs and not isinstance(
-            model, PTuningNextTokenLM
-        ):
+        if _predicts_classes(model):
             outputs["label"] = tf.argmax(
                 outputs["probabilities"], -1, output_type=tf.int32
             )
