@@ -150,9 +150,7 @@ class CausalLMView:
         prefilled at index N. Returns `(hidden_states, cache)`.
         """
         self._build_cache_args = (args, kwargs)
-        if isinstance(self.sampler, SegmentedSampler):
-            first_end = self.sampler.segment_ends(token_ids)[0]
-            token_ids = token_ids[:, :first_end]
+        token_ids = self._first_segment(token_ids)
         if not self.split_prefill:
             return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
@@ -172,6 +170,13 @@ class CausalLMView:
         prefix_hidden = ops.repeat(prefix_hidden, batch_size, axis=0)
         hidden_states = ops.concatenate([prefix_hidden, hidden_states], 1)
         return hidden_states, cache
+
+    def _first_segment(self, token_ids):
+        """`token_ids` cut to the cache's first length (all of it without
+        segments): what `_build_cache` prefills."""
+        if isinstance(self.sampler, SegmentedSampler):
+            return token_ids[:, : self.sampler.segment_ends(token_ids)[0]]
+        return token_ids
 
     def compute_shared_prefix(self, token_ids):
         """The virtual tokens' hidden states and cache for one row.
@@ -198,9 +203,7 @@ class CausalLMView:
         with; `None` without a shared prefix. Runs the model."""
         if not self.split_prefill:
             return None
-        token_ids = ops.zeros((1, total_length), "int32")
-        if isinstance(self.sampler, SegmentedSampler):
-            token_ids = token_ids[:, : self.sampler.segment_ends(token_ids)[0]]
+        token_ids = self._first_segment(ops.zeros((1, total_length), "int32"))
         num_tokens = self.virtual_token_ids.shape[0]
         token_ids = ops.concatenate(
             [self.virtual_token_ids[None], token_ids[:, num_tokens:]], 1
