@@ -205,39 +205,67 @@ class ManualPrompt:
 
 
 class BestPrompt(keras.callbacks.Callback):
-    """Early stopping on validation P@1 (ties: lower loss), restoring the
-    best epoch's trainable weights only (the backbone never changes)."""
+    """Early stopping on validation P@1 (ties: lower loss), one prompt at a
+    time: after every epoch each group of validation rows scores the
+    trainable variables of its own prompt, each group keeps its best
+    epoch's values, and training stops once every group has gone
+    `patience` epochs without improving. One group (every row, every
+    trainable variable) is plain early stopping; a multi-task model has one
+    group per task, so each task's prompt stops at its own best epoch as
+    it would if trained alone. The backbone never changes.
 
-    def __init__(self, patience):
+    Args:
+        patience: epochs without improvement before a group is done.
+        x: padded validation inputs (one batch shape).
+        y: the object token ids of the real validation rows.
+        groups: list of `(rows, variables)`: indices into `y` and the
+            variables that group's score selects.
+        batch_size: the batch size of `x`.
+    """
+
+    def __init__(self, patience, x, y, groups, batch_size):
         super().__init__()
         self.patience = patience
+        self.x, self.y, self.groups = x, y, groups
+        self.batch_size = batch_size
 
     def on_train_begin(self, logs=None):
-        self.best, self.best_weights, self.best_epoch, self.wait = (
-            None,
-            None,
-            0,
-            0,
-        )
+        n = len(self.groups)
+        self.best = [None] * n
+        self.best_weights = [None] * n
+        self.best_epoch = [0] * n
+        self.wait = [0] * n
 
     def on_epoch_end(self, epoch, logs=None):
-        score = (logs["val_accuracy"], -logs["val_loss"])
-        if self.best is None or score > self.best:
-            self.best, self.best_epoch, self.wait = score, epoch + 1, 0
-            self.best_weights = [
-                keras.ops.convert_to_numpy(v)
-                for v in self.model.trainable_variables
-            ]
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.model.stop_training = True
+        logits = self.model.predict(
+            self.x, batch_size=self.batch_size, verbose=0
+        )
+        logits = np.asarray(logits, "float64")[: len(self.y)]
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        rows = np.arange(len(self.y))
+        hit = logits.argmax(-1) == self.y
+        loss = -log_probs[rows, self.y]
+        for g, (members, variables) in enumerate(self.groups):
+            score = (float(hit[members].mean()), -float(loss[members].mean()))
+            if self.best[g] is None or score > self.best[g]:
+                self.best[g], self.best_epoch[g], self.wait[g] = (
+                    score,
+                    epoch + 1,
+                    0,
+                )
+                self.best_weights[g] = [
+                    keras.ops.convert_to_numpy(v) for v in variables
+                ]
+            else:
+                self.wait[g] += 1
+        if min(self.wait) >= self.patience:
+            self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        for variable, value in zip(
-            self.model.trainable_variables, self.best_weights
-        ):
-            variable.assign(value)
+        for (_, variables), values in zip(self.groups, self.best_weights):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
 
 
 class PromptTrainer:
@@ -294,41 +322,72 @@ class PromptTrainer:
         return x
 
     def fit(self, train, val, relation_anchors, task_ids=None):
+        """Trains on `train` with early stopping on `val`.
+
+        An epoch repeats each relation's facts up to `--min-epoch-facts`
+        (so a small relation trains as many steps in a mixed run as alone)
+        and, with `task_ids`, each relation's prompt keeps its own best
+        epoch by its own validation facts."""
         args = self.args
         rng = np.random.default_rng(args.seed)
-        order = rng.permutation(len(train))
-        repeats = -(-args.min_epoch_facts // len(order))
-        order = np.concatenate([rng.permutation(order) for _ in range(repeats)])
+        by_relation = collections.defaultdict(list)
+        for i, fact in enumerate(train):
+            by_relation[fact["rel_id"]].append(i)
+        parts = []
+        for indices in by_relation.values():
+            indices = rng.permutation(np.asarray(indices))
+            repeats = -(-args.min_epoch_facts // len(indices))
+            parts += [rng.permutation(indices) for _ in range(repeats)]
+        order = np.concatenate(parts)
+        if len(by_relation) > 1:
+            order = rng.permutation(order)
         # Full batches only: repeat a few facts to fill the last one.
         order = np.concatenate([order, order[: -len(order) % args.batch_size]])
         train = [train[i] for i in order]
         x = self.inputs(train, relation_anchors, task_ids)
         y = np.asarray([f["object_id"] for f in train], "int32")
-        val_x, n = padded(
-            dict(
-                self.inputs(val, relation_anchors, task_ids),
-                y=np.asarray([f["object_id"] for f in val], "int32"),
-            ),
-            args.batch_size,
+        val_x, _ = padded(
+            self.inputs(val, relation_anchors, task_ids), args.batch_size
         )
-        val_y = val_x.pop("y")
-        weights = (np.arange(len(val_y)) < n).astype("float32")
-        best = BestPrompt(args.patience)
+        val_y = np.asarray([f["object_id"] for f in val], "int32")
+        if task_ids is None:
+            groups = [
+                (np.arange(len(val)), self.model.trainable_variables),
+            ]
+            names = [None]
+        else:
+            names = sorted({f["rel_id"] for f in val}, key=task_ids.get)
+            encoders = self.encoder.encoders
+            groups = [
+                (
+                    np.asarray(
+                        [i for i, f in enumerate(val) if f["rel_id"] == name]
+                    ),
+                    encoders[task_ids[name]].trainable_variables,
+                )
+                for name in names
+            ]
+        best = BestPrompt(args.patience, val_x, val_y, groups, args.batch_size)
         history = self.model.fit(
             x,
             y,
             batch_size=args.batch_size,
             epochs=args.epochs,
-            validation_data=(val_x, val_y, weights),
             callbacks=[best],
             verbose=0,
         )
-        return {
+        result = {
             "epochs_run": len(history.history["loss"]),
-            "best_epoch": best.best_epoch,
-            "val_p1": float(best.best[0]),
             "train_loss": [float(v) for v in history.history["loss"]],
         }
+        if task_ids is None:
+            result.update(best_epoch=best.best_epoch[0], val_p1=best.best[0][0])
+        else:
+            result.update(
+                best_epoch=dict(zip(names, best.best_epoch)),
+                val_p1={n: b[0] for n, b in zip(names, best.best)},
+            )
+        return result
 
     def top1(self, facts, relation_anchors, task_ids=None):
         x, n = padded(

@@ -1,6 +1,7 @@
 """The LAMA example, on a tiny random Llama 3 saved as a preset with
 SmolLM2's kind of tokenizer, and a few facts written like LAMA's."""
 
+import importlib.util
 import json
 import os
 
@@ -15,9 +16,6 @@ from tests.support import REPO_ROOT
 from tests.support import byte_level_llama3_tokenizer
 from tests.support import run_on_one_backend
 from tests.support import run_python
-
-# A child process.
-pytestmark = pytest.mark.slow
 
 OBJECTS = [" France", " Spain", " English", " French"]
 RELATIONS = {
@@ -49,6 +47,7 @@ def _write(directory, split, rows):
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
+@pytest.mark.slow  # a child process
 @run_on_one_backend(
     "tensorflow",
     "the example runs in a JAX child process; its multi-task file is "
@@ -152,3 +151,54 @@ def test_lama_example_on_a_tiny_preset(tmp_path):
         np.mean(top["token_ids"][:, 0] == objects)
     )
     assert (output_dir / "lama_p1.png").stat().st_size > 0
+
+
+def _lama_example():
+    path = os.path.join(REPO_ROOT, "examples", "lama_ptuning.py")
+    spec = importlib.util.spec_from_file_location("lama_ptuning", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_keeps_each_prompts_own_best_epoch(patience):
+    # Two "prompts": row 0's logits come from `a` only, row 1's from `b`
+    # only. `a` is right after epoch 1 only, `b` after epoch 2 only.
+    inputs = keras.Input((2,))
+    a = keras.layers.Dense(3, use_bias=False, name="a")
+    b = keras.layers.Dense(3, use_bias=False, name="b")
+    logits = keras.layers.Add()([a(inputs[:, :1]), b(inputs[:, 1:])])
+    model = keras.Model(inputs, logits)
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    y = np.array([2, 1])
+    best = _lama_example().BestPrompt(
+        patience,
+        x,
+        y,
+        groups=[([0], a.weights), ([1], b.weights)],
+        batch_size=2,
+    )
+    best.set_model(model)
+    model.stop_training = False
+    right_a, wrong = [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]
+    right_b = [[0.0, 1.0, 0.0]]
+    epochs = [(right_a, wrong), (wrong, right_b), (wrong, wrong)]
+    best.on_train_begin()
+    stopped_after = None
+    for epoch, (kernel_a, kernel_b) in enumerate(epochs):
+        a.kernel.assign(np.asarray(kernel_a, "float32"))
+        b.kernel.assign(np.asarray(kernel_b, "float32"))
+        best.on_epoch_end(epoch)
+        if model.stop_training:
+            stopped_after = epoch + 1
+            break
+    best.on_train_end()
+    # Stops once both have gone `patience` epochs without improving.
+    assert stopped_after == (3 if patience == 1 else None)
+    assert best.best_epoch == [1, 2]
+    # (P@1, minus the loss): the right token has logit 1, the others 0.
+    log_p = np.log(np.e / (np.e + 2))
+    assert best.best == [(1.0, pytest.approx(log_p))] * 2
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.kernel), right_a)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.kernel), right_b)
