@@ -20,7 +20,11 @@ a space, as it follows the prompt) are dropped, and the counts kept are
 reported per relation. `--multi-task` also trains one model for all the
 relations (one prompt per relation in one multi-task prompt table, mixed
 batches, one `.keras` file) and reports its P@1 beside the per-relation
-models'.
+models'. It trains as the per-relation models do, relation by relation:
+an epoch repeats each relation's facts to `--min-epoch-facts`, each
+relation's prompt keeps its own best epoch, and Adam's learning rate is
+divided by the number of relations (each prompt is updated at nearly every
+mixed batch, that many times as often as alone).
 
 `results.json` is written after every relation; a rerun with the same
 `--output-dir` skips relations already done (`--restart` to redo them).
@@ -104,6 +108,15 @@ def parse_args(argv=None):
         help="share of a relation's training facts held out for early stopping",
     )
     parser.add_argument("--multi-task", action="store_true")
+    parser.add_argument(
+        "--multi-task-learning-rate",
+        type=float,
+        default=None,
+        help="Adam's learning rate for the multi-task model (default: "
+        "--learning-rate divided by the number of relations: in mixed "
+        "batches every relation's prompt takes a step at nearly every "
+        "batch, about that many times as often as when trained alone)",
+    )
     parser.add_argument("--restart", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -273,7 +286,9 @@ class PromptTrainer:
     encoder and a fresh optimizer for every relation (one compilation for
     all of them)."""
 
-    def __init__(self, backbone, template, args, task_names=None):
+    def __init__(
+        self, backbone, template, args, task_names=None, learning_rate=None
+    ):
         config = template.prompt_config(
             encoder_reparameterization_type=(
                 "LSTM" if args.encoder == "lstm" else "MLP"
@@ -285,7 +300,9 @@ class PromptTrainer:
             preprocessor=template,
             task_names=task_names,
         )
-        self.model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate or args.learning_rate)
+        )
         self.template = template
         self.args = args
         self.encoder = self.model.backbone.prompt_encoder
@@ -618,8 +635,15 @@ def run_multi_task(causal_lm, template, facts, relation_anchors, args):
         r for r in facts if len(facts[r]["train"]) >= 2 and facts[r]["dev"]
     ]
     task_ids = {relation: i for i, relation in enumerate(usable)}
+    learning_rate = args.multi_task_learning_rate or (
+        args.learning_rate / len(usable)
+    )
     trainer = PromptTrainer(
-        causal_lm.backbone, template, args, task_names=usable
+        causal_lm.backbone,
+        template,
+        args,
+        task_names=usable,
+        learning_rate=learning_rate,
     )
     train, val = [], []
     for relation in usable:
@@ -642,6 +666,7 @@ def run_multi_task(causal_lm, template, facts, relation_anchors, args):
             {
                 "p1": p1,
                 "training": training,
+                "learning_rate": learning_rate,
                 "seconds": round(time.time() - start, 1),
             },
             f,
