@@ -15,14 +15,16 @@ longer sequence as it is:
 - The prefill is split. In a causal model the virtual tokens see only each
   other, so their keys and values are the same for every row: they are
   computed once for a batch of one and tiled, and the real prompt is then
-  prefilled at cache index N.
+  prefilled at cache index N. (A batch of one row prefills all in one call:
+  there is nothing to share, and a call costs about one weight pass.)
 - The cache grows in segments. keras-hub allocates the cache for the whole
   `max_length` and every decoding step attends over (and, on some backends,
   copies) all of it, so N more slots would slow every step. Here the cache
-  starts at `FIRST_SEGMENT_LENGTH` slots and grows to `max_length` in up to
-  `MAX_SEGMENTS` steps: each segment runs the sampler's own loop over a
-  cache only as long as the segment, then the cache is padded to the next
-  length. The prompt is prefilled only as far as it reaches; keras-hub
+  starts with the N virtual slots and `FIRST_SEGMENT_LENGTH` real ones (a
+  prompt that fits is prefilled in one call) and grows to `max_length` in
+  up to `MAX_SEGMENTS` steps: each segment runs the sampler's own loop over
+  a cache only as long as the segment, then the cache is padded to the
+  next length. The prompt is prefilled only as far as it reaches; keras-hub
   prefills the padding too. Past the first segment a shared prefix is
   behind the decoding position, so the steps embed real tokens only and
   skip the virtual-token lookup. More segments cost tracing and compile
@@ -101,8 +103,9 @@ class CausalLMView:
             virtual ids, so their cache is computed once and tiled (see
             `_build_cache`). `False` for virtual ids anywhere (slot
             placement): the family's own `_build_cache` prefills it all.
-        first_segment_length: int or `None`. The cache's first length
-            (see `cache_segment_ends`). `None` decodes in one segment over
+        first_segment_length: int or `None`. How many real slots the
+            cache's first segment has after the N virtual ones (see
+            `cache_segment_ends`). `None` decodes in one segment over
             the whole length, as keras-hub does.
         shared_prefix: `None` (computed on every call) or the virtual
             tokens' `(hidden_states, cache)` for one row from
@@ -147,11 +150,15 @@ class CausalLMView:
         (the sampler prefills the rest as it grows the cache). With a
         shared prefix, the N virtual ids' keys and values are computed for
         one row and tiled over the batch; the real tokens are then
-        prefilled at index N. Returns `(hidden_states, cache)`.
+        prefilled at index N. A batch of one row (known when tracing) is
+        prefilled in one call, as the family does: nothing is shared, and
+        at one row each call costs about a pass over the weights. Returns
+        `(hidden_states, cache)`.
         """
         self._build_cache_args = (args, kwargs)
         token_ids = self._first_segment(token_ids)
-        if not self.split_prefill:
+        one_row = token_ids.shape[0] == 1 and self.shared_prefix is None
+        if one_row or not self.split_prefill:
             return self._class._build_cache(self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
@@ -268,7 +275,8 @@ class SegmentedSampler:
     Args:
         sampler: a `keras_hub.samplers.Sampler` using the plain loop.
         view: the `CausalLMView` whose cache it grows.
-        first_segment_length: int, the first segment's length.
+        first_segment_length: int, the real slots of the first segment
+            (after the view's N virtual ones).
     """
 
     def __init__(self, sampler, view, first_segment_length):
@@ -280,9 +288,11 @@ class SegmentedSampler:
         total_length = token_ids.shape[1]
         if not isinstance(total_length, int):
             return [total_length]
-        # The first segment holds the shared virtual-token prefix.
+        # The first segment holds the virtual tokens and
+        # `first_segment_length` real slots, so a prompt that fits is
+        # prefilled in one call.
         num_tokens = self.view.virtual_token_ids.shape[0]
-        first = max(self.first_segment_length, num_tokens + 1)
+        first = num_tokens + self.first_segment_length
         return cache_segment_ends(total_length, first)
 
     def __call__(self, next, prompt, cache, index=0, mask=None, **kwargs):

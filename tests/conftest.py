@@ -42,15 +42,15 @@ def _eager_unless_compiled(request, monkeypatch):
 def cache_segments(request, monkeypatch):
     """Cached generation in one cache segment, or in several short ones.
 
-    The default segments only start at 32 slots; the tests' sequences are
-    shorter, so "segments" shrinks them to 2 slots and up.
+    The default first segment has 32 real slots; the tests' sequences are
+    shorter, so "segments" shrinks it to 1 and the growth to 2 slots.
     """
     from keras_ptuning import cached_decoding
 
     if request.param == "one_segment":
         monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", None)
     else:
-        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", 2)
+        monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", 1)
         monkeypatch.setattr(cached_decoding, "MIN_SEGMENT_GROWTH", 2)
     return request.param
 

@@ -33,6 +33,18 @@ def _with_real_prompt(ids, mask):
     )
 
 
+def _uncached_greedy(lm, ids, lengths):
+    """Greedy decoding by a full forward pass per new token."""
+    buffer = ids.copy()
+    for t in range(min(lengths), buffer.shape[1]):
+        logits = to_numpy(
+            lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
+        )
+        next_token = logits[:, t - 1].argmax(-1)
+        buffer[:, t] = np.where(t < np.array(lengths), buffer[:, t], next_token)
+    return buffer
+
+
 @pytest.fixture(params=sorted(CAUSAL))
 def family(request):
     return request.param
@@ -77,15 +89,38 @@ def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     generated = lm.generate(
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
     )
-    buffer = ids.copy()
-    for t in range(min(lengths), buffer.shape[1]):
-        logits = to_numpy(
-            lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
-        )
-        next_token = logits[:, t - 1].argmax(-1)
-        buffer[:, t] = np.where(t < np.array(lengths), buffer[:, t], next_token)
-    np.testing.assert_array_equal(to_numpy(generated["token_ids"]), buffer)
+    np.testing.assert_array_equal(
+        to_numpy(generated["token_ids"]), _uncached_greedy(lm, ids, lengths)
+    )
     assert to_numpy(generated["padding_mask"]).all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_row_is_prefilled_in_one_call(batch_size, monkeypatch):
+    """A batch of one row prefills the virtual tokens with its prompt (one
+    call); more rows share one computed prefix. Both decode what the
+    uncached loop decodes."""
+    shared = []
+    compute = cached_decoding.CausalLMView.compute_shared_prefix
+
+    def counting_compute(self, token_ids):
+        shared.append(token_ids.shape)
+        return compute(self, token_ids)
+
+    monkeypatch.setattr(
+        cached_decoding.CausalLMView, "compute_shared_prefix", counting_compute
+    )
+    lm = PTuningCausalLM(FAMILIES["llama"](), PromptEncoderConfig(NUM_TOKENS))
+    lm.compile(sampler="greedy")
+    lengths = [4, 2, 6][:batch_size]
+    ids, mask = _prompts(lengths, 10)
+    generated = lm.generate(
+        {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
+    )
+    assert len(shared) == (0 if batch_size == 1 else 1)
+    np.testing.assert_array_equal(
+        to_numpy(generated["token_ids"]), _uncached_greedy(lm, ids, lengths)
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -212,8 +247,9 @@ def test_plain_loop_samplers_decode_in_segments(sampler, monkeypatch):
     lm.compile(sampler=sampler)
     ids, mask = _prompts([2, 3], 13)
     lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
-    # 16 positions with the virtual tokens: [4, 8, 12, 16].
-    assert grown == ([8, 12, 16] if sampler == "greedy" else [])
+    # 16 positions with the 3 virtual tokens; the first segment holds them
+    # and 4 real slots: [7, 10, 13, 16].
+    assert grown == ([10, 13, 16] if sampler == "greedy" else [])
 
 
 def test_max_length_overflowing_positions_is_refused():
