@@ -22,9 +22,10 @@ relations (one prompt per relation in one multi-task prompt table, mixed
 batches, one `.keras` file) and reports its P@1 beside the per-relation
 models'. It trains as the per-relation models do, relation by relation:
 an epoch repeats each relation's facts to `--min-epoch-facts`, each
-relation's prompt keeps its own best epoch, and Adam's learning rate is
-divided by the number of relations (each prompt is updated at nearly every
-mixed batch, that many times as often as alone).
+relation's prompt keeps its own best epoch, and a mixed batch holds about
+`--batch-size` facts of each relation (up to `MAX_MULTI_TASK_BATCH` in
+all; past that Adam's learning rate is scaled down, see
+`multi_task_schedule`), so each prompt takes about as many steps as alone.
 
 `results.json` is written after every relation; a rerun with the same
 `--output-dir` skips relations already done (`--restart` to redo them).
@@ -65,6 +66,9 @@ MODELS = {
 # all` runs the 41.
 DEFAULT_RELATIONS = ["P17", "P30", "P37", "P103", "P176", "P1376"]
 TEMPLATE = "[P:{k}] {{head}} {{subject}} [P:{k}] {{tail}} [P:{k}]"
+# The largest default multi-task batch: 6 relations of 16 facts, measured
+# with SmolLM2 on the 2-core, 23 GB machine.
+MAX_MULTI_TASK_BATCH = 96
 
 
 def parse_args(argv=None):
@@ -109,13 +113,20 @@ def parse_args(argv=None):
     )
     parser.add_argument("--multi-task", action="store_true")
     parser.add_argument(
+        "--multi-task-batch-size",
+        type=int,
+        default=None,
+        help="the multi-task model's batch size (default: --batch-size "
+        f"times the number of relations, at most {MAX_MULTI_TASK_BATCH}, so "
+        "each relation has about --batch-size facts in a mixed batch)",
+    )
+    parser.add_argument(
         "--multi-task-learning-rate",
         type=float,
         default=None,
         help="Adam's learning rate for the multi-task model (default: "
-        "--learning-rate divided by the number of relations: in mixed "
-        "batches every relation's prompt takes a step at nearly every "
-        "batch, about that many times as often as when trained alone)",
+        "--learning-rate scaled so each relation's prompt moves as far per "
+        "epoch as alone; see `multi_task_schedule`)",
     )
     parser.add_argument("--restart", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -287,7 +298,13 @@ class PromptTrainer:
     all of them)."""
 
     def __init__(
-        self, backbone, template, args, task_names=None, learning_rate=None
+        self,
+        backbone,
+        template,
+        args,
+        task_names=None,
+        learning_rate=None,
+        batch_size=None,
     ):
         config = template.prompt_config(
             encoder_reparameterization_type=(
@@ -305,6 +322,7 @@ class PromptTrainer:
         )
         self.template = template
         self.args = args
+        self.batch_size = batch_size or args.batch_size
         self.encoder = self.model.backbone.prompt_encoder
         self.initial = [
             keras.ops.convert_to_numpy(v) for v in self.encoder.weights
@@ -359,12 +377,13 @@ class PromptTrainer:
         if len(by_relation) > 1:
             order = rng.permutation(order)
         # Full batches only: repeat a few facts to fill the last one.
-        order = np.concatenate([order, order[: -len(order) % args.batch_size]])
+        batch_size = self.batch_size
+        order = np.concatenate([order, order[: -len(order) % batch_size]])
         train = [train[i] for i in order]
         x = self.inputs(train, relation_anchors, task_ids)
         y = np.asarray([f["object_id"] for f in train], "int32")
         val_x, _ = padded(
-            self.inputs(val, relation_anchors, task_ids), args.batch_size
+            self.inputs(val, relation_anchors, task_ids), batch_size
         )
         val_y = np.asarray([f["object_id"] for f in val], "int32")
         if task_ids is None:
@@ -384,11 +403,11 @@ class PromptTrainer:
                 )
                 for name in names
             ]
-        best = BestPrompt(args.patience, val_x, val_y, groups, args.batch_size)
+        best = BestPrompt(args.patience, val_x, val_y, groups, batch_size)
         history = self.model.fit(
             x,
             y,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             epochs=args.epochs,
             callbacks=[best],
             verbose=0,
@@ -409,11 +428,9 @@ class PromptTrainer:
     def top1(self, facts, relation_anchors, task_ids=None):
         x, n = padded(
             self.inputs(facts, relation_anchors, task_ids),
-            self.args.batch_size,
+            self.batch_size,
         )
-        logits = self.model.predict(
-            x, batch_size=self.args.batch_size, verbose=0
-        )
+        logits = self.model.predict(x, batch_size=self.batch_size, verbose=0)
         return np.asarray(logits).argmax(-1)[:n]
 
 
@@ -628,6 +645,29 @@ def main(argv=None):
     print(json.dumps(results["macro"], indent=2))
 
 
+def multi_task_schedule(args, num_relations):
+    """The multi-task model's batch size and Adam learning rate.
+
+    Alone, a relation's prompt takes one Adam step per `--batch-size` of
+    its facts. In a mixed batch of `b` facts every prompt takes a step at
+    (nearly) every batch, from about `b / num_relations` of its facts, so
+    it takes `batch_size * num_relations / b` times as many steps per
+    epoch. Adam moves each weight about `lr` per step, so the learning
+    rate is scaled by the inverse to move each prompt as far per epoch as
+    alone. The default batch gives each relation about `--batch-size`
+    facts a batch (steps as alone, at the same rate) up to
+    `MAX_MULTI_TASK_BATCH`; the flags override either.
+
+    Returns `(batch_size, learning_rate)`.
+    """
+    full = args.batch_size * num_relations
+    batch_size = args.multi_task_batch_size or min(full, MAX_MULTI_TASK_BATCH)
+    learning_rate = args.multi_task_learning_rate or (
+        args.learning_rate * batch_size / full
+    )
+    return batch_size, learning_rate
+
+
 def run_multi_task(causal_lm, template, facts, relation_anchors, args):
     """One model, one prompt per relation, mixed batches; saved as one
     `.keras` file; per-relation dev P@1 in `multi_task.json`."""
@@ -635,15 +675,14 @@ def run_multi_task(causal_lm, template, facts, relation_anchors, args):
         r for r in facts if len(facts[r]["train"]) >= 2 and facts[r]["dev"]
     ]
     task_ids = {relation: i for i, relation in enumerate(usable)}
-    learning_rate = args.multi_task_learning_rate or (
-        args.learning_rate / len(usable)
-    )
+    batch_size, learning_rate = multi_task_schedule(args, len(usable))
     trainer = PromptTrainer(
         causal_lm.backbone,
         template,
         args,
         task_names=usable,
         learning_rate=learning_rate,
+        batch_size=batch_size,
     )
     train, val = [], []
     for relation in usable:
@@ -666,6 +705,7 @@ def run_multi_task(causal_lm, template, facts, relation_anchors, args):
             {
                 "p1": p1,
                 "training": training,
+                "batch_size": batch_size,
                 "learning_rate": learning_rate,
                 "seconds": round(time.time() - start, 1),
             },

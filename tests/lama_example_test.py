@@ -161,6 +161,27 @@ def _lama_example():
     return module
 
 
+@pytest.mark.parametrize(
+    "num_relations,flags,expected",
+    [
+        # About --batch-size facts of each relation a batch, same rate.
+        (6, [], (96, 3e-3)),
+        (2, ["--batch-size", "4"], (8, 3e-3)),
+        # Capped at 96: each prompt steps 656 / 96 times as often.
+        (41, [], (96, 3e-3 * 96 / 656)),
+        # A batch of 16 mixed facts: the rate over the number of relations.
+        (6, ["--multi-task-batch-size", "16"], (16, 3e-3 / 6)),
+        (6, ["--multi-task-learning-rate", "1e-3"], (96, 1e-3)),
+    ],
+)
+def test_multi_task_schedule(num_relations, flags, expected):
+    module = _lama_example()
+    args = module.parse_args(["--learning-rate", "3e-3", *flags])
+    batch_size, learning_rate = module.multi_task_schedule(args, num_relations)
+    assert batch_size == expected[0]
+    assert learning_rate == pytest.approx(expected[1])
+
+
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_keeps_each_prompts_own_best_epoch(patience):
     # Two "prompts": row 0's logits come from `a` only, row 1's from `b`
