@@ -16,6 +16,7 @@ from tests.support import backbone_weights
 from tests.support import make_identity_prompt
 from tests.support import make_inputs
 from tests.support import to_numpy
+from tests.support import uncached_greedy
 
 NUM_TOKENS = 3
 VIRTUAL_IDS = [5, 9, 17]
@@ -239,14 +240,9 @@ def test_slot_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     generated = lm.generate(
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
     )
-    buffer = ids.copy()
-    for t in range(lengths.min(), buffer.shape[1]):
-        logits = to_numpy(
-            lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
-        )
-        next_token = logits[:, t - 1].argmax(-1)
-        buffer[:, t] = np.where(t < lengths, buffer[:, t], next_token)
-    np.testing.assert_array_equal(to_numpy(generated["token_ids"]), buffer)
+    np.testing.assert_array_equal(
+        to_numpy(generated["token_ids"]), uncached_greedy(lm, ids, lengths)
+    )
     with pytest.raises(ValueError, match="row 0: 2"):
         bad = ids.copy()
         bad[0, 0] = 7

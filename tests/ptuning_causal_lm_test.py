@@ -14,6 +14,7 @@ from tests.backbones import VOCABULARY_SIZE
 from tests.support import backbone_weights
 from tests.support import make_identity_prompt
 from tests.support import to_numpy
+from tests.support import uncached_greedy
 from tests.support import with_real_prompt
 
 NUM_TOKENS = 3
@@ -31,18 +32,6 @@ def _with_real_prompt(ids, mask):
     return with_real_prompt(
         {"token_ids": ids, "padding_mask": mask}, VIRTUAL_IDS
     )
-
-
-def _uncached_greedy(lm, ids, lengths):
-    """Greedy decoding by a full forward pass per new token."""
-    buffer = ids.copy()
-    for t in range(min(lengths), buffer.shape[1]):
-        logits = to_numpy(
-            lm({"token_ids": buffer, "padding_mask": np.ones_like(buffer)})
-        )
-        next_token = logits[:, t - 1].argmax(-1)
-        buffer[:, t] = np.where(t < np.array(lengths), buffer[:, t], next_token)
-    return buffer
 
 
 @pytest.fixture(params=sorted(CAUSAL))
@@ -90,7 +79,7 @@ def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
         {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None
     )
     np.testing.assert_array_equal(
-        to_numpy(generated["token_ids"]), _uncached_greedy(lm, ids, lengths)
+        to_numpy(generated["token_ids"]), uncached_greedy(lm, ids, lengths)
     )
     assert to_numpy(generated["padding_mask"]).all()
 
@@ -119,7 +108,7 @@ def test_one_row_is_prefilled_in_one_call(batch_size, monkeypatch):
     )
     assert len(shared) == (0 if batch_size == 1 else 1)
     np.testing.assert_array_equal(
-        to_numpy(generated["token_ids"]), _uncached_greedy(lm, ids, lengths)
+        to_numpy(generated["token_ids"]), uncached_greedy(lm, ids, lengths)
     )
 
 

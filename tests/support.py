@@ -118,6 +118,29 @@ def with_real_prompt(inputs, prompt_ids):
     return extended
 
 
+def uncached_greedy(lm, ids, lengths, **inputs):
+    """Greedy decoding by a full forward pass of `lm` per new token.
+
+    Row r keeps its first `lengths[r]` ids of `ids` (its prompt) and is
+    continued to `ids`' length; `inputs` go to every call (e.g. `task_id`).
+    """
+    lengths = np.asarray(lengths)
+    buffer = ids.copy()
+    for t in range(lengths.min(), buffer.shape[1]):
+        logits = to_numpy(
+            lm(
+                {
+                    "token_ids": buffer,
+                    "padding_mask": np.ones_like(buffer),
+                    **inputs,
+                }
+            )
+        )
+        next_token = logits[:, t - 1].argmax(-1)
+        buffer[:, t] = np.where(t < lengths, buffer[:, t], next_token)
+    return buffer
+
+
 def backbone_weights(backbone):
     return [np.array(keras.ops.convert_to_numpy(w)) for w in backbone.weights]
 
