@@ -188,3 +188,60 @@ def test_serialization_round_trip(tmp_path):
     np.testing.assert_array_equal(
         to_numpy(loaded(indices)), to_numpy(model(indices))
     )
+
+
+class _EveryObjectSeen(dict):
+    """A Keras object-sharing map in which every `id()` was seen before."""
+
+    def __init__(self, decoy):
+        super().__init__()
+        self.decoy = decoy
+
+    def __contains__(self, key):
+        return True
+
+    def __getitem__(self, key):
+        return {}
+
+    def get(self, key, default=None):
+        return self.decoy
+
+
+def test_lstm_layers_are_their_own_inside_a_loads_sharing_scope():
+    # Inside `load_model`, Keras matches `Bidirectional`'s internal copies
+    # of a layer by `id()`; a fresh LSTM at the address of one serialized
+    # earlier in the load was returned as that earlier layer. Force that
+    # collision for every object: each encoder LSTM must still be its own.
+    from keras.src.backend.common import global_state
+    from keras.src.saving import serialization_lib
+
+    decoy = keras.layers.LSTM(2, return_sequences=True, name="decoy")
+    with serialization_lib.ObjectSharingScope():
+        global_state.set_global_attribute(
+            "shared_objects/id_to_obj_map", _EveryObjectSeen(decoy)
+        )
+        global_state.set_global_attribute(
+            "shared_objects/id_to_config_map", _EveryObjectSeen(decoy)
+        )
+        encoder = PromptEncoder(
+            num_virtual_tokens=3,
+            token_dim=8,
+            encoder_hidden_size=5,
+            encoder_reparameterization_type="LSTM",
+            encoder_num_layers=2,
+        )
+        still_sharing = global_state.get_global_attribute(
+            "shared_objects/id_to_obj_map"
+        )
+    assert isinstance(still_sharing, _EveryObjectSeen)
+    lstms = [
+        (layer.forward_layer, layer.backward_layer)
+        for layer in encoder.encoder_layers
+        if isinstance(layer, keras.layers.Bidirectional)
+    ]
+    assert len(lstms) == 2
+    for forward, backward in lstms:
+        assert decoy not in (forward, backward)
+        assert (forward.go_backwards, backward.go_backwards) == (False, True)
+        assert forward.units == backward.units == 5
+    assert encoder.count_params() == _lstm_params(3, 8, 5, 2)
