@@ -223,13 +223,8 @@ def test_lstm_layers_are_their_own_inside_a_loads_sharing_scope():
         global_state.set_global_attribute(
             "shared_objects/id_to_config_map", _EveryObjectSeen(decoy)
         )
-        encoder = PromptEncoder(
-            num_virtual_tokens=3,
-            token_dim=8,
-            encoder_hidden_size=5,
-            encoder_reparameterization_type="LSTM",
-            encoder_num_layers=2,
-        )
+        # 3 virtual tokens of width 8, two bidirectional LSTMs of width 5.
+        encoder = PromptEncoder(PromptEncoderConfig(3, 8, "LSTM", 5, 2, 0.0))
         still_sharing = global_state.get_global_attribute(
             "shared_objects/id_to_obj_map"
         )
