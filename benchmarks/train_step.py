@@ -24,8 +24,10 @@ mask (deterministic seed; default batch 32, 64 real tokens + 20 virtual):
   `peft.get_peft_model` with `peft.PromptEncoderConfig(task_type="SEQ_CLS",
   num_virtual_tokens=N, encoder_hidden_size=<hidden size>)`, `torch.optim.Adam
   (1e-3)`, eager train-mode steps (forward, loss, backward, optimizer step).
-  It runs in PyTorch whatever `KERAS_BACKEND` is, and only when `peft` and
-  `transformers` import.
+  It runs in PyTorch whatever `KERAS_BACKEND` is, in its own interpreter
+  (no Keras or TensorFlow loaded; its rounds still interleaved with the
+  others', see `PeftProcess`), and only when `peft` and `transformers`
+  import. Before 2026-12-02 it ran in the Keras process.
 
 The script asserts that the trainable variables are exactly encoder + head
 (`ptuned`), table + head (`floor`) and that PEFT trains as many parameters
@@ -135,6 +137,10 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="write results here")
     # Internal: measure one variant's memory and print it as JSON.
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    # Internal: be the `peft` variant's own process (see `PeftProcess`).
+    parser.add_argument(
+        "--peft-worker", action="store_true", help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     allowed = MODELS[args.model]
     if args.variants is None:
@@ -653,13 +659,12 @@ def memory_probe(variant, args):
     }
 
 
-def measure_memory(variant, args):
-    """Runs `memory_probe` in a fresh interpreter; `None` if it fails."""
-    command = [
+def child_command(args, *flags):
+    """This script with `flags` and the settings that shape a step."""
+    return [
         sys.executable,
         os.path.abspath(__file__),
-        "--memory-probe",
-        variant,
+        *flags,
         "--model",
         args.model,
         "--batch-size",
@@ -673,6 +678,11 @@ def measure_memory(variant, args):
         "--jit-compile",
         args.jit_compile,
     ]
+
+
+def measure_memory(variant, args):
+    """Runs `memory_probe` in a fresh interpreter; `None` if it fails."""
+    command = child_command(args, "--memory-probe", variant)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(
@@ -683,25 +693,91 @@ def measure_memory(variant, args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def timed_round(step, args):
+    """Seconds that `--steps-per-round` calls of `step` take."""
+    start = time.perf_counter()
+    for _ in range(args.steps_per_round):
+        step()
+    return time.perf_counter() - start
+
+
+ROUND_REPLY = "peft-round-seconds"
+
+
+def peft_worker(args):
+    """The `peft` variant's process: builds and warms up its step, then
+    times one round per `round` line on stdin, replying on stdout."""
+    step = build("peft", args, make_batches(args))
+    for _ in range(WARMUP_STEPS):
+        step()
+    print(ROUND_REPLY, 0.0, flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        print(ROUND_REPLY, timed_round(step, args), flush=True)
+
+
+class PeftProcess:
+    """HF PEFT's train step in its own interpreter, one round on request.
+
+    In the Keras process PEFT would share the process with TensorFlow's
+    thread pools (keras-hub's tokenizers load TensorFlow on every backend),
+    which slowed its step about fivefold under the TensorFlow backend. Its
+    own process keeps the comparison fair on every backend, and the
+    parent still interleaves its rounds with the Keras variants': the
+    parent waits, idle, while a PEFT round runs.
+    """
+
+    def __init__(self, args):
+        self.process = subprocess.Popen(
+            child_command(args, "--peft-worker"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.reply()  # built and warmed up
+
+    def reply(self):
+        for line in self.process.stdout:
+            if line.startswith(ROUND_REPLY):
+                return float(line.split()[1])
+        raise RuntimeError(f"the PEFT worker exited with {self.process.wait()}")
+
+    def run_round(self):
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        return self.reply()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
 def measure_throughput(variants, args):
-    """Examples/s per round for each variant, interleaved."""
+    """Examples/s per round for each variant, interleaved (PEFT in its own
+    process, see `PeftProcess`)."""
     batches = make_batches(args)
-    steps = {}
+    run_round = {}
+    peft = None
     for variant in variants:
-        steps[variant] = build(variant, args, batches)
+        if variant == "peft":
+            peft = PeftProcess(args)
+            run_round[variant] = peft.run_round
+            continue
+        step = build(variant, args, batches)
         for _ in range(WARMUP_STEPS):  # compile
-            steps[variant]()
+            step()
+        run_round[variant] = functools.partial(timed_round, step, args)
     examples = args.batch_size * args.steps_per_round
     rounds = {variant: [] for variant in variants}
-    for round_index in range(args.rounds):
-        order = variants if round_index % 2 == 0 else variants[::-1]
-        for variant in order:
-            step = steps[variant]
-            start = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                step()
-            elapsed = time.perf_counter() - start
-            rounds[variant].append(examples / elapsed)
+    try:
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for variant in order:
+                rounds[variant].append(examples / run_round[variant]())
+    finally:
+        if peft is not None:
+            peft.close()
     return rounds
 
 
@@ -738,6 +814,9 @@ def main():
     args = parse_args()
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args)))
+        return
+    if args.peft_worker:
+        peft_worker(args)
         return
     import keras
 
