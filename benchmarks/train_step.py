@@ -172,7 +172,11 @@ def _presets():
     PEFT memory probe's process holds PyTorch only.
     """
     package = importlib.util.find_spec("keras_ptuning")
-    path = os.path.join(package.submodule_search_locations[0], "presets.py")
+    if package is None:  # run from a checkout that is not installed
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(root, "keras_ptuning", "presets.py")
+    else:
+        path = os.path.join(package.submodule_search_locations[0], "presets.py")
     spec = importlib.util.spec_from_file_location("_presets", path)
     presets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(presets)
