@@ -27,7 +27,8 @@ mask (deterministic seed; default batch 32, 64 real tokens + 20 virtual):
   It runs in PyTorch whatever `KERAS_BACKEND` is, in its own interpreter
   (no Keras or TensorFlow loaded; its rounds still interleaved with the
   others', see `PeftProcess`), and only when `peft` and `transformers`
-  import. Before 2026-12-02 it ran in the Keras process.
+  import. Before 2026-12-02 it ran in the Keras process (the same figures
+  on the idle machine).
 
 The script asserts that the trainable variables are exactly encoder + head
 (`ptuned`), table + head (`floor`) and that PEFT trains as many parameters
@@ -724,12 +725,14 @@ def peft_worker(args):
 class PeftProcess:
     """HF PEFT's train step in its own interpreter, one round on request.
 
-    In the Keras process PEFT would share the process with TensorFlow's
-    thread pools (keras-hub's tokenizers load TensorFlow on every backend),
-    which slowed its step about fivefold under the TensorFlow backend. Its
-    own process keeps the comparison fair on every backend, and the
-    parent still interleaves its rounds with the Keras variants': the
-    parent waits, idle, while a PEFT round runs.
+    In the Keras process PEFT would share the process with the Keras
+    backend's thread pools and TensorFlow's (keras-hub's tokenizers load
+    TensorFlow on every backend). On the idle machine that made no
+    difference (2026-12-02: PEFT 32.0 examples/s in a TensorFlow process,
+    32.6 in its own), but a run under load once had it at 5.9 in a
+    TensorFlow process. Its own process keeps the frameworks apart on
+    every backend, and the parent still interleaves its rounds with the
+    Keras variants': the parent waits, idle, while a PEFT round runs.
     """
 
     def __init__(self, args):
