@@ -706,20 +706,27 @@ def timed_round(step, args):
     return time.perf_counter() - start
 
 
+def round_timer(variant, args, batches):
+    """Builds `variant`'s step, warms it up (compiles), and returns a
+    function that times one round of it (`timed_round`)."""
+    step = build(variant, args, batches)
+    for _ in range(WARMUP_STEPS):
+        step()
+    return functools.partial(timed_round, step, args)
+
+
 ROUND_REPLY = "peft-round-seconds"
 
 
 def peft_worker(args):
     """The `peft` variant's process: builds and warms up its step, then
     times one round per `round` line on stdin, replying on stdout."""
-    step = build("peft", args, make_batches(args))
-    for _ in range(WARMUP_STEPS):
-        step()
+    run_round = round_timer("peft", args, make_batches(args))
     print(ROUND_REPLY, 0.0, flush=True)
     for line in sys.stdin:
         if line.strip() != "round":
             break
-        print(ROUND_REPLY, timed_round(step, args), flush=True)
+        print(ROUND_REPLY, run_round(), flush=True)
 
 
 class PeftProcess:
@@ -771,10 +778,7 @@ def measure_throughput(variants, args):
             peft = PeftProcess(args)
             run_round[variant] = peft.run_round
             continue
-        step = build(variant, args, batches)
-        for _ in range(WARMUP_STEPS):  # compile
-            step()
-        run_round[variant] = functools.partial(timed_round, step, args)
+        run_round[variant] = round_timer(variant, args, batches)
     examples = args.batch_size * args.steps_per_round
     rounds = {variant: [] for variant in variants}
     try:
