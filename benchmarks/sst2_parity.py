@@ -14,14 +14,16 @@ Systems, each run in a fresh subprocess per seed and learning rate:
   `Adam(learning_rate)`, fitted one epoch at a time on fixed-length arrays.
 - `peft`: `examples/peft_baseline.py` (PEFT `PromptEncoderConfig`,
   `AutoModelForSequenceClassification`, PyTorch), same rows and lengths.
-- `probe`: keras-hub's `TextClassifier` on the same frozen backbone, no
-  prompt (the linear probe), on the first backend given.
+- `probe`: a `Dense` head on the same frozen backbone, no prompt (the
+  linear probe), reading what `--pooling` says (the mean by default), on
+  the first backend given.
 
 Both sides visit the training rows in the same order: a
 `numpy.random.default_rng(seed).permutation` per epoch. Initialisation and
 dropout masks come from each framework's own seeded generator, so they
-cannot be identical. `--head-initializer` and `--dropout` override the
-classifier head (the ablations of the README's parity section).
+cannot be identical. `--head-initializer`, `--dropout` and `--pooling`
+override the classifier head (the ablations of the README's parity
+section; `--pooling pooled` reads what PEFT's model reads).
 
     python benchmarks/sst2_parity.py                      # the README table
     python benchmarks/sst2_parity.py --systems keras-jax peft \\
@@ -57,7 +59,7 @@ PROTOCOL = (
     "num_virtual_tokens",
     "batch_size",
 )
-RUN_SETTINGS = PROTOCOL + ("encoder", "head_initializer", "dropout")
+RUN_SETTINGS = PROTOCOL + ("encoder", "head_initializer", "dropout", "pooling")
 
 
 def parse_args(argv=None):
@@ -98,6 +100,13 @@ def parse_args(argv=None):
         type=float,
         default=None,
         help="dropout before the head (keras systems; default: the library's)",
+    )
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        choices=["mean", "pooled", "first", "last"],
+        help="what the head reads (keras systems; default: the library's, "
+        "the mean for this encoder); the probe takes `mean` or `pooled`",
     )
     parser.add_argument("--output", default="sst2_parity.json")
     parser.add_argument(
@@ -163,10 +172,7 @@ def run_keras(args, learning_rate, seed, probe=False):
     dev = {k: np.asarray(v) for k, v in preprocessor(dev_x).items()}
     backbone = keras_hub.models.Backbone.from_preset(model_dir)
     if probe:
-        model = keras_hub.models.TextClassifier.from_preset(
-            model_dir, num_classes=2, preprocessor=None
-        )
-        model.backbone.trainable = False
+        model = _linear_probe(backbone, args.pooling or "mean")
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -174,6 +180,8 @@ def run_keras(args, learning_rate, seed, probe=False):
         )
     else:
         kwargs = {} if args.dropout is None else {"dropout": args.dropout}
+        if args.pooling is not None:
+            kwargs["pooling"] = args.pooling
         model = keras_ptuning.PTuningTextClassifier(
             backbone,
             num_classes=2,
@@ -218,11 +226,47 @@ def run_keras(args, learning_rate, seed, probe=False):
             sum(np.prod(v.shape) for v in model.trainable_variables)
         ),
     }
-    if not probe:
-        # What the head started from and its dropout, library defaults
-        # included, so a table tells runs of different defaults apart.
-        result.update(head_initializer=head_initializer, dropout=model.dropout)
+    if probe:
+        result.update(pooling=args.pooling or "mean")
+    else:
+        # What the head started from, its dropout and what it reads, library
+        # defaults included, so a table tells runs of different defaults
+        # apart.
+        result.update(
+            head_initializer=head_initializer,
+            dropout=model.dropout,
+            pooling=model.pooling,
+        )
     return result
+
+
+def _linear_probe(backbone, pooling):
+    """The frozen backbone and a `Dense` head on its mean or pooled output,
+    the head initialised as the classifier's."""
+    import keras
+
+    from keras_ptuning.task_heads import head_kernel_initializer
+
+    if pooling not in ("mean", "pooled"):
+        raise ValueError(
+            f"The probe reads `mean` or `pooled`. Received: --pooling {pooling}"
+        )
+    backbone.trainable = False
+    inputs = {
+        name: keras.Input((None,), dtype="int32", name=name)
+        for name in backbone.input_names
+    }
+    outputs = backbone(inputs)
+    if pooling == "pooled":
+        features = outputs["pooled_output"]
+    else:
+        mask = keras.ops.cast(inputs["padding_mask"], "float32")[..., None]
+        total = keras.ops.sum(outputs["sequence_output"] * mask, axis=1)
+        features = total / keras.ops.sum(mask, axis=1)
+    logits = keras.layers.Dense(
+        2, kernel_initializer=head_kernel_initializer()
+    )(features)
+    return keras.Model(inputs, logits)
 
 
 def run_peft(args, learning_rate, seed):
@@ -347,6 +391,8 @@ def _label(run):
             details.append(f"head {run['head_initializer']}")
         if run["dropout"] is not None:
             details.append(f"dropout {run['dropout']:g}")
+    if run.get("pooling") is not None and run["system"] != "peft":
+        details.append(f"reads {run['pooling']}")
     return f"{label} ({', '.join(details)})" if details else label
 
 

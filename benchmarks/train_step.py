@@ -329,8 +329,10 @@ def keras_model(variant, args):
             ptuning_backbone, "PromptEncoder", TrainablePromptTable
         ):
             backbone = keras_ptuning.PTuningBackbone(backbone, config)
+    # The plain floor's head reads BERT's pooled output: read the same, so
+    # both do the same work (the default, the mean, adds one masked sum).
     model = keras_ptuning.PTuningTextClassifier(
-        backbone, num_classes=2, prompt_config=config
+        backbone, num_classes=2, prompt_config=config, pooling="pooled"
     )
     model.compile(jit_compile=jit_compile(args))
 

@@ -17,6 +17,7 @@ from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.ptuning_text_classifier import hf_pooling
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.version import __version__
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "distribution",
     "export_saved_model",
+    "hf_pooling",
     "load_peft_adapter",
     "save_peft_adapter",
 ]

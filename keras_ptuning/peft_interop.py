@@ -29,6 +29,7 @@ from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.ptuning_text_classifier import hf_pooling
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -129,8 +130,10 @@ def load_peft_adapter(model_or_backbone, directory):
         )
         task_type = config.get("task_type")
         if task_type == "SEQ_CLS" and head is not None:
+            # The head was trained on what HF's model reads.
+            ptuning = PTuningBackbone(model, prompt_config)
             model = PTuningTextClassifier(
-                model, head["kernel"].shape[1], prompt_config
+                ptuning, head["kernel"].shape[1], pooling=hf_pooling(ptuning)
             )
         elif task_type == "CAUSAL_LM":
             model = PTuningCausalLM(model, prompt_config)
@@ -149,12 +152,29 @@ def load_peft_adapter(model_or_backbone, directory):
             f"{type(model).__name__} has no place for: load it into a "
             "PTuningTextClassifier."
         )
+    if head is not None:
+        source = f"the PEFT adapter in {directory!r}"
+        _check_hf_pooling(model, "model_or_backbone.pooling", source)
     model.set_trained_weights(
         prompt_table,
         head if wants_head else None,
         source=f"the PEFT adapter in {directory!r}",
     )
     return model
+
+
+def _check_hf_pooling(model, argument, what):
+    """Raises unless the classifier's head reads what HF's model reads: a
+    head trained on another readout would give wrong logits there."""
+    expected = hf_pooling(model.backbone)
+    if model.pooling != expected:
+        raise ValueError(
+            f"The classifier head of {what} reads `{expected}` (HF's "
+            f"`*ForSequenceClassification`); this classifier's head reads "
+            f"`{model.pooling}`. Build the classifier with "
+            f"`pooling={expected!r}` to exchange heads with PEFT. Received: "
+            f"{argument}={model.pooling!r}"
+        )
 
 
 def save_peft_adapter(model, directory, base_model_name_or_path=None):
@@ -219,6 +239,7 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     tensors = {"prompt_embeddings": float32_numpy(ptuning.prompt_table())}
     head = model._head_variables()
     if head:
+        _check_hf_pooling(model, "model.pooling", "a PEFT adapter")
         tensors["base_model.classifier.weight"] = np.ascontiguousarray(
             float32_numpy(head["kernel"]).T
         )

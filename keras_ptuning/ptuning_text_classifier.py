@@ -12,6 +12,44 @@ from keras_ptuning.ptuning_task import PTuningTask
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.task_heads import head_kernel_initializer
 
+# What the head can read: the backbone's pooled output (BERT's pooler),
+# the first position, the last non-padding token, or the mean over the
+# non-padding tokens.
+POOLING_MODES = ("pooled", "first", "last", "mean")
+
+
+def default_pooling(backbone):
+    """The classifier's readout when none is given, chosen per family.
+
+    Decoder-only models read the last real token (the only one that sees
+    the whole input). Encoders read the mean over the real tokens: with a
+    frozen backbone the readout cannot adapt, and a mean keeps every
+    token's information, where BERT's pooler (trained on `[CLS]`, here
+    reading the first virtual token) kept little of it. On SST-2 at PEFT's
+    settings (README, `benchmarks/sst2_parity.py`) the mean lifted dev
+    accuracy over BERT's pooler on every backend.
+    """
+    return "last" if backbone.is_causal else "mean"
+
+
+def hf_pooling(backbone):
+    """What HF's `*ForSequenceClassification` (and PEFT) reads.
+
+    BERT's pooled output where the backbone has one, the last real token for
+    decoder-only models, the first token (`[CLS]`, `<s>`) for other
+    encoders. Classifiers saved before `pooling` existed read this, and a
+    head written to or read from a PEFT adapter needs it.
+    """
+    if _has_pooled_output(backbone):
+        return "pooled"
+    return "last" if backbone.is_causal else "first"
+
+
+def _has_pooled_output(backbone):
+    return isinstance(backbone.output, dict) and (
+        "pooled_output" in backbone.output
+    )
+
 
 def _last_real_token(sequence_output, padding_mask):
     """Hidden state of each row's last non-padding token (HF's choice)."""
@@ -22,6 +60,13 @@ def _last_real_token(sequence_output, padding_mask):
     return ops.take_along_axis(sequence_output, index, axis=1)[:, 0, :]
 
 
+def _mean_over_real_tokens(sequence_output, padding_mask):
+    """Mean of each row's non-padding hidden states."""
+    mask = ops.cast(padding_mask, sequence_output.dtype)[:, :, None]
+    total = ops.sum(sequence_output * mask, axis=1)
+    return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_ptuning")
 class PTuningTextClassifier(
     PTuningTask, AdapterMixin, keras_hub.models.TextClassifier
@@ -29,14 +74,15 @@ class PTuningTextClassifier(
     """A P-tuned text classifier over a frozen keras-hub backbone.
 
     Like keras-hub's `TextClassifier`, with the backbone wrapped in a
-    `keras_ptuning.PTuningBackbone`. The head reads the backbone's pooled
-    output where it has one (BERT), the first real token for other encoders
-    (DistilBERT, RoBERTa: their `[CLS]`/`<s>`), and the last non-padding token
-    for decoder-only models (GPT-2, Gemma, Llama, ...), as HF's
-    `*ForSequenceClassification` does; then dropout and a `Dense` layer
-    whose kernel starts at `TruncatedNormal(stddev=0.02)` and bias at zero,
-    as keras-hub's `BertTextClassifier` and HF's heads (what PEFT trains).
-    Only the prompt encoder and the head are trainable.
+    `keras_ptuning.PTuningBackbone`. By default the head reads the mean of
+    the real tokens' hidden states for encoders (BERT, DistilBERT, RoBERTa,
+    ...) and the last non-padding token for decoder-only models (GPT-2,
+    Gemma, Llama, ...); `pooling` picks another readout, such as
+    `"pooled"`, what HF's `BertForSequenceClassification` (and so PEFT)
+    reads. Then dropout and a `Dense` layer whose kernel starts at
+    `TruncatedNormal(stddev=0.02)` and bias at zero, as keras-hub's
+    `BertTextClassifier` and HF's heads. Only the prompt encoder and the
+    head are trainable.
 
     Args:
         backbone: a keras-hub text backbone (or a `PTuningBackbone`).
@@ -55,6 +101,18 @@ class PTuningTextClassifier(
             the frozen backbone keeps its own dropout in training, and over
             3 seeds at PEFT's settings (README, `benchmarks/sst2_parity.py`)
             a further 0.1 on the pooled output lowered dev accuracy.
+        pooling: `None` or what the head reads: `"mean"` (the mean over the
+            non-padding tokens), `"last"` (the last non-padding token),
+            `"first"` (the first position: `[CLS]`, `<s>`), or `"pooled"`
+            (the backbone's `pooled_output`, BERT's pooler; only for
+            backbones that have one). Virtual tokens are not read, except
+            through `"pooled"` (BERT's pooler reads position 0, the first
+            virtual token when they are prepended, as in HF and PEFT).
+            Defaults to `"last"` for decoder-only backbones and `"mean"`
+            for encoders: over 3 seeds at PEFT's settings the mean gained
+            over BERT's pooler (README, `benchmarks/sst2_parity.py`).
+            `keras_ptuning.hf_pooling(backbone)` is HF's readout, needed
+            to exchange a head with PEFT.
         placeholder_id: `None` (prepend the virtual tokens) or the int that
             marks their slots in `token_ids`; see `PTuningBackbone`. A
             `PromptTemplate` preprocessor sets it.
@@ -88,10 +146,16 @@ class PTuningTextClassifier(
         preprocessor=None,
         activation=None,
         dropout=0.0,
+        pooling=None,
         placeholder_id=None,
         task_names=None,
         **kwargs,
     ):
+        if pooling is not None and pooling not in POOLING_MODES:
+            raise ValueError(
+                f"`pooling` must be None or one of {POOLING_MODES}. "
+                f"Received: pooling={pooling!r}"
+            )
         backbone = PTuningBackbone.wrap(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
@@ -104,6 +168,14 @@ class PTuningTextClassifier(
             raise ValueError(
                 "`num_classes` must be >= 1. Received: "
                 f"num_classes={num_classes}"
+            )
+        if pooling is None:
+            pooling = default_pooling(backbone)
+        if pooling == "pooled" and not _has_pooled_output(backbone):
+            raise ValueError(
+                '`pooling="pooled"` needs a backbone with a `pooled_output` '
+                f"(BERT); {type(backbone.backbone).__name__} has none. Use "
+                f"one of {POOLING_MODES[1:]}. Received: pooling={pooling!r}"
             )
         backbone.check_preprocessor(preprocessor)
 
@@ -134,7 +206,7 @@ class PTuningTextClassifier(
         # === Functional model ===
         inputs = model_inputs(backbone.input_names)
         outputs = backbone(inputs)
-        if isinstance(outputs, dict) and "pooled_output" in outputs:
+        if pooling == "pooled":
             x = outputs["pooled_output"]
         else:
             sequence = (
@@ -142,10 +214,12 @@ class PTuningTextClassifier(
                 if isinstance(outputs, dict)
                 else outputs
             )
-            if backbone.is_causal:
+            if pooling == "first":
+                x = sequence[:, 0, :]
+            elif pooling == "last":
                 x = _last_real_token(sequence, inputs["padding_mask"])
             else:
-                x = sequence[:, 0, :]
+                x = _mean_over_real_tokens(sequence, inputs["padding_mask"])
         x = self.output_dropout(x)
         if backbone.is_multi_task:
             outputs = self.output_dense(x, task_id=inputs[TASK_ID])
@@ -157,6 +231,7 @@ class PTuningTextClassifier(
         self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
+        self.pooling = pooling
 
     def _add_task_head(self, name):
         self.output_dense.add_task(name)
@@ -191,6 +266,20 @@ class PTuningTextClassifier(
                 "num_classes": self.num_classes,
                 "activation": keras.activations.serialize(self.activation),
                 "dropout": self.dropout,
+                "pooling": self.pooling,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        if "pooling" not in config:
+            # Saved before `pooling` existed: those classifiers read what
+            # HF's do, so their heads keep the input they were trained on.
+            config = dict(config)
+            if isinstance(config["backbone"], dict):
+                config["backbone"] = keras.layers.deserialize(
+                    config["backbone"]
+                )
+            config["pooling"] = hf_pooling(config["backbone"])
+        return super().from_config(config)

@@ -138,6 +138,7 @@ def test_peft_adapter_loads_with_matching_logits(
     model = keras_ptuning.load_peft_adapter(backbone, directory)
     assert isinstance(model, PTuningTextClassifier)
     assert model.backbone.prompt_source == "table"
+    assert model.pooling == "pooled"  # what the head was trained on
     inputs = _keras_inputs(hf_inputs)
     ours = model.predict(inputs, verbose=0)
     _check_logits("peft_to_keras", ours, hf_logits, backbone, directory, inputs)
@@ -161,19 +162,34 @@ def test_peft_adapter_loads_with_matching_logits(
         from_bin.predict(inputs, verbose=0), ours, atol=1e-6
     )
 
-    # Loading into an existing model of the wrong size is refused.
+    # Loading into an existing model of the wrong size is refused, and so
+    # is loading the head into one that reads another output.
     other = PTuningTextClassifier(
-        backbone, 2, PromptEncoderConfig(NUM_TOKENS + 1)
+        backbone, 2, PromptEncoderConfig(NUM_TOKENS + 1), pooling="pooled"
     )
     with pytest.raises(ValueError, match="num_virtual_tokens=5"):
         keras_ptuning.load_peft_adapter(other, directory)
+    mean = PTuningTextClassifier(backbone, 2, PromptEncoderConfig(NUM_TOKENS))
+    prompt_before = ops.convert_to_numpy(mean.backbone.prompt_table())
+    with pytest.raises(
+        ValueError, match="pooling='pooled'.*model_or_backbone.pooling='mean'"
+    ):
+        keras_ptuning.load_peft_adapter(mean, directory)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(mean.backbone.prompt_table()), prompt_before
+    )
 
 
 def test_our_adapter_loads_in_peft(preset, hf_inputs, tmp_path):
     backbone = keras_hub.models.BertBackbone.from_preset(preset)
-    model = PTuningTextClassifier(
-        backbone, 2, PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32)
-    )
+    config = PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32)
+    # The default head reads the mean, which HF's BERT head does not.
+    with pytest.raises(ValueError, match="model.pooling='mean'"):
+        keras_ptuning.save_peft_adapter(
+            PTuningTextClassifier(backbone, 2, config), str(tmp_path / "mean")
+        )
+    assert not (tmp_path / "mean").exists()
+    model = PTuningTextClassifier(backbone, 2, config, pooling="pooled")
     inputs = _keras_inputs(hf_inputs)
     model.fit(inputs, np.array([1, 0, 1]), epochs=2, verbose=0)
     directory = str(tmp_path / "ours")

@@ -73,16 +73,76 @@ def test_decoder_head_reads_last_real_token(family):
     np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-5)
 
 
-def test_encoder_head_reads_pooled_output():
-    model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
+def _readout(outputs, inputs, pooling):
+    """What the head should read, computed in NumPy from the backbone."""
+    if pooling == "pooled":
+        return to_numpy(outputs["pooled_output"])
+    sequence = to_numpy(
+        outputs["sequence_output"] if isinstance(outputs, dict) else outputs
     )
-    inputs = make_inputs(model.backbone.input_names, batch_size=2, length=5)
-    pooled = to_numpy(model.backbone(inputs)["pooled_output"])
-    expected = pooled @ to_numpy(model.output_dense.kernel) + to_numpy(
+    if pooling == "first":
+        return sequence[:, 0]
+    mask = inputs["padding_mask"].astype("float32")
+    return (sequence * mask[..., None]).sum(axis=1) / mask.sum(axis=1)[:, None]
+
+
+@pytest.mark.parametrize(
+    "family, pooling, reads",
+    [
+        ("bert", None, "mean"),  # the default for encoders
+        ("roberta", None, "mean"),
+        ("bert", "pooled", "pooled"),  # what PEFT's HF model reads
+        ("distil_bert", "first", "first"),
+        ("gpt2", "mean", "mean"),
+    ],
+)
+def test_head_reads_the_chosen_tokens(family, pooling, reads):
+    model = PTuningTextClassifier(
+        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), pooling=pooling
+    )
+    assert model.pooling == reads
+    assert model.get_config()["pooling"] == reads
+    inputs = make_inputs(model.backbone.input_names, batch_size=4, length=7)
+    assert inputs["padding_mask"].sum(axis=1).min() < 7  # padded rows
+    features = _readout(model.backbone(inputs), inputs, reads)
+    expected = features @ to_numpy(model.output_dense.kernel) + to_numpy(
         model.output_dense.bias
     )
     np.testing.assert_allclose(to_numpy(model(inputs)), expected, atol=1e-5)
+
+
+def test_bad_pooling_names_the_argument_and_the_choices():
+    with pytest.raises(ValueError, match="one of .*'mean'.*pooling='max'"):
+        PTuningTextClassifier(
+            FAMILIES["bert"](), 2, PromptEncoderConfig(2), pooling="max"
+        )
+    with pytest.raises(
+        ValueError, match="RobertaBackbone has none.*pooling='pooled'"
+    ):
+        PTuningTextClassifier(
+            FAMILIES["roberta"](), 2, PromptEncoderConfig(2), pooling="pooled"
+        )
+
+
+@pytest.mark.parametrize(
+    "family, reads",
+    [("bert", "pooled"), ("roberta", "first"), ("qwen", "last")],
+)
+def test_config_saved_before_pooling_existed_reads_what_it_read(family, reads):
+    """A classifier saved before `pooling` existed read HF's readout; its
+    head must keep reading it when loaded, not the new default."""
+    model = PTuningTextClassifier(
+        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), pooling=reads
+    )
+    config = model.get_config()
+    del config["pooling"]
+    loaded = PTuningTextClassifier.from_config(config)
+    assert loaded.pooling == reads
+    loaded.set_weights(model.get_weights())
+    inputs = make_inputs(model.backbone.input_names, batch_size=3, length=6)
+    np.testing.assert_allclose(
+        to_numpy(loaded(inputs)), to_numpy(model(inputs)), atol=1e-6
+    )
 
 
 def test_model_ready_inputs_skip_keras_hub_pipeline():
@@ -121,11 +181,13 @@ def test_head_initialisation_and_dropout_placement(task_names):
     TruncatedNormal(0.02) with zero bias, as keras-hub's BERT classifier and
     PEFT's HF head; the dropout layer sits between the pooled output and
     the head with rate 0 by default (the frozen backbone keeps its own
-    dropout), and a rate given drops in training only."""
+    dropout), and a rate given drops in training only. (What the head
+    reads by default: `test_head_reads_the_chosen_tokens`.)"""
     model = PTuningTextClassifier(
         FAMILIES["bert"](),
         2,
         PromptEncoderConfig(NUM_TOKENS),
+        pooling="pooled",  # the backbone's output feeds the dropout directly
         task_names=task_names,
     )
     heads = model.output_dense.heads if task_names else [model.output_dense]
