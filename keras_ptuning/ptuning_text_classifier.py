@@ -5,6 +5,7 @@ import keras_hub
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.backbone_split import causal_lm_class
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
@@ -29,7 +30,7 @@ def default_pooling(backbone):
     settings (README, `benchmarks/sst2_parity.py`) the mean lifted dev
     accuracy over BERT's pooler on every backend.
     """
-    return "last" if backbone.is_causal else "mean"
+    return "last" if _is_causal(backbone) else "mean"
 
 
 def hf_pooling(backbone):
@@ -39,10 +40,34 @@ def hf_pooling(backbone):
     decoder-only models, the first token (`[CLS]`, `<s>`) for other
     encoders. Classifiers saved before `pooling` existed read this, and a
     head written to or read from a PEFT adapter needs it.
+
+    Args:
+        backbone: a keras-hub backbone or a `keras_ptuning.PTuningBackbone`.
+
+    Returns:
+        The `pooling` string: `"pooled"`, `"last"` or `"first"`.
+
+    Example:
+    ```python
+    backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
+    classifier = keras_ptuning.PTuningTextClassifier(
+        backbone,
+        num_classes=2,
+        prompt_config=keras_ptuning.PromptEncoderConfig(20),
+        pooling=keras_ptuning.hf_pooling(backbone),  # "pooled"
+    )
+    keras_ptuning.save_peft_adapter(classifier, "adapter")
+    ```
     """
     if _has_pooled_output(backbone):
         return "pooled"
-    return "last" if backbone.is_causal else "first"
+    return "last" if _is_causal(backbone) else "first"
+
+
+def _is_causal(backbone):
+    if isinstance(backbone, PTuningBackbone):
+        return backbone.is_causal
+    return causal_lm_class(backbone) is not None
 
 
 def _has_pooled_output(backbone):

@@ -10,6 +10,7 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningTextClassifier
+from keras_ptuning import hf_pooling
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
@@ -122,6 +123,15 @@ def test_bad_pooling_names_the_argument_and_the_choices():
         PTuningTextClassifier(
             FAMILIES["roberta"](), 2, PromptEncoderConfig(2), pooling="pooled"
         )
+
+
+def test_hf_pooling_takes_plain_and_ptuning_backbones():
+    expected = {"bert": "pooled", "roberta": "first", "gpt2": "last"}
+    for family, reads in expected.items():
+        backbone = FAMILIES[family]()
+        assert hf_pooling(backbone) == reads, family
+        ptuning = PTuningBackbone(backbone, PromptEncoderConfig(2))
+        assert hf_pooling(ptuning) == reads, family
 
 
 @pytest.mark.parametrize(
