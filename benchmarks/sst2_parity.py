@@ -242,9 +242,10 @@ def run_keras(args, learning_rate, seed, probe=False):
 
 def _linear_probe(backbone, pooling):
     """The frozen backbone and a `Dense` head on its mean or pooled output,
-    the head initialised as the classifier's."""
+    read and initialised as the classifier's."""
     import keras
 
+    from keras_ptuning.pooling import pool
     from keras_ptuning.task_heads import head_kernel_initializer
 
     if pooling not in ("mean", "pooled"):
@@ -256,13 +257,7 @@ def _linear_probe(backbone, pooling):
         name: keras.Input((None,), dtype="int32", name=name)
         for name in backbone.input_names
     }
-    outputs = backbone(inputs)
-    if pooling == "pooled":
-        features = outputs["pooled_output"]
-    else:
-        mask = keras.ops.cast(inputs["padding_mask"], "float32")[..., None]
-        total = keras.ops.sum(outputs["sequence_output"] * mask, axis=1)
-        features = total / keras.ops.sum(mask, axis=1)
+    features = pool(backbone(inputs), inputs["padding_mask"], pooling)
     logits = keras.layers.Dense(
         2, kernel_initializer=head_kernel_initializer()
     )(features)

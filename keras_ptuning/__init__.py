@@ -7,6 +7,7 @@ from keras_ptuning.length_bucketing import LengthBucketedDataset
 from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
 from keras_ptuning.peft_interop import load_peft_adapter
 from keras_ptuning.peft_interop import save_peft_adapter
+from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_injection import PromptInjection
@@ -17,7 +18,6 @@ from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
-from keras_ptuning.ptuning_text_classifier import hf_pooling
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.verbalizer import Verbalizer
 from keras_ptuning.version import __version__

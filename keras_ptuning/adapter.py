@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 from keras import ops
 
+from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.version import __version__
 
 ADAPTER_FORMAT = "keras_ptuning.adapter"
@@ -59,6 +60,10 @@ class AdapterMixin:
     def _head_variables(self):
         return {}
 
+    def _head_pooling(self):
+        """What the task head reads (a classifier's `pooling`), or None."""
+        return None
+
     def save_adapter(self, filepath, include_encoder=False, overwrite=True):
         """Writes the trained prompt (and head) to an HDF5 adapter file.
 
@@ -97,6 +102,7 @@ class AdapterMixin:
             "prompt_config": ptuning.prompt_config.to_dict(),
             "placeholder_id": ptuning.placeholder_id,
             "head": {name: list(v.shape) for name, v in head.items()},
+            "head_pooling": self._head_pooling() if head else None,
             "include_encoder": bool(include_encoder),
             "encoder_weights": [v.path for v in encoder.weights]
             if include_encoder
@@ -159,6 +165,24 @@ class AdapterMixin:
                 f"placeholder_id={self._ptuning_backbone().placeholder_id} "
                 f"({_placement(self._ptuning_backbone().placeholder_id)})."
             )
+        head_arrays = {
+            name[len("head/") :]: value
+            for name, value in arrays.items()
+            if name.startswith("head/")
+        }
+        pooling = self._head_pooling()
+        if head_arrays and pooling is not None:
+            # Adapters written before the readout was recorded read HF's.
+            stored = config.get(
+                "head_pooling", hf_pooling(self._ptuning_backbone())
+            )
+            if stored != pooling:
+                raise ValueError(
+                    f"The adapter's head was trained reading `{stored}`; "
+                    f"this model's head reads `{pooling}`. Build the model "
+                    f"with `pooling={stored!r}` to load it. Received: "
+                    f"pooling={pooling!r}"
+                )
         encoder_arrays = None
         if config["include_encoder"]:
             prompt_config = self._ptuning_backbone().prompt_config.to_dict()
@@ -172,11 +196,6 @@ class AdapterMixin:
                 arrays[f"encoder/{i}"]
                 for i in range(len(config["encoder_weights"]))
             ]
-        head_arrays = {
-            name[len("head/") :]: value
-            for name, value in arrays.items()
-            if name.startswith("head/")
-        }
         self.set_trained_weights(
             arrays["prompt_table"],
             head_arrays,

@@ -24,12 +24,12 @@ import numpy as np
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.adapter import float32_numpy
+from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
 from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
-from keras_ptuning.ptuning_text_classifier import hf_pooling
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"

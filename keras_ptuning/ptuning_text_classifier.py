@@ -2,94 +2,19 @@
 
 import keras
 import keras_hub
-from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.backbone_split import causal_lm_class
+from keras_ptuning.pooling import POOLING_MODES
+from keras_ptuning.pooling import default_pooling
+from keras_ptuning.pooling import has_pooled_output
+from keras_ptuning.pooling import hf_pooling
+from keras_ptuning.pooling import pool
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.task_heads import head_kernel_initializer
-
-# What the head can read: the backbone's pooled output (BERT's pooler),
-# the first position, the last non-padding token, or the mean over the
-# non-padding tokens.
-POOLING_MODES = ("pooled", "first", "last", "mean")
-
-
-def default_pooling(backbone):
-    """The classifier's readout when none is given, chosen per family.
-
-    Decoder-only models read the last real token (the only one that sees
-    the whole input). Encoders read the mean over the real tokens: with a
-    frozen backbone the readout cannot adapt, and a mean keeps every
-    token's information, where BERT's pooler (trained on `[CLS]`, here
-    reading the first virtual token) kept little of it. On SST-2 at PEFT's
-    settings (README, `benchmarks/sst2_parity.py`) the mean lifted dev
-    accuracy over BERT's pooler on every backend.
-    """
-    return "last" if _is_causal(backbone) else "mean"
-
-
-def hf_pooling(backbone):
-    """What HF's `*ForSequenceClassification` (and PEFT) reads.
-
-    BERT's pooled output where the backbone has one, the last real token for
-    decoder-only models, the first token (`[CLS]`, `<s>`) for other
-    encoders. Classifiers saved before `pooling` existed read this, and a
-    head written to or read from a PEFT adapter needs it.
-
-    Args:
-        backbone: a keras-hub backbone or a `keras_ptuning.PTuningBackbone`.
-
-    Returns:
-        The `pooling` string: `"pooled"`, `"last"` or `"first"`.
-
-    Example:
-    ```python
-    backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
-    classifier = keras_ptuning.PTuningTextClassifier(
-        backbone,
-        num_classes=2,
-        prompt_config=keras_ptuning.PromptEncoderConfig(20),
-        pooling=keras_ptuning.hf_pooling(backbone),  # "pooled"
-    )
-    keras_ptuning.save_peft_adapter(classifier, "adapter")
-    ```
-    """
-    if _has_pooled_output(backbone):
-        return "pooled"
-    return "last" if _is_causal(backbone) else "first"
-
-
-def _is_causal(backbone):
-    if isinstance(backbone, PTuningBackbone):
-        return backbone.is_causal
-    return causal_lm_class(backbone) is not None
-
-
-def _has_pooled_output(backbone):
-    return isinstance(backbone.output, dict) and (
-        "pooled_output" in backbone.output
-    )
-
-
-def _last_real_token(sequence_output, padding_mask):
-    """Hidden state of each row's last non-padding token (HF's choice)."""
-    mask = ops.cast(padding_mask, "int32")
-    positions = ops.cumsum(ops.ones_like(mask), axis=1) - 1
-    last = ops.max(mask * positions, axis=1)
-    index = ops.reshape(last, (-1, 1, 1))
-    return ops.take_along_axis(sequence_output, index, axis=1)[:, 0, :]
-
-
-def _mean_over_real_tokens(sequence_output, padding_mask):
-    """Mean of each row's non-padding hidden states."""
-    mask = ops.cast(padding_mask, sequence_output.dtype)[:, :, None]
-    total = ops.sum(sequence_output * mask, axis=1)
-    return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -196,7 +121,7 @@ class PTuningTextClassifier(
             )
         if pooling is None:
             pooling = default_pooling(backbone)
-        if pooling == "pooled" and not _has_pooled_output(backbone):
+        if pooling == "pooled" and not has_pooled_output(backbone):
             raise ValueError(
                 '`pooling="pooled"` needs a backbone with a `pooled_output` '
                 f"(BERT); {type(backbone.backbone).__name__} has none. Use "
@@ -231,20 +156,7 @@ class PTuningTextClassifier(
         # === Functional model ===
         inputs = model_inputs(backbone.input_names)
         outputs = backbone(inputs)
-        if pooling == "pooled":
-            x = outputs["pooled_output"]
-        else:
-            sequence = (
-                outputs["sequence_output"]
-                if isinstance(outputs, dict)
-                else outputs
-            )
-            if pooling == "first":
-                x = sequence[:, 0, :]
-            elif pooling == "last":
-                x = _last_real_token(sequence, inputs["padding_mask"])
-            else:
-                x = _mean_over_real_tokens(sequence, inputs["padding_mask"])
+        x = pool(outputs, inputs["padding_mask"], pooling)
         x = self.output_dropout(x)
         if backbone.is_multi_task:
             outputs = self.output_dense(x, task_id=inputs[TASK_ID])
@@ -263,6 +175,9 @@ class PTuningTextClassifier(
 
     def _set_trainable_task_heads(self, names):
         self.output_dense.set_trainable_tasks(names)
+
+    def _head_pooling(self):
+        return self.pooling
 
     def _head_variables(self):
         if self.backbone.is_multi_task:

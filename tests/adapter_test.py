@@ -1,3 +1,4 @@
+import json
 import os
 
 import h5py
@@ -19,9 +20,9 @@ from tests.support import to_numpy
 CONFIG = PromptEncoderConfig(4, encoder_reparameterization_type="LSTM")
 
 
-def _trained_classifier():
+def _trained_classifier(pooling=None):
     backbone = FAMILIES["bert"]()
-    model = PTuningTextClassifier(backbone, 3, CONFIG)
+    model = PTuningTextClassifier(backbone, 3, CONFIG, pooling=pooling)
     inputs = make_inputs(model.backbone.input_names, batch_size=6, length=5)
     model.fit(inputs, np.arange(6) % 3, batch_size=3, epochs=2, verbose=0)
     return backbone, model, inputs
@@ -34,6 +35,7 @@ def test_adapter_holds_only_prompt_head_and_config(tmp_path):
     config = read_adapter_config(path)
     assert config["task"] == "PTuningTextClassifier"
     assert config["head"] == {"kernel": [16, 3], "bias": [3]}
+    assert config["head_pooling"] == "mean"
     assert not config["include_encoder"]
     # Prompt (4 x 16) + head (16 x 3 + 3) floats, plus HDF5 overhead.
     assert os.path.getsize(path) < 16_000
@@ -112,17 +114,15 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
     _, model, _ = _trained_classifier()
     path = str(tmp_path / "a.adapter.h5")
     model.save_adapter(path)
-    cases = [
-        (
-            FAMILIES["bert"](),
-            2,
-            CONFIG,
-            "head weight 'kernel' has shape \\(16, 3\\)",
-        ),
-        (FAMILIES["bert"](), 3, PromptEncoderConfig(5), "num_virtual_tokens=4"),
+    bert = FAMILIES["bert"]()
+    cases = [  # (classes, prompt config, pooling, the error)
+        (2, CONFIG, None, "head weight 'kernel' has shape \\(16, 3\\)"),
+        (3, PromptEncoderConfig(5), None, "num_virtual_tokens=4"),
+        # A head trained on the mean would read BERT's pooler wrongly.
+        (3, CONFIG, "pooled", "trained reading `mean`.*pooling='pooled'"),
     ]
-    for backbone, classes, config, message in cases:
-        other = PTuningTextClassifier(backbone, classes, config)
+    for classes, config, pooling, message in cases:
+        other = PTuningTextClassifier(bert, classes, config, pooling=pooling)
         before = [to_numpy(v) for v in other.weights]
         with pytest.raises(ValueError, match=message):
             other.load_adapter(path)
@@ -152,7 +152,7 @@ def test_a_classifier_peft_adapter_is_refused_by_a_model_without_head(
     tmp_path,
 ):
     """A SEQ_CLS adapter's head cannot be dropped silently."""
-    _, model, _ = _trained_classifier()
+    _, model, _ = _trained_classifier(pooling="pooled")  # HF's readout
     save_peft_adapter(model, str(tmp_path))
     lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
     before = [to_numpy(v) for v in lm.weights]
@@ -160,3 +160,24 @@ def test_a_classifier_peft_adapter_is_refused_by_a_model_without_head(
         load_peft_adapter(lm, str(tmp_path))
     for a, b in zip(before, lm.weights):
         np.testing.assert_array_equal(a, to_numpy(b))
+
+
+def test_adapter_written_before_the_readout_was_recorded(tmp_path):
+    """Adapters without `head_pooling` came from classifiers that read what
+    HF's do (BERT's pooler): they load into such a classifier only."""
+    backbone, model, inputs = _trained_classifier(pooling="pooled")
+    path = str(tmp_path / "old.adapter.h5")
+    model.save_adapter(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        del config["head_pooling"]
+        f.attrs["config"] = json.dumps(config)
+    pooled = PTuningTextClassifier(backbone, 3, CONFIG, pooling="pooled")
+    pooled.load_adapter(path)
+    np.testing.assert_allclose(
+        pooled.predict(inputs, verbose=0),
+        model.predict(inputs, verbose=0),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="reading `pooled`.*pooling='mean'"):
+        PTuningTextClassifier(backbone, 3, CONFIG).load_adapter(path)

@@ -63,12 +63,15 @@ def _build(kind, placeholder_id=None, task_names=None):
             task_names=task_names,
         )
     if kind == "classifier":
+        # HF's readout, so that the head crosses to PEFT and back (the
+        # default, the mean, is refused there; saving_test, export_test).
         return PTuningTextClassifier(
             FAMILIES["bert"](),
             3,
             CONFIG,
             placeholder_id=placeholder_id,
             task_names=task_names,
+            pooling="pooled",
         )
     if kind == "causal_lm":
         return PTuningCausalLM(
