@@ -55,9 +55,10 @@ class PTuningTextClassifier(
             non-padding tokens), `"last"` (the last non-padding token),
             `"first"` (the first position: `[CLS]`, `<s>`), or `"pooled"`
             (the backbone's `pooled_output`, BERT's pooler; only for
-            backbones that have one). Virtual tokens are not read, except
-            through `"pooled"` (BERT's pooler reads position 0, the first
-            virtual token when they are prepended, as in HF and PEFT).
+            backbones that have one). Prepended virtual tokens are read
+            only through `"pooled"` (BERT's pooler reads position 0, the
+            first virtual token, as in HF and PEFT); with prompt slots,
+            `"mean"` includes the slots' hidden states.
             Defaults to `"last"` for decoder-only backbones and `"mean"`
             for encoders: over 3 seeds at PEFT's settings the mean gained
             over BERT's pooler (README, `benchmarks/sst2_parity.py`).
