@@ -253,11 +253,8 @@ def _linear_probe(backbone, pooling):
             f"The probe reads `mean` or `pooled`. Received: --pooling {pooling}"
         )
     backbone.trainable = False
-    inputs = {
-        name: keras.Input((None,), dtype="int32", name=name)
-        for name in backbone.input_names
-    }
-    features = pool(backbone(inputs), inputs["padding_mask"], pooling)
+    inputs = backbone.input
+    features = pool(backbone.output, inputs["padding_mask"], pooling)
     logits = keras.layers.Dense(
         2, kernel_initializer=head_kernel_initializer()
     )(features)
