@@ -18,8 +18,9 @@ def default_pooling(backbone):
     frozen backbone the readout cannot adapt, and a mean keeps every
     token's information, where BERT's pooler (trained on `[CLS]`, here
     reading the first virtual token) kept little of it. On SST-2 at PEFT's
-    settings (README, `benchmarks/sst2_parity.py`) the mean lifted dev
-    accuracy over BERT's pooler on every backend.
+    settings (README, `benchmarks/sst2_parity.py`, all-MiniLM-L6-v2, 3
+    seeds) the mean reached 0.797-0.809 dev accuracy on JAX and PyTorch at
+    Adam 1e-3 and 3e-3, against 0.732-0.770 through BERT's pooler.
     """
     return "last" if _is_causal(backbone) else "mean"
 

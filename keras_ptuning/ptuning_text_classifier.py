@@ -61,7 +61,8 @@ class PTuningTextClassifier(
             `"mean"` includes the slots' hidden states.
             Defaults to `"last"` for decoder-only backbones and `"mean"`
             for encoders: over 3 seeds at PEFT's settings the mean gained
-            over BERT's pooler (README, `benchmarks/sst2_parity.py`).
+            3-7 points over BERT's pooler on SST-2 (README,
+            `benchmarks/sst2_parity.py`).
             `keras_ptuning.hf_pooling(backbone)` is HF's readout, needed
             to exchange a head with PEFT.
         placeholder_id: `None` (prepend the virtual tokens) or the int that
