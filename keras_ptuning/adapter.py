@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 from keras import ops
 
+from keras_ptuning.pooling import check_head_pooling
 from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.version import __version__
 
@@ -170,19 +171,12 @@ class AdapterMixin:
             for name, value in arrays.items()
             if name.startswith("head/")
         }
-        pooling = self._head_pooling()
-        if head_arrays and pooling is not None:
+        if head_arrays and self._head_pooling() is not None:
             # Adapters written before the readout was recorded read HF's.
             stored = config.get(
                 "head_pooling", hf_pooling(self._ptuning_backbone())
             )
-            if stored != pooling:
-                raise ValueError(
-                    f"The adapter's head was trained reading `{stored}`; "
-                    f"this model's head reads `{pooling}`. Build the model "
-                    f"with `pooling={stored!r}` to load it. Received: "
-                    f"pooling={pooling!r}"
-                )
+            check_head_pooling(self, stored, "pooling", f"{filepath!r}")
         encoder_arrays = None
         if config["include_encoder"]:
             prompt_config = self._ptuning_backbone().prompt_config.to_dict()

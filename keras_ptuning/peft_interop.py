@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.adapter import float32_numpy
+from keras_ptuning.pooling import check_head_pooling
 from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.ptuning_backbone import PTuningBackbone
@@ -153,28 +154,18 @@ def load_peft_adapter(model_or_backbone, directory):
             "PTuningTextClassifier."
         )
     if head is not None:
-        source = f"the PEFT adapter in {directory!r}"
-        _check_hf_pooling(model, "model_or_backbone.pooling", source)
+        check_head_pooling(
+            model,
+            hf_pooling(model.backbone),
+            "model_or_backbone.pooling",
+            f"the PEFT adapter in {directory!r}",
+        )
     model.set_trained_weights(
         prompt_table,
         head if wants_head else None,
         source=f"the PEFT adapter in {directory!r}",
     )
     return model
-
-
-def _check_hf_pooling(model, argument, what):
-    """Raises unless the classifier's head reads what HF's model reads: a
-    head trained on another readout would give wrong logits there."""
-    expected = hf_pooling(model.backbone)
-    if model.pooling != expected:
-        raise ValueError(
-            f"The classifier head of {what} reads `{expected}` (HF's "
-            f"`*ForSequenceClassification`); this classifier's head reads "
-            f"`{model.pooling}`. Build the classifier with "
-            f"`pooling={expected!r}` to exchange heads with PEFT. Received: "
-            f"{argument}={model.pooling!r}"
-        )
 
 
 def save_peft_adapter(model, directory, base_model_name_or_path=None):
@@ -239,7 +230,10 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     tensors = {"prompt_embeddings": float32_numpy(ptuning.prompt_table())}
     head = model._head_variables()
     if head:
-        _check_hf_pooling(model, "model.pooling", "a PEFT adapter")
+        # PEFT's HF model reads HF's readout.
+        check_head_pooling(
+            model, hf_pooling(model.backbone), "model.pooling", "a PEFT adapter"
+        )
         tensors["base_model.classifier.weight"] = np.ascontiguousarray(
             float32_numpy(head["kernel"]).T
         )

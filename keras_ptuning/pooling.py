@@ -56,6 +56,18 @@ def hf_pooling(backbone):
     return "last" if _is_causal(backbone) else "first"
 
 
+def check_head_pooling(model, expected, argument, what):
+    """Raises unless `model`'s head reads `expected`: a head trained on one
+    readout gives wrong logits on another (adapters, PEFT heads)."""
+    if model.pooling != expected:
+        raise ValueError(
+            f"The head of {what} was trained reading `{expected}`; this "
+            f"classifier's head reads `{model.pooling}`. Build the "
+            f"classifier with `pooling={expected!r}`. Received: "
+            f"{argument}={model.pooling!r}"
+        )
+
+
 def pool(outputs, padding_mask, pooling):
     """What a classifier head reads from a backbone's outputs.
 
