@@ -2,6 +2,7 @@
 
 from keras_ptuning import distribution
 from keras_ptuning import keras_hub_fixes
+from keras_ptuning.choice_template import ChoiceTemplate
 from keras_ptuning.export import export_saved_model
 from keras_ptuning.length_bucketing import LengthBucketedDataset
 from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
@@ -15,6 +16,7 @@ from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
 from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.ptuning_causal_lm_classifier import PTuningCausalLMClassifier
 from keras_ptuning.ptuning_masked_lm import PTuningMaskedLM
 from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
 from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
@@ -25,6 +27,7 @@ from keras_ptuning.version import __version__
 keras_hub_fixes.apply()
 
 __all__ = [
+    "ChoiceTemplate",
     "DEFAULT_PLACEHOLDER_ID",
     "LengthBucketedDataset",
     "MultiTaskPromptEncoder",
@@ -34,6 +37,7 @@ __all__ = [
     "PromptTemplate",
     "PTuningBackbone",
     "PTuningCausalLM",
+    "PTuningCausalLMClassifier",
     "PTuningMaskedLM",
     "PTuningNextTokenLM",
     "PTuningTextClassifier",

@@ -1,4 +1,5 @@
-"""Loading GLUE SST-2 (the default P-tuning benchmark data) and LAMA."""
+"""Loading GLUE SST-2 (the default P-tuning benchmark data), LAMA and
+SuperGLUE (FewGLUE)."""
 
 import csv
 import json
@@ -106,5 +107,61 @@ def load_lama(split, data_dir=None):
             f"`split` must be one of {LAMA_SPLITS}. Received: split={split!r}"
         )
     path = os.path.join(find_lama_dir(data_dir), f"{split}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+SUPERGLUE_TASKS = ("BoolQ", "CB", "COPA", "RTE", "WiC", "WSC")
+SUPERGLUE_SPLITS = ("train", "dev32", "val", "train_full")
+
+
+def find_superglue_dir(data_dir=None):
+    """Returns a directory holding SuperGLUE task folders (`<Task>/*.jsonl`).
+
+    Looks at `data_dir`, at `../shared/data/superglue` from the working
+    directory, and at `$KERAS_PTUNING_DATA/superglue`. FewGLUE's splits
+    (see that directory's README) have no single public download.
+    """
+    candidates = [os.path.join("..", "shared", "data", "superglue")]
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    if env_dir:
+        candidates.append(os.path.join(env_dir, "superglue"))
+    if data_dir is not None:
+        candidates = [data_dir]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "RTE", "val.jsonl")):
+            return candidate
+    raise FileNotFoundError(
+        "No SuperGLUE task folders (e.g. RTE/val.jsonl) in "
+        f"{candidates}: pass data_dir or set ${DATA_DIR_ENV} to a directory "
+        "with a `superglue` subdirectory."
+    )
+
+
+def load_superglue(task, split, data_dir=None):
+    """Reads one split of a SuperGLUE task: a list of dicts in SuperGLUE's
+    own JSON-lines fields (`label` included).
+
+    Args:
+        task: one of `SUPERGLUE_TASKS`.
+        split: `"train"` (FewGLUE's 32), `"dev32"`, `"val"` (SuperGLUE
+            dev) or `"train_full"` (CB, COPA, RTE).
+        data_dir: optional directory holding the task folders.
+    """
+    if task not in SUPERGLUE_TASKS:
+        raise ValueError(
+            f"`task` must be one of {SUPERGLUE_TASKS}. Received: task={task!r}"
+        )
+    if split not in SUPERGLUE_SPLITS:
+        raise ValueError(
+            f"`split` must be one of {SUPERGLUE_SPLITS}. Received: "
+            f"split={split!r}"
+        )
+    path = os.path.join(find_superglue_dir(data_dir), task, f"{split}.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{task} has no {split!r} split here (train_full exists for CB, "
+            f"COPA and RTE). Received: task={task!r}, split={split!r}"
+        )
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -64,6 +64,11 @@ class PromptEncoder(keras.layers.Layer):
     bidirectional LSTMs over the virtual-token sequence followed by
     `Dense(2h) ReLU Dense(token_dim)`, exactly as PEFT's `PromptEncoder`.
 
+    With `prompt_init="text"` the prompt is a fixed, non-trainable
+    `base_table` (the token embeddings of a text) plus the encoder's
+    output, whose last layer starts at zero: before training the prompt is
+    exactly that text, and training moves it from there.
+
     The encoder keeps float32 variables and computes in float32 whatever the
     global dtype policy; the models that use it cast its output to the
     backbone's compute dtype.
@@ -73,7 +78,8 @@ class PromptEncoder(keras.layers.Layer):
             `token_dim` set. Alternatively pass the config's fields as keyword
             arguments.
         num_virtual_tokens, token_dim, encoder_reparameterization_type,
-        encoder_hidden_size, encoder_num_layers, encoder_dropout: the
+        encoder_hidden_size, encoder_num_layers, encoder_dropout,
+        prompt_init: the
             fields of `PromptEncoderConfig`, used when `config` is `None`.
         **kwargs: standard `keras.layers.Layer` arguments (`name`, ...).
 
@@ -95,6 +101,7 @@ class PromptEncoder(keras.layers.Layer):
         encoder_hidden_size=None,
         encoder_num_layers=2,
         encoder_dropout=0.0,
+        prompt_init="random",
         **kwargs,
     ):
         if config is None:
@@ -105,6 +112,7 @@ class PromptEncoder(keras.layers.Layer):
                 encoder_hidden_size=encoder_hidden_size,
                 encoder_num_layers=encoder_num_layers,
                 encoder_dropout=encoder_dropout,
+                prompt_init=prompt_init,
             )
         else:
             config = PromptEncoderConfig.from_dict(config)
@@ -189,13 +197,57 @@ class PromptEncoder(keras.layers.Layer):
                 )
             )
             head_width = 2 * hidden
+        output_initializers = _torch_linear_initializers(head_width)
+        if self.starts_from_text:
+            # The prompt starts exactly at `base_table`: the encoder's
+            # output layer starts at zero, as LoRA's second factor does.
+            output_initializers = {
+                "kernel_initializer": "zeros",
+                "bias_initializer": "zeros",
+            }
         self.output_dense = keras.layers.Dense(
             dim,
             dtype="float32",
             name="mlp_head_output" if self.is_lstm else "mlp_output",
-            **_torch_linear_initializers(head_width),
+            **output_initializers,
         )
+        self.base_table = None
+        if self.starts_from_text:
+            self.base_table = self.add_weight(
+                shape=(num_tokens, dim),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+                name="base_table",
+            )
         self.build()
+
+    @property
+    def starts_from_text(self):
+        """Whether the prompt is `base_table` plus the encoder's output
+        (`prompt_init="text"`)."""
+        return self.prompt_config.prompt_init == "text"
+
+    def set_base_table(self, table):
+        """Sets the fixed `(N, D)` start of a `prompt_init="text"` prompt.
+
+        Args:
+            table: an array of shape `(num_virtual_tokens, token_dim)`.
+        """
+        if not self.starts_from_text:
+            raise ValueError(
+                "`set_base_table` needs an encoder built with "
+                "prompt_init='text'. Received: prompt_init="
+                f"{self.prompt_config.prompt_init!r}"
+            )
+        shape = tuple(ops.shape(table))
+        expected = (self.num_virtual_tokens, self.token_dim)
+        if shape != expected:
+            raise ValueError(
+                f"The base table must have shape {expected} "
+                f"(num_virtual_tokens, token_dim). Received: shape {shape}"
+            )
+        self.base_table.assign(ops.cast(table, "float32"))
 
     @property
     def is_lstm(self):
@@ -230,6 +282,8 @@ class PromptEncoder(keras.layers.Layer):
         for layer in self.encoder_layers:
             x = layer(x, training=training)
         x = self.output_dense(x)
+        if self.base_table is not None:
+            x = x + self.base_table
         if len(leading_shape) != 1:
             x = ops.reshape(
                 x, leading_shape + (self.num_virtual_tokens, self.token_dim)

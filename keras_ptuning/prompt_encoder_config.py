@@ -4,6 +4,7 @@ import dataclasses
 import numbers
 
 REPARAMETERIZATION_TYPES = ("MLP", "LSTM")
+PROMPT_INITS = ("random", "text")
 
 
 def _check_int(name, value, minimum, allow_none=False):
@@ -46,6 +47,14 @@ class PromptEncoderConfig:
         encoder_dropout: float in `[0, 1)`, defaults to 0. For `"LSTM"`, the
             dropout between stacked LSTM layers (as in PEFT); for `"MLP"`,
             the dropout after each hidden activation.
+        prompt_init: `"random"` (default: PEFT's encoder, a random start) or
+            `"text"`: the virtual tokens start as the token embeddings of a
+            text (set with `PTuningBackbone.init_prompt_from_token_ids`, or
+            by a `PromptTemplate` with `[P:"text"]` slots), so that before
+            training the model reads exactly that text. The encoder then
+            adds its output to that fixed start, and its output layer
+            starts at zero (PEFT has no such option for P-tuning; its prompt
+            tuning's `prompt_tuning_init="TEXT"` is the same idea).
 
     Example:
     ```python
@@ -63,6 +72,7 @@ class PromptEncoderConfig:
     encoder_hidden_size: int | None = None
     encoder_num_layers: int = 2
     encoder_dropout: float = 0.0
+    prompt_init: str = "random"
 
     def __post_init__(self):
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
@@ -97,6 +107,11 @@ class PromptEncoderConfig:
                 f"encoder_dropout={dropout!r}"
             )
         object.__setattr__(self, "encoder_dropout", float(dropout))
+        if self.prompt_init not in PROMPT_INITS:
+            raise ValueError(
+                f"`prompt_init` must be one of {PROMPT_INITS}. Received: "
+                f"prompt_init={self.prompt_init!r}"
+            )
         for name in ("num_virtual_tokens", "token_dim", "encoder_hidden_size"):
             value = getattr(self, name)
             if value is not None:
@@ -129,8 +144,16 @@ class PromptEncoderConfig:
         return self
 
     def to_dict(self):
-        """Returns the config as a JSON-serializable dict."""
-        return dataclasses.asdict(self)
+        """Returns the config as a JSON-serializable dict.
+
+        `prompt_init` is written only when it is not the default, so the
+        dict of a PEFT-style config has PEFT's fields alone (and files
+        written before the field existed compare equal).
+        """
+        config = dataclasses.asdict(self)
+        if config["prompt_init"] == "random":
+            del config["prompt_init"]
+        return config
 
     @classmethod
     def from_dict(cls, config):

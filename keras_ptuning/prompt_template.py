@@ -23,14 +23,16 @@ except ImportError:  # pragma: no cover - keras-hub installs both.
     tf_text = None
 
 TRUNCATE_MODES = ("round_robin", "waterfall")
-_PART = re.compile(r"\[P(?::(\d+))?\]|\[MASK\]|\{(\w+)\}")
+TEXT_SLOT_MODES = ("prompt", "text")
+_PART = re.compile(r'\[P(?::(\d+)|:"([^"\]]*)")?\]|\[MASK\]|\{(\w+)\}')
 
 
 def _parse(template):
     """Splits a template into `(kind, value, space_before)` pieces.
 
-    Kinds: `"slots"` (value: count), `"mask"`, `"field"` (value: name) and
-    `"text"` (value: the anchor text, stripped).
+    Kinds: `"slots"` (value: count), `"text_slots"` (value: the text its
+    virtual tokens start from, stripped), `"mask"`, `"field"` (value:
+    name) and `"text"` (value: the anchor text, stripped).
     """
     if not isinstance(template, str) or not template.strip():
         raise ValueError(
@@ -53,8 +55,15 @@ def _parse(template):
         token = match.group(0)
         if token == "[MASK]":
             pieces.append(("mask", None, space_before))
+        elif match.group(3) is not None:
+            pieces.append(("field", match.group(3), space_before))
         elif match.group(2) is not None:
-            pieces.append(("field", match.group(2), space_before))
+            if not match.group(2).strip():
+                raise ValueError(
+                    f"A text slot needs text to start from. Received: "
+                    f"{token} in template={template!r}"
+                )
+            pieces.append(("text_slots", match.group(2).strip(), space_before))
         else:
             count = int(match.group(1)) if match.group(1) else 1
             if count < 1:
@@ -76,9 +85,17 @@ def _parse(template):
             f"Each `{{field}}` may appear once in `template`. Received: "
             f"template={template!r}"
         )
-    if not any(kind == "slots" for kind, _, _ in pieces):
+    kinds = {kind for kind, _, _ in pieces}
+    if not kinds & {"slots", "text_slots"}:
         raise ValueError(
-            "`template` must hold at least one prompt slot `[P]` or `[P:n]`. "
+            "`template` must hold at least one prompt slot `[P]`, `[P:n]` or "
+            f'`[P:"text"]`. Received: template={template!r}'
+        )
+    if {"slots", "text_slots"} <= kinds:
+        raise ValueError(
+            'A template\'s slots must all start from text (`[P:"text"]`) '
+            "or all be counted (`[P]`, `[P:n]`): a text-started prompt "
+            "starts exactly at its text, which counted slots have none of. "
             f"Received: template={template!r}"
         )
     return pieces
@@ -100,6 +117,13 @@ class PromptTemplate(keras_hub.models.Preprocessor):
     - `[P]` or `[P:n]`: one or `n` virtual-token slots, written as
       `placeholder_id` in `token_ids`; the model puts its k-th virtual token
       at the k-th slot of each row.
+    - `[P:"text"]`: virtual-token slots that *start from* `text`: one
+      slot per token of `text` (tokenized as anchor text would be), and
+      the model's prompt starts at those tokens' embeddings
+      (`prompt_init="text"`, see `prompt_init_ids`), so before training
+      the model reads exactly the text; `as_text_prompt()` is the same
+      template with the text written as anchors (the zero-shot prompt).
+      A template's slots are all of this kind or all counted.
     - `{name}`: the text of input field `name`, tokenized and truncated to
       fit `sequence_length`. Only field text is ever truncated.
     - `[MASK]`: the tokenizer's mask token (cloze tasks); its position is
@@ -149,6 +173,8 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         truncate: `"round_robin"` (default: trim the longest field first, as
             keras-hub's `MultiSegmentPacker`) or `"waterfall"` (trim the
             last fields first).
+        text_slots: `"prompt"` (default: `[P:"text"]` parts are slots) or
+            `"text"` (they are anchor text; see `as_text_prompt`).
         segment_ids: bool or `None`. Whether to output `segment_ids` (all
             zeros). `None` (default): a model given this template as its
             preprocessor decides by its inputs; alone, the template outputs
@@ -177,6 +203,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         add_end_token=True,
         truncate="round_robin",
         segment_ids=None,
+        text_slots="prompt",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -202,6 +229,11 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 f"`truncate` must be one of {TRUNCATE_MODES}. Received: "
                 f"truncate={truncate!r}"
             )
+        if text_slots not in TEXT_SLOT_MODES:
+            raise ValueError(
+                f"`text_slots` must be one of {TEXT_SLOT_MODES}. Received: "
+                f"text_slots={text_slots!r}"
+            )
         if segment_ids not in (None, True, False):
             raise TypeError(
                 "`segment_ids` must be a bool or None. Received: "
@@ -215,7 +247,13 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         self.add_end_token = add_end_token
         self.truncate = truncate
         self.segment_ids = segment_ids
+        self.text_slots = text_slots
         self._pieces = _parse(template)
+        if text_slots == "text":
+            self._pieces = [
+                ("text" if kind == "text_slots" else kind, value, space)
+                for kind, value, space in self._pieces
+            ]
         self.field_names = [v for k, v, _ in self._pieces if k == "field"]
         self._constant_ids = None
         self._packing_function = None
@@ -249,9 +287,14 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         self._check_placeholder_collisions()
         # Fixed parts, tokenized once: `None` marks a field.
         constant_ids = []
+        self._prompt_init_ids = []
         for kind, value, space_before in self._pieces:
             if kind == "slots":
                 ids = [self.placeholder_id] * value
+            elif kind == "text_slots":
+                text_ids = self._tokenize_constant(value, space_before)
+                self._prompt_init_ids.extend(text_ids)
+                ids = [self.placeholder_id] * len(text_ids)
             elif kind == "mask":
                 ids = [self._mask_id]
             elif kind == "text":
@@ -313,9 +356,56 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         return ids
 
     @property
+    def has_text_slots(self):
+        """Whether the template's slots start from text (`[P:"text"]`)."""
+        return any(kind == "text_slots" for kind, _, _ in self._pieces)
+
+    def _prepared(self):
+        if self._constant_ids is None and _has_vocabulary(self.tokenizer):
+            self._prepare()
+        return self._constant_ids is not None
+
+    @property
     def num_virtual_tokens(self):
-        """The number of prompt slots in the template."""
-        return sum(value for kind, value, _ in self._pieces if kind == "slots")
+        """The number of prompt slots in the template.
+
+        Text slots count their text's tokens, so before a deserialized
+        tokenizer has its vocabulary the count is `None`.
+        """
+        counted = sum(v for kind, v, _ in self._pieces if kind == "slots")
+        if not self.has_text_slots:
+            return counted
+        if not self._prepared():
+            return None
+        return len(self._prompt_init_ids)
+
+    @property
+    def prompt_init_ids(self):
+        """The token ids the virtual tokens start from, in slot order, or
+        `None` for counted slots (or `text_slots="text"`)."""
+        if not self.has_text_slots or not self._prepared():
+            return None
+        return list(self._prompt_init_ids)
+
+    def as_text_prompt(self):
+        """This template with its `[P:"text"]` slots written as anchor text.
+
+        The tokens are exactly the ones the slots start from, so the frozen
+        model reading this template is what a `prompt_init="text"` model
+        predicts before training (the zero-shot prompt). The copy has no
+        virtual tokens: it is a preprocessor for a plain keras-hub
+        backbone.
+        """
+        if not self.has_text_slots:
+            raise ValueError(
+                '`as_text_prompt` needs `[P:"text"]` slots. Received: '
+                f"template={self.template!r}"
+            )
+        config = self.get_config()
+        config.pop("tokenizer", None)
+        config.pop("name", None)
+        config["text_slots"] = "text"
+        return type(self)(tokenizer=self.tokenizer, **config)
 
     @property
     def num_masks(self):
@@ -324,8 +414,16 @@ class PromptTemplate(keras_hub.models.Preprocessor):
     def prompt_config(self, **kwargs):
         """A `PromptEncoderConfig` with one virtual token per slot.
 
-        Keyword arguments set the config's other fields.
+        Text slots set `prompt_init="text"`. Keyword arguments set the
+        config's other fields.
         """
+        if self.has_text_slots:
+            kwargs.setdefault("prompt_init", "text")
+            if self.num_virtual_tokens is None:
+                raise ValueError(
+                    "The template's text slots are counted in tokens, but "
+                    "its tokenizer has no vocabulary yet."
+                )
         return PromptEncoderConfig(
             num_virtual_tokens=self.num_virtual_tokens, **kwargs
         )
@@ -535,6 +633,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 "add_end_token": self.add_end_token,
                 "truncate": self.truncate,
                 "segment_ids": self.segment_ids,
+                "text_slots": self.text_slots,
             }
         )
         return config

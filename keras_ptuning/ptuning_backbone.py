@@ -225,12 +225,22 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "`prompt_config` is required when `backbone` is a plain "
                 "keras-hub backbone. Received: prompt_config=None"
             )
-        return cls(
+        ptuning = cls(
             backbone,
             prompt_config,
             placeholder_id=placeholder_id,
             task_names=task_names,
         )
+        init_ids = getattr(preprocessor, "prompt_init_ids", None)
+        # A slot count that differs is the task's `check_preprocessor`'s
+        # error to raise.
+        if (
+            init_ids is not None
+            and len(init_ids) == ptuning.num_virtual_tokens
+            and ptuning.prompt_config.prompt_init == "text"
+        ):
+            ptuning.init_prompt_from_token_ids(init_ids)
+        return ptuning
 
     def check_wraps(
         self, prompt_config=None, placeholder_id=None, task_names=None
@@ -349,6 +359,83 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.prompt_injection.prompt_table.assign(ops.cast(table, "float32"))
         self.prompt_injection.set_prompt_source("table")
 
+    def init_prompt_from_token_ids(self, token_ids):
+        """Starts the prompt at the token embeddings of `token_ids`.
+
+        Needs `prompt_init="text"` in the prompt config. Afterwards the
+        k-th virtual token is exactly the embedding of `token_ids[k]`, so
+        the untrained model reads the text those ids spell (a
+        `keras_ptuning.PromptTemplate` with `[P:"text"]` slots calls this
+        with its slot text's ids). The encoder's own weights are not
+        touched; its output layer starts at zero.
+
+        Args:
+            token_ids: a list of `num_virtual_tokens` vocabulary ids.
+        """
+        if self.is_multi_task or not self.prompt_encoder.starts_from_text:
+            raise ValueError(
+                "`init_prompt_from_token_ids` needs a single-task prompt "
+                "built with prompt_init='text'. Received: prompt_config="
+                f"{self.prompt_config.to_dict()}"
+            )
+        ids = np.asarray(token_ids).reshape(-1)
+        vocabulary_size = int(self.token_embedding.input_dim)
+        if ids.shape[0] != self.num_virtual_tokens or not np.issubdtype(
+            ids.dtype, np.integer
+        ):
+            raise ValueError(
+                f"`token_ids` must be {self.num_virtual_tokens} int ids "
+                f"(num_virtual_tokens). Received: token_ids={ids.tolist()}"
+            )
+        if np.any(ids < 0) or np.any(ids >= vocabulary_size):
+            raise ValueError(
+                f"`token_ids` must be in [0, {vocabulary_size}) (the "
+                f"vocabulary). Received: token_ids={ids.tolist()}"
+            )
+        table = self.token_embedding(ops.convert_to_tensor(ids, "int32"))
+        self.prompt_encoder.set_base_table(ops.cast(table, "float32"))
+
+    @property
+    def lora_rank(self):
+        """The LoRA rank of the wrapped backbone, or `None` without LoRA."""
+        return (
+            getattr(self.backbone, "_lora_rank", None)
+            if getattr(self.backbone, "_lora_enabled_layers", None)
+            else None
+        )
+
+    def enable_lora(self, rank, target_layer_names=None):
+        """Adds keras-hub LoRA to the wrapped backbone (P-tuning + LoRA).
+
+        Calls the backbone's own `enable_lora` (keras-hub's query and value
+        layers by default) and trains only the new LoRA factors: every
+        other backbone variable, biases of the LoRA layers included, stays
+        frozen and bit-identical. The prompt trains as before. Compiled
+        functions of models holding this backbone must be recompiled.
+
+        Args:
+            rank: int >= 1. The LoRA rank.
+            target_layer_names: `None` (keras-hub's default layers) or a
+                list of layer names.
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(
+                f"`rank` must be an int >= 1. Received: rank={rank!r}"
+            )
+        if self.lora_rank is not None:
+            raise ValueError(
+                f"LoRA is already enabled (rank {self.lora_rank}). "
+                f"Received: rank={rank}"
+            )
+        self.backbone.enable_lora(rank, target_layer_names)
+        self._lora_target_layer_names = target_layer_names
+        self._freeze_all_but_lora()
+
+    def _freeze_all_but_lora(self):
+        for variable in self.backbone.weights:
+            if not variable.path.endswith(("lora_kernel_a", "lora_kernel_b")):
+                variable.trainable = False
+
     def check_decoder(self, model_name):
         """Raises unless this is a decoder-only backbone with a keras-hub
         `CausalLM` (what `model_name`, a causal task model, runs on)."""
@@ -383,7 +470,10 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                     f"{preprocessor.placeholder_id}, the backbone with "
                     f"placeholder_id={self.placeholder_id}."
                 )
-            if preprocessor.num_virtual_tokens != self.num_virtual_tokens:
+            slots = preprocessor.num_virtual_tokens
+            # `None`: text slots whose tokenizer has no vocabulary yet (a
+            # model being loaded; its saved config is the count).
+            if slots is not None and slots != self.num_virtual_tokens:
                 raise ValueError(
                     f"The PromptTemplate has {preprocessor.num_virtual_tokens}"
                     " slots, but the prompt encoder makes "
@@ -410,11 +500,14 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     @trainable.setter
     def trainable(self, value):
         keras.Model.trainable.fset(self, value)
-        # The wrapped backbone stays frozen whatever the wrapper is set to,
-        # and so does an encoder that the collapsed prompt has replaced.
+        # The wrapped backbone stays frozen whatever the wrapper is set to
+        # (but for its LoRA factors, if any), and so does an encoder that
+        # the collapsed prompt has replaced.
         backbone = getattr(self, "backbone", None)
-        if backbone is not None:
+        if backbone is not None and self.lora_rank is None:
             backbone.trainable = False
+        elif backbone is not None:
+            self._freeze_all_but_lora()
         injection = getattr(self, "prompt_injection", None)
         if injection is not None and not injection.source.trains_encoder:
             injection.prompt_encoder.trainable = False
@@ -472,6 +565,10 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             "placeholder_id": self.placeholder_id,
             "task_names": self.task_names,
             "trainable_tasks": self.trainable_tasks,
+            "lora_rank": self.lora_rank,
+            "lora_target_layer_names": getattr(
+                self, "_lora_target_layer_names", None
+            ),
         }
 
     @classmethod
@@ -480,4 +577,9 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         # Written by keras_ptuning 0.1 files; derived from the backbone.
         config.pop("dtype", None)
         config.pop("trainable", None)
-        return cls(**config)
+        lora_rank = config.pop("lora_rank", None)
+        target_layer_names = config.pop("lora_target_layer_names", None)
+        model = cls(**config)
+        if lora_rank is not None:
+            model.enable_lora(lora_rank, target_layer_names)
+        return model

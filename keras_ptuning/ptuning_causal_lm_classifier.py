@@ -1,0 +1,333 @@
+"""`PTuningCausalLMClassifier`: classification and multiple choice by a
+frozen causal LM's likelihood of each choice (verbalizers, COPA)."""
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.backbone_split import causal_lm_class
+from keras_ptuning.choice_template import CHOICE_INPUTS
+from keras_ptuning.choice_template import REDUCTIONS
+from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.ptuning_task import PTuningTask
+
+
+def backbone_input_names(backbone):
+    """A decoder's inputs, `token_ids` first (plain or P-tuning backbone)."""
+    if isinstance(backbone, PTuningBackbone):
+        return list(backbone.input_names)
+    names = sorted(set(backbone.input) - {"token_ids"})
+    return ["token_ids"] + names
+
+
+def choice_scores(
+    hidden_states, token_embedding, positions, ids, mask, reduction
+):
+    """Each choice's log-likelihood, `(batch, num_choices)`, float32.
+
+    Args:
+        hidden_states: `(batch, rows * length, hidden)`, an example's rows
+            laid end to end.
+        token_embedding: the backbone's reversible token embedding.
+        positions, ids, mask: `(batch, num_choices, width)`: where each
+            choice token is predicted, the token, and whether it is real.
+        reduction: `"mean"` (per-token average) or `"sum"`.
+    """
+    batch, num_choices, width = ops.shape(ids)
+    flat_positions = ops.reshape(positions, (batch, num_choices * width))
+    states = ops.take_along_axis(
+        hidden_states, flat_positions[:, :, None], axis=1
+    )
+    logits = ops.cast(token_embedding(states, reverse=True), "float32")
+    log_probs = ops.log_softmax(logits, axis=-1)
+    flat_ids = ops.reshape(ids, (batch, num_choices * width, 1))
+    token_scores = ops.take_along_axis(log_probs, flat_ids, axis=-1)
+    token_scores = ops.reshape(token_scores, (batch, num_choices, width))
+    mask = ops.cast(mask, "float32")
+    total = ops.sum(token_scores * mask, axis=-1)
+    if reduction == "sum":
+        return total
+    return total / ops.maximum(ops.sum(mask, axis=-1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_ptuning")
+class PTuningCausalLMClassifier(
+    PTuningTask, AdapterMixin, keras_hub.models.Task
+):
+    """Classification and multiple choice with a (p-tuned) frozen causal LM.
+
+    The causal-LM form of the paper's NLU setting: a template reads the
+    example (virtual tokens anywhere, real anchor words kept; a
+    `keras_ptuning.PromptTemplate`), and each class is a *choice*, a
+    continuation of the prompt (a label word such as `" yes"`, or the
+    example's own candidate such as COPA's `" {choice1}"`; a
+    `keras_ptuning.ChoiceTemplate`). The model scores every choice by its
+    log-likelihood under the frozen decoder after the prompt, `(batch,
+    num_choices)`; the predicted class is the best score, and training
+    minimises cross-entropy over the choices' scores (a softmax over
+    them), so only the prompt encoder trains. Scores are the mean
+    log-probability of the choice's tokens by default: choices of different
+    lengths (COPA's sentences) then compare per token, where sums would
+    favour the shorter; `score_reduction="sum"` gives the full sequence
+    log-likelihood. For one-token label words the two are equal.
+
+    Three ways to run, on the same template and choices:
+
+    - P-tuning: a template with slots. `[P:"text"]` slots start the prompt
+      at that text's embeddings (`prompt_init="text"`), so the untrained
+      model predicts exactly what the frozen model predicts from the text.
+    - The frozen model alone (zero-shot, in-context demonstrations): a
+      plain keras-hub backbone and a template without virtual tokens, such
+      as `template.as_text_prompt()`.
+    - LoRA: `backbone.enable_lora(rank)` (keras-hub's, on a plain
+      backbone) or, with a prompt, `model.backbone.enable_lora(rank)`
+      (P-tuning and LoRA together; the base weights stay bit-identical).
+
+    Works on every keras-hub decoder with a `CausalLM` (GPT-2, Gemma,
+    Gemma 3, Llama, Llama 3, Mistral, Qwen, ...). Raw text goes through
+    the preprocessor eagerly, once per `fit`, `evaluate` or `predict`
+    call; preprocessed dicts (the `ChoiceTemplate`'s output) go straight
+    to Keras.
+
+    Args:
+        backbone: a keras-hub decoder backbone or a `PTuningBackbone`.
+        preprocessor: `None` or a `keras_ptuning.ChoiceTemplate`.
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict),
+            or `None`: the template's slots give it.
+        placeholder_id: `None` or the slot marker; the template sets it.
+        score_reduction: `"mean"` (default) or `"sum"` over a choice's
+            tokens.
+        **kwargs: standard `keras.Model` arguments.
+
+    Example:
+    ```python
+    causal_lm = keras_hub.models.CausalLM.from_preset(preset)
+    template = keras_ptuning.PromptTemplate(
+        '{premise} [P:"Question:"] {hypothesis}? [P:"Answer:"]',
+        causal_lm.preprocessor.tokenizer,
+        sequence_length=128,
+        add_end_token=False,
+    )
+    choices = keras_ptuning.ChoiceTemplate(template, [" yes", " no"])
+    model = keras_ptuning.PTuningCausalLMClassifier(
+        causal_lm.backbone, preprocessor=choices
+    )
+    model.fit({"premise": [...], "hypothesis": [...]}, [0, 1], epochs=10)
+    model.predict({"premise": [...], "hypothesis": [...]}).argmax(-1)
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        preprocessor=None,
+        prompt_config=None,
+        placeholder_id=None,
+        score_reduction="mean",
+        **kwargs,
+    ):
+        if preprocessor is not None and not isinstance(
+            preprocessor, ChoiceTemplate
+        ):
+            raise TypeError(
+                "`preprocessor` must be a keras_ptuning.ChoiceTemplate or "
+                f"None. Received: preprocessor of type "
+                f"{type(preprocessor).__name__}"
+            )
+        if score_reduction not in REDUCTIONS:
+            raise ValueError(
+                f"`score_reduction` must be one of {REDUCTIONS}. Received: "
+                f"score_reduction={score_reduction!r}"
+            )
+        template = getattr(preprocessor, "template", None)
+        plain = (
+            not isinstance(backbone, PTuningBackbone)
+            and prompt_config is None
+            and placeholder_id is None
+            and (template is None or template.num_virtual_tokens == 0)
+        )
+        if plain:
+            if not isinstance(backbone, keras_hub.models.Backbone):
+                raise TypeError(
+                    "`backbone` must be a keras-hub backbone or a "
+                    f"PTuningBackbone. Received: {type(backbone).__name__}"
+                )
+            if causal_lm_class(backbone) is None:
+                raise ValueError(
+                    f"`{type(self).__name__}` needs a decoder-only backbone "
+                    "with a keras-hub `CausalLM`. Received: "
+                    f"{type(backbone).__name__}"
+                )
+            if template is not None:
+                template.match_inputs(backbone_input_names(backbone))
+        else:
+            backbone = PTuningBackbone.wrap(
+                backbone, prompt_config, placeholder_id, template
+            )
+            backbone.check_decoder(type(self).__name__)
+            backbone.check_preprocessor(template)
+
+        # A subclassed model: its layers are tracked once it is initialised.
+        super().__init__(**kwargs)
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+        # === Config ===
+        self.score_reduction = score_reduction
+        self.built = True
+
+    @property
+    def has_prompt(self):
+        """Whether virtual tokens are read (else the frozen model alone)."""
+        return isinstance(self.backbone, PTuningBackbone)
+
+    @property
+    def model_input_names(self):
+        return backbone_input_names(self.backbone) + list(CHOICE_INPUTS)
+
+    @property
+    def trainable_weights(self):
+        # In path order: backends walk a LoRA-enabled model's layers in
+        # different orders, and the optimizer state in a `.keras` file is
+        # matched by position, so a file saved on one backend would resume
+        # with another variable's moments on the next.
+        return sorted(super().trainable_weights, key=lambda v: v.path)
+
+    @property
+    def trainable_variables(self):
+        return sorted(super().trainable_variables, key=lambda v: v.path)
+
+    def _ptuning_backbone(self):
+        if not self.has_prompt:
+            raise ValueError(
+                "This model has no prompt (a plain backbone): there is no "
+                "adapter to save or load."
+            )
+        return self.backbone
+
+    def __call__(self, inputs, *args, **kwargs):
+        if not isinstance(inputs, dict) or not set(
+            self.model_input_names
+        ) <= set(inputs):
+            raise ValueError(
+                f"`{type(self).__name__}` takes a dict of "
+                f"{self.model_input_names} (a ChoiceTemplate's output). "
+                f"Received: {type(inputs).__name__}"
+                + (
+                    f" with keys {sorted(inputs)}"
+                    if isinstance(inputs, dict)
+                    else ""
+                )
+            )
+        return keras.Model.__call__(self, inputs, *args, **kwargs)
+
+    def call(self, inputs, training=None):
+        token_ids = inputs["token_ids"]
+        batch, rows, length = ops.shape(token_ids)
+        sequence = {
+            name: ops.reshape(inputs[name], (batch * rows, length))
+            for name in backbone_input_names(self.backbone)
+        }
+        hidden = self.backbone(sequence, training=training)
+        hidden = ops.reshape(hidden, (batch, rows * length, -1))
+        return choice_scores(
+            hidden,
+            self.backbone.token_embedding,
+            inputs["choice_positions"],
+            inputs["choice_ids"],
+            inputs["choice_mask"],
+            self.score_reduction,
+        )
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        metrics="auto",
+        **kwargs,
+    ):
+        """Configures training, with P-tuning defaults.
+
+        `"auto"`: `Adam(1e-3)`, sparse categorical cross-entropy from the
+        choice scores (a softmax over the choices), and accuracy.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
+        )
+
+    # === Inputs: raw text is preprocessed once, eagerly ===
+
+    def _ready(self, x, y=None, sample_weight=None):
+        if isinstance(x, keras.utils.PyDataset) or (
+            isinstance(x, dict) and set(self.model_input_names) <= set(x)
+        ):
+            if self.has_prompt and isinstance(x, dict):
+                self.backbone.check_values(
+                    {
+                        "token_ids": np.asarray(x["token_ids"]).reshape(
+                            -1, np.shape(x["token_ids"])[-1]
+                        )
+                    }
+                )
+            return x, y, sample_weight
+        if self.preprocessor is None:
+            raise ValueError(
+                "This model has no preprocessor: pass a dict of "
+                f"{self.model_input_names}. Received: {type(x).__name__}"
+            )
+        return keras.utils.unpack_x_y_sample_weight(
+            self.preprocessor(x, y, sample_weight)
+        )
+
+    def _ready_validation(self, validation_data):
+        if not isinstance(validation_data, tuple):
+            return validation_data
+        return self._ready(*validation_data)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if "validation_data" in kwargs:
+            kwargs["validation_data"] = self._ready_validation(
+                kwargs["validation_data"]
+            )
+        x, y, sample_weight = self._unpack(x, y, kwargs)
+        x, y, sample_weight = self._ready(x, y, sample_weight)
+        return keras.Model.fit(
+            self, x, y, *args, sample_weight=sample_weight, **kwargs
+        )
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        x, y, sample_weight = self._unpack(x, y, kwargs)
+        x, y, sample_weight = self._ready(x, y, sample_weight)
+        return keras.Model.evaluate(
+            self, x, y, *args, sample_weight=sample_weight, **kwargs
+        )
+
+    def predict(self, x, *args, **kwargs):
+        x, _, _ = self._ready(x)
+        return keras.Model.predict(self, x, *args, **kwargs)
+
+    @staticmethod
+    def _unpack(x, y, kwargs):
+        return x, y, kwargs.pop("sample_weight", None)
+
+    def get_config(self):
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "preprocessor": keras.layers.serialize(self.preprocessor)
+            if self.preprocessor is not None
+            else None,
+            "score_reduction": self.score_reduction,
+            "name": self.name,
+        }

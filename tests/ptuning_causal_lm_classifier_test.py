@@ -1,0 +1,322 @@
+import functools
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_ptuning import ChoiceTemplate
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PromptTemplate
+from keras_ptuning import PTuningCausalLMClassifier
+from keras_ptuning.backbone_split import causal_lm_class
+from tests.backbones import FAMILIES
+from tests.backbones import fresh_backbone
+from tests.support import BACKEND
+from tests.support import backbone_weights
+from tests.support import run_on_one_backend
+from tests.support import run_python
+from tests.support import sentencepiece_proto
+from tests.support import to_numpy
+
+TEMPLATE = '{premise} [P:"Question:"] {hypothesis} [P:"Answer:"]'
+FIELDS = {
+    "premise": ["a man plays the guitar", "the cat sat", "it rained"],
+    "hypothesis": ["a man", "the sun rose so", "the cat sat because"],
+}
+LABELS = np.array([0, 1, 1])
+
+
+def _tokenizer():
+    """Gemma-style SentencePiece (no dummy prefix): 26 word pieces. A new
+    tokenizer each time: a template's packing function owns the
+    SentencePiece resource it first traced, so templates do not share."""
+    return keras_hub.tokenizers.GemmaTokenizer(proto=_proto())
+
+
+@functools.cache
+def _proto():
+    return sentencepiece_proto(
+        [
+            "a man plays the guitar Question: Answer: yes no",
+            "the cat sat because it rained so the sun rose",
+            "yes no maybe true false",
+        ],
+        26,
+        bos_piece="<bos>",
+        eos_piece="<eos>",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+    )
+
+
+def _template(text_slots="prompt", template=TEMPLATE, length=16):
+    return PromptTemplate(
+        template,
+        _tokenizer(),
+        sequence_length=length,
+        add_end_token=False,
+        text_slots=text_slots,
+    )
+
+
+# One-token label words share a row; per-example, several-token choices
+# get one row each.
+CHOICES = {
+    "label_words": [" yes", " no"],
+    "continuations": [" {hypothesis}", " the cat sat"],
+}
+
+
+def _reference_scores(backbone, choices, reduction):
+    """Choice log-likelihoods by hand: keras-hub's own causal LM on the
+    manual prompt plus each choice as real tokens, log-softmax in NumPy."""
+    lm = causal_lm_class(backbone)(backbone=backbone, preprocessor=None)
+    tokenizer = _tokenizer()
+    context = _template("text")(FIELDS)
+    ids = to_numpy(context["token_ids"])
+    lengths = to_numpy(context["padding_mask"]).sum(1)
+    scores = np.zeros((len(LABELS), len(choices)))
+    for b in range(len(LABELS)):
+        for c, choice in enumerate(choices):
+            text = choice.format(**{k: v[b] for k, v in FIELDS.items()})
+            choice_ids = list(np.asarray(tokenizer(text)).reshape(-1))
+            row = list(ids[b, : lengths[b]]) + choice_ids
+            logits = lm.predict(
+                {
+                    "token_ids": np.array([row], "int32"),
+                    "padding_mask": np.ones((1, len(row)), "int32"),
+                },
+                verbose=0,
+            )[0].astype("float64")
+            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            n = lengths[b]
+            token_scores = [
+                log_probs[n - 1 + j, t] for j, t in enumerate(choice_ids)
+            ]
+            scores[b, c] = (
+                np.sum(token_scores)
+                if reduction == "sum"
+                else np.mean(token_scores)
+            )
+    return scores
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3", "llama3"])
+@pytest.mark.parametrize("kind", sorted(CHOICES))
+def test_scores_are_choice_log_likelihoods_and_the_text_start_is_the_text(
+    family, kind
+):
+    """Against a hand computation from keras-hub's causal-LM logits: the
+    frozen model on the manual prompt (plain backbone), and the p-tuned
+    model whose `[P:"text"]` prompt starts at that text, before training
+    (so it predicts exactly what the frozen model predicts)."""
+    backbone = FAMILIES[family]()
+    choices = CHOICES[kind]
+    for reduction in ("mean", "sum"):
+        expected = _reference_scores(backbone, choices, reduction)
+        plain = PTuningCausalLMClassifier(
+            backbone,
+            preprocessor=ChoiceTemplate(_template("text"), choices),
+            score_reduction=reduction,
+        )
+        assert not plain.has_prompt
+        ptuned = PTuningCausalLMClassifier(
+            backbone,
+            preprocessor=ChoiceTemplate(_template(), choices),
+            prompt_config=PromptEncoderConfig(2, prompt_init="text"),
+            score_reduction=reduction,
+        )
+        assert ptuned.has_prompt
+        plain_scores = plain.predict(FIELDS, verbose=0)
+        ptuned_scores = ptuned.predict(FIELDS, verbose=0)
+        np.testing.assert_allclose(plain_scores, expected, atol=2e-5)
+        np.testing.assert_allclose(ptuned_scores, plain_scores, atol=1e-6)
+        np.testing.assert_array_equal(
+            ptuned_scores.argmax(-1), plain_scores.argmax(-1)
+        )
+
+
+def test_choice_template_layout():
+    template = _template()
+    ids = to_numpy(template(FIELDS)["token_ids"])
+    lengths = (ids != 0).sum(1)  # no pad id 0 in these rows
+    piece = _tokenizer().token_to_id
+    shared = ChoiceTemplate(template, {"yes": " yes", "no": " no"})(FIELDS)
+    assert shared["token_ids"].shape == (3, 1, 16)
+    np.testing.assert_array_equal(shared["token_ids"][:, 0], ids)
+    np.testing.assert_array_equal(
+        shared["choice_positions"][:, :, 0], np.stack([lengths - 1] * 2, 1)
+    )
+    np.testing.assert_array_equal(
+        shared["choice_ids"][:, :, 0], [[piece("▁yes"), piece("▁no")]] * 3
+    )
+    assert shared["choice_mask"].sum() == 6
+    per_row = ChoiceTemplate(template, CHOICES["continuations"], 4)(FIELDS)
+    assert per_row["token_ids"].shape == (3, 2, 20)
+    # Row 1, choice 0: " the sun rose so", cut to 4 tokens, after the prompt.
+    n = lengths[1]
+    first = [piece(w) for w in ("▁the", "▁sun", "▁rose", "▁so")]
+    np.testing.assert_array_equal(per_row["token_ids"][1, 0, n : n + 4], first)
+    np.testing.assert_array_equal(per_row["choice_ids"][1, 0], first)
+    np.testing.assert_array_equal(
+        per_row["choice_positions"][1, 0], n - 1 + np.arange(4)
+    )
+    # Choice 1 is read from the example's second row: offset by its length.
+    np.testing.assert_array_equal(
+        per_row["choice_positions"][1, 1, :3], 20 + n - 1 + np.arange(3)
+    )
+    np.testing.assert_array_equal(per_row["choice_mask"][1, 1], [1, 1, 1, 0])
+
+
+def test_text_slots_tokenize_as_the_manual_prompt():
+    template = _template()
+    text = _template("text")
+    assert template.num_virtual_tokens == 2
+    assert text.num_virtual_tokens == 0
+    piece = _tokenizer().token_to_id
+    assert template.prompt_init_ids == [piece("▁Question:"), piece("▁Answer:")]
+    assert template.prompt_config().prompt_init == "text"
+    slots = to_numpy(template(FIELDS)["token_ids"])
+    words = to_numpy(text(FIELDS)["token_ids"])
+    np.testing.assert_array_equal(words == slots, slots != -1)
+    np.testing.assert_array_equal(
+        words[slots == -1].reshape(3, 2), [template.prompt_init_ids] * 3
+    )
+    np.testing.assert_array_equal(
+        to_numpy(template.as_text_prompt()(FIELDS)["token_ids"]), words
+    )
+
+
+def test_training_lowers_the_loss_and_changes_only_prompt_and_lora():
+    backbone = fresh_backbone("llama3")
+    before = backbone_weights(backbone)
+    model = PTuningCausalLMClassifier(
+        backbone,
+        preprocessor=ChoiceTemplate(_template(), CHOICES["continuations"]),
+    )
+    model.backbone.enable_lora(2)
+    names = sorted(v.path for v in model.trainable_variables)
+    assert any("lora_kernel" in n for n in names)
+    assert any("prompt_encoder" in n for n in names)
+    assert all("lora_kernel" in n or "prompt_encoder" in n for n in names)
+    model.compile(optimizer=keras.optimizers.Adam(3e-2))
+    lora = [to_numpy(v) for v in backbone.weights if "lora" in v.path]
+    history = model.fit(FIELDS, LABELS, epochs=6, batch_size=3, verbose=0)
+    loss = history.history["loss"]
+    assert loss[-1] < loss[0] - 1e-3, loss
+    base = [w for w in backbone.weights if "lora" not in w.path]
+    for old, new in zip(before, base):
+        np.testing.assert_array_equal(old, to_numpy(new))
+    changed = [to_numpy(v) for v in backbone.weights if "lora" in v.path]
+    assert any(not np.array_equal(a, b) for a, b in zip(lora, changed))
+
+
+def test_keras_file_and_adapter_round_trips(tmp_path):
+    backbone = fresh_backbone("gemma")
+    model = PTuningCausalLMClassifier(
+        backbone,
+        preprocessor=ChoiceTemplate(_template(), CHOICES["label_words"]),
+        prompt_config=PromptEncoderConfig(
+            2, encoder_reparameterization_type="LSTM", prompt_init="text"
+        ),
+    )
+    model.backbone.enable_lora(2)
+    model.compile(optimizer=keras.optimizers.Adam(3e-2))
+    model.fit(FIELDS, LABELS, epochs=2, batch_size=3, verbose=0)
+    expected = model.predict(FIELDS, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.backbone.lora_rank == 2
+    np.testing.assert_allclose(
+        loaded.predict(FIELDS, verbose=0), expected, 1e-6
+    )
+    # The adapter holds the prompt (not LoRA): a fresh model without LoRA
+    # takes it, and reads the trained prompt on the frozen backbone.
+    adapter = str(tmp_path / "prompt.adapter.h5")
+    model.save_adapter(adapter, include_encoder=True)
+    fresh = PTuningCausalLMClassifier(
+        backbone,
+        preprocessor=ChoiceTemplate(_template(), CHOICES["label_words"]),
+        prompt_config=model.backbone.prompt_config,
+    )
+    fresh.load_adapter(adapter)
+    np.testing.assert_allclose(
+        to_numpy(fresh.backbone.prompt_table()),
+        to_numpy(model.backbone.prompt_table()),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        to_numpy(fresh.backbone.prompt_encoder.base_table),
+        to_numpy(model.backbone.prompt_encoder.base_table),
+    )
+    # Saved with another backend's `.keras` loader too.
+    if BACKEND == "tensorflow":
+        np.save(str(tmp_path / "expected.npy"), expected)
+        script = (
+            "import sys, keras, numpy as np\n"
+            "import keras_ptuning\n"
+            "m = keras.saving.load_model(sys.argv[1])\n"
+            f"fields = {FIELDS!r}\n"
+            "got = m.predict(fields, verbose=0)\n"
+            "np.testing.assert_allclose(got, np.load(sys.argv[2]), atol=1e-5)\n"
+        )
+        for other in ("jax", "torch"):
+            run_python(
+                ["-c", script, path, str(tmp_path / "expected.npy")],
+                backend=other,
+                timeout=300,
+            )
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    backbone = FAMILIES["gpt2"]()
+    template = _template()
+    with pytest.raises(ValueError, match="`choices` must hold at least 2"):
+        ChoiceTemplate(template, [" yes"])
+    with pytest.raises(TypeError, match="`choices` must be a list"):
+        ChoiceTemplate(template, " yes")
+    with pytest.raises(ValueError, match="max_choice_length"):
+        ChoiceTemplate(template, [" yes", " no"], max_choice_length=0)
+    with pytest.raises(ValueError, match="add_end_token=False"):
+        ChoiceTemplate(PromptTemplate(TEMPLATE, _tokenizer(), 16), ["a", "b"])
+    choices = ChoiceTemplate(template, [" yes", " no"])
+    with pytest.raises(ValueError, match="score_reduction"):
+        PTuningCausalLMClassifier(backbone, choices, score_reduction="max")
+    with pytest.raises(TypeError, match="ChoiceTemplate"):
+        PTuningCausalLMClassifier(backbone, preprocessor=template)
+    with pytest.raises(ValueError, match="decoder-only"):
+        PTuningCausalLMClassifier(FAMILIES["bert"](), choices)
+    with pytest.raises(ValueError, match="lacks \\['hypothesis'\\]"):
+        choices({"premise": ["a man"]})
+    with pytest.raises(ValueError, match="Label 2 is outside"):
+        choices.label_ids([0, 2])
+    with pytest.raises(ValueError, match="all start from text"):
+        _template(template='{premise} [P:"Question:"] [P:2]')
+    with pytest.raises(ValueError, match="prompt_init"):
+        PromptEncoderConfig(2, prompt_init="vocab")
+    model = PTuningCausalLMClassifier(backbone, choices)
+    with pytest.raises(ValueError, match="`rank` must be an int >= 1"):
+        model.backbone.enable_lora(0)
+    with pytest.raises(ValueError, match="`token_ids` must be 2 int ids"):
+        model.backbone.init_prompt_from_token_ids([1, 2, 3])
+    with pytest.raises(ValueError, match=r"must be in \[0, 64\)"):
+        model.backbone.init_prompt_from_token_ids([1, 99])
+
+
+@run_on_one_backend("tensorflow", "tf.data is TensorFlow's")
+def test_choice_template_refuses_tf_data():
+    import tensorflow as tf
+
+    choices = ChoiceTemplate(_template(), [" yes", " no"])
+    dataset = tf.data.Dataset.from_tensor_slices(FIELDS).batch(2)
+    with pytest.raises(TypeError, match="runs eagerly on NumPy"):
+        next(iter(dataset.map(choices)))
+
+
+def test_the_prompt_config_field_stays_out_of_default_dicts():
+    assert "prompt_init" not in PromptEncoderConfig(3).to_dict()
+    config = PromptEncoderConfig(3, prompt_init="text")
+    assert PromptEncoderConfig.from_dict(config.to_dict()) == config
