@@ -9,6 +9,7 @@ from keras_ptuning import ChoiceTemplate
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningCausalLMClassifier
+from keras_ptuning import export_saved_model
 from keras_ptuning.backbone_split import causal_lm_class
 from tests.backbones import FAMILIES
 from tests.backbones import fresh_backbone
@@ -197,6 +198,10 @@ def test_training_lowers_the_loss_and_changes_only_prompt_and_lora():
         preprocessor=ChoiceTemplate(_template(), CHOICES["continuations"]),
     )
     model.backbone.enable_lora(2)
+    # Setting the wrapper trainable again must not unfreeze the base.
+    model.backbone.trainable = False
+    assert not model.trainable_variables
+    model.backbone.trainable = True
     names = sorted(v.path for v in model.trainable_variables)
     assert any("lora_kernel" in n for n in names)
     assert any("prompt_encoder" in n for n in names)
@@ -304,6 +309,8 @@ def test_bad_arguments_are_refused_with_the_argument_named():
         model.backbone.init_prompt_from_token_ids([1, 2, 3])
     with pytest.raises(ValueError, match=r"must be in \[0, 64\)"):
         model.backbone.init_prompt_from_token_ids([1, 99])
+    with pytest.raises(TypeError, match="must be a PTuningTextClassifier"):
+        export_saved_model(model, "never_written")
 
 
 @run_on_one_backend("tensorflow", "tf.data is TensorFlow's")
