@@ -1,0 +1,110 @@
+"""The SuperGLUE example end to end, on a tiny random Llama 3 saved as a
+preset with SmolLM2's kind of tokenizer, in a PyTorch child process."""
+
+import json
+import os
+import sys
+
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_ptuning.datasets import load_superglue
+from tests.backbones import _ROPE
+from tests.support import REPO_ROOT
+from tests.support import byte_level_llama3_tokenizer
+from tests.support import run_on_one_backend
+from tests.support import run_python
+
+# Real data and a child process.
+pytestmark = pytest.mark.slow
+
+DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "superglue")
+sys.path.insert(0, os.path.join(REPO_ROOT, "examples"))
+import superglue_ptuning  # noqa: E402
+
+SYSTEMS = [
+    "majority",
+    "zero_shot",
+    "in_context",
+    "probe",
+    "ptuning",
+    "ptuning_lstm",
+    "lora",
+    "ptuning_lora",
+]
+
+
+@run_on_one_backend(
+    "tensorflow",
+    "the example runs in a PyTorch child process; TensorFlow's suite ends "
+    "first",
+)
+def test_superglue_example_on_a_tiny_preset(tmp_path):
+    tokenizer = byte_level_llama3_tokenizer([" True", " False", " Neither"])
+    backbone = keras_hub.models.Llama3Backbone(
+        **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
+        tie_word_embeddings=True,
+    )
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer)
+    preset = str(tmp_path / "tiny_llama3")
+    keras_hub.models.Llama3CausalLM(backbone, preprocessor).save_to_preset(
+        preset
+    )
+    output_dir = tmp_path / "run"
+    command = [
+        os.path.join(REPO_ROOT, "examples", "superglue_ptuning.py"),
+        "--preset",
+        preset,
+        "--data-dir",
+        DATA_DIR,
+        "--output-dir",
+        output_dir,
+        "--tasks",
+        "CB",
+        "--val-rows",
+        "12",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0,1",
+        "--lora-rank",
+        "2",
+        "--encoder-hidden-size",
+        "8",
+    ]
+    run_python(command, backend="torch", timeout=600)
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert results["setting"] == "few-shot"
+    assert sorted(results["macro"]) == sorted(SYSTEMS)
+    for task in ("CB",):
+        entry = results["tasks"][task]
+        assert entry["examples"] == 12
+        # The majority floor, by hand.
+        order = superglue_ptuning.TASKS[task]["labels"]
+        train = load_superglue(task, "train", DATA_DIR)
+        counts = [sum(e["label"] == c for e in train) for c in order]
+        majority = order[int(np.argmax(counts))]
+        val = load_superglue(task, "val", DATA_DIR)[:12]
+        assert entry["majority"] == pytest.approx(
+            np.mean([e["label"] == majority for e in val])
+        )
+        assert len(entry["seeds"]["ptuning"]) == 2
+        # P-tuning trains the prompt encoder only; LoRA its factors only.
+        params = entry["trainable_params"]
+        assert params["ptuning"] > 0 and params["lora"] > 0
+        assert params["ptuning_lora"] == params["ptuning"] + params["lora"]
+        runs = results["runs"][task]["ptuning"]
+        for run in runs.values():
+            # The text start is the manual prompt: a run that kept it
+            # scores exactly the zero-shot accuracy.
+            if run["best_epoch"] == 0:
+                assert run["accuracy"] == entry["zero_shot"]
+    assert "f1" in results["tasks"]["CB"]
+    assert (output_dir / "superglue.png").stat().st_size > 0
+    # Resumable: a rerun with the same output directory redoes nothing.
+    rerun = run_python(command, backend="torch", timeout=300)
+    assert " seed " not in rerun.stdout
+    with open(output_dir / "results.json") as f:
+        assert json.load(f)["runs"] == results["runs"]
