@@ -36,6 +36,7 @@ from keras_ptuning import presets
 from keras_ptuning.datasets import load_sst2
 
 TEMPLATE = ("Review:", "\nSentiment:")
+PLACEHOLDER = keras_ptuning.DEFAULT_PLACEHOLDER_ID
 LABEL_WORDS = (" negative", " positive")
 MODELS = {
     "smollm2": presets.smollm2_preset_dir,
@@ -58,7 +59,19 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--num-virtual-tokens", type=int, default=20)
+    parser.add_argument(
+        "--prompt-init",
+        choices=("text", "random"),
+        default="text",
+        help="text: the template's words are the virtual tokens, started "
+        "at their embeddings; random: --num-virtual-tokens prepended",
+    )
+    parser.add_argument(
+        "--num-virtual-tokens",
+        type=int,
+        default=20,
+        help="with --prompt-init random",
+    )
     parser.add_argument("--encoder", choices=("MLP", "LSTM"), default="MLP")
     parser.add_argument(
         "--max-sentence-tokens",
@@ -102,16 +115,30 @@ def label_token_ids(tokenizer):
     return ids
 
 
-def prompt_ids(preprocessor, sentence, max_sentence_tokens):
-    """`[start] Review: <sentence cut to its first tokens> \\nSentiment:`."""
+def template_ids(tokenizer):
+    """The template's words, `(prefix, suffix)`: lists of ids."""
+    return tuple(text_ids(tokenizer, text) for text in TEMPLATE)
+
+
+def prompt_ids(preprocessor, sentence, max_sentence_tokens, slots=False):
+    """`[start] Review: <sentence cut to its first tokens> \\nSentiment:`.
+
+    With `slots`, the template's words are written as placeholders (-1):
+    the virtual tokens that start from them.
+    """
     tokenizer = preprocessor.tokenizer
     start = [tokenizer.start_token_id] if preprocessor.add_start_token else []
     sentence = text_ids(tokenizer, " " + sentence)[:max_sentence_tokens]
-    prefix, suffix = (text_ids(tokenizer, text) for text in TEMPLATE)
+    prefix, suffix = template_ids(tokenizer)
+    if slots:
+        prefix, suffix = (
+            [PLACEHOLDER] * len(prefix),
+            [PLACEHOLDER] * len(suffix),
+        )
     return start + prefix + sentence + suffix
 
 
-def encode(preprocessor, sentences, labels, label_ids, args):
+def encode(preprocessor, sentences, labels, label_ids, args, slots=False):
     """Right-padded `token_ids` (prompt, then the label word), targets and
     a sample weight that is 1 only where the label word is predicted.
 
@@ -119,7 +146,8 @@ def encode(preprocessor, sentences, labels, label_ids, args):
     next-token logits score the label (the prompt's last token).
     """
     prompts = [
-        prompt_ids(preprocessor, s, args.max_sentence_tokens) for s in sentences
+        prompt_ids(preprocessor, s, args.max_sentence_tokens, slots)
+        for s in sentences
     ]
     rows = [prompt + [label_ids[y]] for prompt, y in zip(prompts, labels)]
     token_ids, padding_mask = right_padded(
@@ -129,6 +157,7 @@ def encode(preprocessor, sentences, labels, label_ids, args):
     )
     positions = np.array([len(prompt) - 1 for prompt in prompts], "int32")
     y = np.roll(token_ids, -1, axis=1)
+    y[y < 0] = 0  # Targets before slots carry no weight; keep them ids.
     sample_weight = np.zeros(token_ids.shape, "float32")
     sample_weight[np.arange(len(prompts)), positions] = 1.0
     x = {"token_ids": token_ids, "padding_mask": padding_mask}
@@ -161,10 +190,13 @@ def accuracy(scorer, x, positions, labels, batch_size):
     return float(np.mean(scores.argmax(-1) == np.asarray(labels)))
 
 
-def greedy_samples(causal_lm, preprocessor, sentences, args, new_tokens=6):
+def greedy_samples(
+    causal_lm, preprocessor, sentences, args, new_tokens=6, slots=False
+):
     """What `causal_lm.generate` writes after each prompt (greedy)."""
     prompts = [
-        prompt_ids(preprocessor, s, args.max_sentence_tokens) for s in sentences
+        prompt_ids(preprocessor, s, args.max_sentence_tokens, slots)
+        for s in sentences
     ]
     token_ids, padding_mask = right_padded(
         prompts, max(map(len, prompts)) + new_tokens, pad=0
@@ -222,11 +254,15 @@ def main():
         f"backend={keras.config.backend()} preset={preset} "
         f"train={len(train_x)} dev={len(dev_x)} label ids={label_ids}"
     )
+    slots = args.prompt_init == "text"
     x, y, sample_weight, _ = encode(
-        preprocessor, train_x, train_y, label_ids, args
+        preprocessor, train_x, train_y, label_ids, args, slots
     )
     dev, _, _, dev_positions = encode(
         preprocessor, dev_x, dev_y, label_ids, args
+    )
+    ptuned_dev, _, _, _ = encode(
+        preprocessor, dev_x, dev_y, label_ids, args, slots
     )
     samples = dev_x[: args.samples]
 
@@ -242,11 +278,31 @@ def main():
     samples_before = greedy_samples(plain, preprocessor, samples, args)
     print(f"dev accuracy before (text prompt only): {before:.4f}")
 
+    prefix, suffix = template_ids(preprocessor.tokenizer)
     config = keras_ptuning.PromptEncoderConfig(
-        num_virtual_tokens=args.num_virtual_tokens,
+        num_virtual_tokens=len(prefix + suffix)
+        if slots
+        else args.num_virtual_tokens,
         encoder_reparameterization_type=args.encoder,
+        prompt_init=args.prompt_init,
     )
-    model = keras_ptuning.PTuningCausalLM(causal_lm.backbone, config)
+    model = keras_ptuning.PTuningCausalLM(
+        causal_lm.backbone,
+        config,
+        placeholder_id=PLACEHOLDER if slots else None,
+    )
+    text_start = None
+    if slots:
+        model.backbone.init_prompt_from_token_ids(prefix + suffix)
+        text_start = accuracy(
+            label_scorer(model.backbone, label_ids),
+            ptuned_dev,
+            dev_positions,
+            dev_y,
+            args.batch_size,
+        )
+        # The text start is the text prompt: the same predictions.
+        print(f"dev accuracy at the text start (untrained): {text_start:.4f}")
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     start = time.time()
     history = model.fit(
@@ -261,12 +317,14 @@ def main():
     fit_seconds = time.time() - start
     after = accuracy(
         label_scorer(model.backbone, label_ids),
-        dev,
+        ptuned_dev,
         dev_positions,
         dev_y,
         args.batch_size,
     )
-    samples_after = greedy_samples(model, preprocessor, samples, args)
+    samples_after = greedy_samples(
+        model, preprocessor, samples, args, slots=slots
+    )
     print(f"dev accuracy after p-tuning: {after:.4f} (fit {fit_seconds:.0f} s)")
     for sentence, old, new in zip(samples, samples_before, samples_after):
         print(f"{sentence[:60]!r}\n  before: {old!r}\n  after:  {new!r}")
@@ -280,6 +338,7 @@ def main():
         "label_words": list(LABEL_WORDS),
         "label_ids": label_ids,
         "dev_accuracy_before": before,
+        "dev_accuracy_text_start": text_start,
         "dev_accuracy_after": after,
         "fit_seconds": fit_seconds,
         "trainable_params": sum(

@@ -51,7 +51,6 @@ def test_sst2_causal_lm_example_on_a_tiny_preset(tmp_path):
         "--dev-rows": 16,
         "--epochs": 2,
         "--batch-size": 16,
-        "--num-virtual-tokens": 4,
         "--max-sentence-tokens": 8,
         "--samples": 2,
     }
@@ -72,8 +71,14 @@ def test_sst2_causal_lm_example_on_a_tiny_preset(tmp_path):
     with open(output_dir / "results.json") as f:
         results = json.load(f)
     assert results["backend"] == "jax"
-    # 4 x 16 embeddings + three 16 x 16 Dense layers: the prompt encoder only.
-    assert results["trainable_params"] == 4 * 16 + 3 * (16 * 16 + 16)
+    # The template's words are the virtual tokens (byte-level: one a byte).
+    tokenizer = keras_hub.models.CausalLM.from_preset(preset).preprocessor
+    prefix, suffix = sst2_causal_lm.template_ids(tokenizer.tokenizer)
+    n = len(prefix + suffix)
+    # n x 16 embeddings + three 16 x 16 Dense layers: the prompt encoder only.
+    assert results["trainable_params"] == n * 16 + 3 * (16 * 16 + 16)
+    # Started from the text prompt: exactly its accuracy before training.
+    assert results["dev_accuracy_text_start"] == results["dev_accuracy_before"]
     assert len(results["history"]["loss"]) == 2
     assert len(results["samples"]) == 2
     assert all(isinstance(s["after"], str) for s in results["samples"])
@@ -96,7 +101,9 @@ def test_sst2_causal_lm_example_on_a_tiny_preset(tmp_path):
 
     # The adapter resumes into a fresh model of the same shape.
     model = keras_ptuning.PTuningCausalLM(
-        causal_lm.backbone, keras_ptuning.PromptEncoderConfig(4)
+        causal_lm.backbone,
+        keras_ptuning.PromptEncoderConfig(n, prompt_init="text"),
+        placeholder_id=-1,
     )
     model.load_adapter(str(output_dir / "adapter.adapter.h5"))
     assert model.backbone.prompt_source == "encoder"
