@@ -82,19 +82,24 @@ def find_lama_dir(data_dir=None):
     dev of each relation's LAMA T-REx facts; see that directory's README)
     has no public download.
     """
-    candidates = [os.path.join("..", "shared", "data", "lama")]
+    return _find_data_dir("lama", "dev.jsonl", data_dir, "LAMA")
+
+
+def _find_data_dir(name, marker, data_dir, what):
+    """`data_dir`, else `../shared/data/<name>` or `$KERAS_PTUNING_DATA/<name>`:
+    the first that holds `marker`."""
+    candidates = [os.path.join("..", "shared", "data", name)]
     env_dir = os.environ.get(DATA_DIR_ENV)
     if env_dir:
-        candidates.append(os.path.join(env_dir, "lama"))
+        candidates.append(os.path.join(env_dir, name))
     if data_dir is not None:
         candidates = [data_dir]
     for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, "dev.jsonl")):
+        if os.path.isfile(os.path.join(candidate, marker)):
             return candidate
     raise FileNotFoundError(
-        "No LAMA train.jsonl/dev.jsonl in "
-        f"{candidates}: pass data_dir or set ${DATA_DIR_ENV} to a directory "
-        "with a `lama` subdirectory."
+        f"No {what} data ({marker}) in {candidates}: pass data_dir or set "
+        f"${DATA_DIR_ENV} to a directory with a `{name}` subdirectory."
     )
 
 
@@ -122,19 +127,8 @@ def find_superglue_dir(data_dir=None):
     directory, and at `$KERAS_PTUNING_DATA/superglue`. FewGLUE's splits
     (see that directory's README) have no single public download.
     """
-    candidates = [os.path.join("..", "shared", "data", "superglue")]
-    env_dir = os.environ.get(DATA_DIR_ENV)
-    if env_dir:
-        candidates.append(os.path.join(env_dir, "superglue"))
-    if data_dir is not None:
-        candidates = [data_dir]
-    for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, "RTE", "val.jsonl")):
-            return candidate
-    raise FileNotFoundError(
-        "No SuperGLUE task folders (e.g. RTE/val.jsonl) in "
-        f"{candidates}: pass data_dir or set ${DATA_DIR_ENV} to a directory "
-        "with a `superglue` subdirectory."
+    return _find_data_dir(
+        "superglue", os.path.join("RTE", "val.jsonl"), data_dir, "SuperGLUE"
     )
 
 

@@ -23,17 +23,6 @@ DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "superglue")
 sys.path.insert(0, os.path.join(REPO_ROOT, "examples"))
 import superglue_ptuning  # noqa: E402
 
-SYSTEMS = [
-    "majority",
-    "zero_shot",
-    "in_context",
-    "probe",
-    "ptuning",
-    "ptuning_lstm",
-    "lora",
-    "ptuning_lora",
-]
-
 
 @run_on_one_backend(
     "tensorflow",
@@ -77,7 +66,7 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     with open(output_dir / "results.json") as f:
         results = json.load(f)
     assert results["setting"] == "few-shot"
-    assert sorted(results["macro"]) == sorted(SYSTEMS)
+    assert sorted(results["macro"]) == sorted(superglue_ptuning.SYSTEMS)
     for task in ("CB",):
         entry = results["tasks"][task]
         assert entry["examples"] == 12
