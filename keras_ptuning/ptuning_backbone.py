@@ -431,10 +431,10 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self._lora_target_layer_names = target_layer_names
         self._freeze_all_but_lora()
 
-    def _freeze_all_but_lora(self):
+    def _freeze_all_but_lora(self, lora_trainable=True):
         for variable in self.backbone.weights:
-            if not variable.path.endswith(("lora_kernel_a", "lora_kernel_b")):
-                variable.trainable = False
+            is_lora = variable.path.endswith(("lora_kernel_a", "lora_kernel_b"))
+            variable.trainable = is_lora and lora_trainable
 
     def check_decoder(self, model_name):
         """Raises unless this is a decoder-only backbone with a keras-hub
@@ -507,7 +507,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         if backbone is not None and self.lora_rank is None:
             backbone.trainable = False
         elif backbone is not None:
-            self._freeze_all_but_lora()
+            self._freeze_all_but_lora(lora_trainable=bool(value))
         injection = getattr(self, "prompt_injection", None)
         if injection is not None and not injection.source.trains_encoder:
             injection.prompt_encoder.trainable = False
