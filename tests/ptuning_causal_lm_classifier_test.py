@@ -71,38 +71,41 @@ CHOICES = {
 }
 
 
-def _reference_scores(backbone, choices, reduction):
-    """Choice log-likelihoods by hand: keras-hub's own causal LM on the
-    manual prompt plus each choice as real tokens, log-softmax in NumPy."""
+def _reference_scores(backbone, choices):
+    """Choice log-likelihoods by hand, `{"mean": ..., "sum": ...}`:
+    keras-hub's own causal LM on the manual prompt plus each choice as real
+    tokens, log-softmax in NumPy."""
     lm = causal_lm_class(backbone)(backbone=backbone, preprocessor=None)
     tokenizer = _tokenizer()
     context = _template("text")(FIELDS)
     ids = to_numpy(context["token_ids"])
     lengths = to_numpy(context["padding_mask"]).sum(1)
-    scores = np.zeros((len(LABELS), len(choices)))
+    rows, spans = [], []
     for b in range(len(LABELS)):
-        for c, choice in enumerate(choices):
+        for choice in choices:
             text = choice.format(**{k: v[b] for k, v in FIELDS.items()})
             choice_ids = list(np.asarray(tokenizer(text)).reshape(-1))
-            row = list(ids[b, : lengths[b]]) + choice_ids
-            logits = lm.predict(
-                {
-                    "token_ids": np.array([row], "int32"),
-                    "padding_mask": np.ones((1, len(row)), "int32"),
-                },
-                verbose=0,
-            )[0].astype("float64")
-            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            n = lengths[b]
-            token_scores = [
-                log_probs[n - 1 + j, t] for j, t in enumerate(choice_ids)
-            ]
-            scores[b, c] = (
-                np.sum(token_scores)
-                if reduction == "sum"
-                else np.mean(token_scores)
-            )
-    return scores
+            rows.append(list(ids[b, : lengths[b]]) + choice_ids)
+            spans.append((lengths[b], choice_ids))
+    width = max(map(len, rows))
+    token_ids = np.zeros((len(rows), width), "int32")
+    padding_mask = np.zeros((len(rows), width), "int32")
+    for i, row in enumerate(rows):
+        token_ids[i, : len(row)] = row
+        padding_mask[i, : len(row)] = 1
+    logits = lm.predict(
+        {"token_ids": token_ids, "padding_mask": padding_mask}, verbose=0
+    ).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_scores = [
+        [log_probs[i, n - 1 + j, t] for j, t in enumerate(choice_ids)]
+        for i, (n, choice_ids) in enumerate(spans)
+    ]
+    shape = (len(LABELS), len(choices))
+    return {
+        "mean": np.reshape([np.mean(t) for t in token_scores], shape),
+        "sum": np.reshape([np.sum(t) for t in token_scores], shape),
+    }
 
 
 @pytest.mark.parametrize(
@@ -131,8 +134,9 @@ def test_scores_are_choice_log_likelihoods_and_the_text_start_is_the_text(
     (so it predicts exactly what the frozen model predicts)."""
     backbone = FAMILIES[family]()
     choices = CHOICES[kind]
+    reference = _reference_scores(backbone, choices)
     for reduction in ("mean", "sum"):
-        expected = _reference_scores(backbone, choices, reduction)
+        expected = reference[reduction]
         plain = PTuningCausalLMClassifier(
             backbone,
             preprocessor=ChoiceTemplate(_template("text"), choices),
