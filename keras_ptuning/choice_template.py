@@ -8,7 +8,6 @@ import numpy as np
 
 from keras_ptuning.prompt_template import PromptTemplate
 
-REDUCTIONS = ("mean", "sum")
 CHOICE_INPUTS = ("choice_positions", "choice_ids", "choice_mask")
 
 

@@ -9,10 +9,11 @@ from keras import ops
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import causal_lm_class
 from keras_ptuning.choice_template import CHOICE_INPUTS
-from keras_ptuning.choice_template import REDUCTIONS
 from keras_ptuning.choice_template import ChoiceTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_task import PTuningTask
+
+SCORE_REDUCTIONS = ("mean", "sum")
 
 
 def backbone_input_names(backbone):
@@ -137,9 +138,10 @@ class PTuningCausalLMClassifier(
                 f"None. Received: preprocessor of type "
                 f"{type(preprocessor).__name__}"
             )
-        if score_reduction not in REDUCTIONS:
+        if score_reduction not in SCORE_REDUCTIONS:
             raise ValueError(
-                f"`score_reduction` must be one of {REDUCTIONS}. Received: "
+                f"`score_reduction` must be one of {SCORE_REDUCTIONS}. "
+                "Received: "
                 f"score_reduction={score_reduction!r}"
             )
         template = getattr(preprocessor, "template", None)
@@ -301,14 +303,14 @@ class PTuningCausalLMClassifier(
             kwargs["validation_data"] = self._ready_validation(
                 kwargs["validation_data"]
             )
-        x, y, sample_weight = self._unpack(x, y, kwargs)
+        sample_weight = kwargs.pop("sample_weight", None)
         x, y, sample_weight = self._ready(x, y, sample_weight)
         return keras.Model.fit(
             self, x, y, *args, sample_weight=sample_weight, **kwargs
         )
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        x, y, sample_weight = self._unpack(x, y, kwargs)
+        sample_weight = kwargs.pop("sample_weight", None)
         x, y, sample_weight = self._ready(x, y, sample_weight)
         return keras.Model.evaluate(
             self, x, y, *args, sample_weight=sample_weight, **kwargs
@@ -317,10 +319,6 @@ class PTuningCausalLMClassifier(
     def predict(self, x, *args, **kwargs):
         x, _, _ = self._ready(x)
         return keras.Model.predict(self, x, *args, **kwargs)
-
-    @staticmethod
-    def _unpack(x, y, kwargs):
-        return x, y, kwargs.pop("sample_weight", None)
 
     def get_config(self):
         return {
