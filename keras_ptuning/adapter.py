@@ -44,6 +44,57 @@ def _check_single_task(ptuning):
         )
 
 
+# Backbone config entries that a prompt depends on: an adapter is refused
+# by a backbone whose entries differ (another checkpoint's architecture).
+ARCHITECTURE_KEYS = (
+    "vocabulary_size",
+    "num_layers",
+    "hidden_dim",
+    "intermediate_dim",
+    "num_heads",
+    "num_query_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+def backbone_architecture(backbone):
+    """The int `ARCHITECTURE_KEYS` entries of `backbone.get_config()`."""
+    config = backbone.get_config()
+    return {
+        key: config[key]
+        for key in ARCHITECTURE_KEYS
+        if isinstance(config.get(key), int)
+    }
+
+
+def check_adapter_backbone(config, backbone, source):
+    """Refuses an adapter written for another backbone class, or for one
+    whose architecture entries differ (`ValueError`, naming both)."""
+    found = config.get("backbone_class")
+    here = type(backbone).__name__
+    if found is not None and found != here:
+        raise ValueError(
+            f"{source} was trained on a {found}; this model's backbone is a "
+            f"{here}. A prompt only means something on the checkpoint it "
+            "was trained on."
+        )
+    mine = backbone_architecture(backbone)
+    differ = {
+        key: value
+        for key, value in config.get("backbone_architecture", {}).items()
+        if key in mine and mine[key] != value
+    }
+    if differ:
+        raise ValueError(
+            f"{source} was trained on a {here} with "
+            + ", ".join(f"{k}={v}" for k, v in sorted(differ.items()))
+            + "; this model's has "
+            + ", ".join(f"{k}={mine[k]}" for k in sorted(differ))
+            + "."
+        )
+
+
 def _placement(placeholder_id):
     return "prepended prompt" if placeholder_id is None else "prompt slots"
 
@@ -99,6 +150,7 @@ class AdapterMixin:
             "keras_ptuning_version": __version__,
             "task": type(self).__name__,
             "backbone_class": type(ptuning.backbone).__name__,
+            "backbone_architecture": backbone_architecture(ptuning.backbone),
             "hidden_dim": ptuning.hidden_dim,
             "prompt_config": ptuning.prompt_config.to_dict(),
             "placeholder_id": ptuning.placeholder_id,
@@ -133,9 +185,13 @@ class AdapterMixin:
     def load_adapter(self, filepath):
         """Restores an adapter written by `save_adapter`, on any backend.
 
-        The model must be built on the same backbone (same hidden size), with
-        the same number of virtual tokens and head shapes; mismatches raise a
-        `ValueError` before anything is changed. An adapter with the encoder
+        The model must be built on the same backbone (the same class and
+        architecture entries, e.g. `vocabulary_size` and `num_layers`, as
+        recorded in the file), with the same placement, number of virtual
+        tokens and head shapes; mismatches raise a `ValueError` before
+        anything is changed. A prompt-only adapter (no head) may move
+        between tasks on one backbone, e.g. from a `PTuningCausalLM` to its
+        `PTuningBackbone`. An adapter with the encoder
         restores it (training resumes from there); one without switches the
         model to the collapsed prompt (`prompt_source="table"`). A compiled
         model is recompiled from its compile config, with a fresh optimizer.
@@ -150,6 +206,15 @@ class AdapterMixin:
                 raise ValueError(
                     f"{filepath!r} is not a keras_ptuning adapter file."
                 )
+            version = config.get("format_version")
+            if not isinstance(version, int) or not (
+                1 <= version <= ADAPTER_FORMAT_VERSION
+            ):
+                raise ValueError(
+                    f"{filepath!r} has adapter format_version={version!r}; "
+                    f"this keras_ptuning ({__version__}) reads versions 1 to "
+                    f"{ADAPTER_FORMAT_VERSION}."
+                )
             arrays = {}
             f.visititems(
                 lambda name, item: (
@@ -158,6 +223,9 @@ class AdapterMixin:
                     else None
                 )
             )
+        check_adapter_backbone(
+            config, self._ptuning_backbone().backbone, f"{filepath!r}"
+        )
         placement = config.get("placeholder_id")
         if placement != self._ptuning_backbone().placeholder_id:
             raise ValueError(

@@ -137,11 +137,11 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
         max_sequence_length=32,
     )
     other = PTuningTextClassifier(narrow, 3, CONFIG)
-    with pytest.raises(ValueError, match="hidden size 16, this model's is 8"):
+    with pytest.raises(ValueError, match="hidden_dim=16.*has hidden_dim=8"):
         other.load_adapter(path)
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
+    wrapper = PTuningBackbone(FAMILIES["bert"](), CONFIG)
     with pytest.raises(ValueError, match="head weights \\['bias', 'kernel'\\]"):
-        lm.load_adapter(path)
+        wrapper.load_adapter(path)
     with pytest.raises(ValueError, match="overwrite=False"):
         model.save_adapter(path, overwrite=False)
     with pytest.raises(ValueError, match="not a file"):
@@ -181,3 +181,32 @@ def test_adapter_written_before_the_readout_was_recorded(tmp_path):
     )
     with pytest.raises(ValueError, match="reading `pooled`.*pooling='mean'"):
         PTuningTextClassifier(backbone, 3, CONFIG).load_adapter(path)
+
+
+def test_an_adapter_from_another_backbone_is_refused(tmp_path):
+    """Same hidden size, another checkpoint: BERT to RoBERTa, BERT to a
+    BERT of other depth, or a file of a newer format, all refused."""
+    _, model, _ = _trained_classifier()
+    path = str(tmp_path / "bert.adapter.h5")
+    model.save_adapter(path)
+    roberta = PTuningTextClassifier(FAMILIES["roberta"](), 3, CONFIG)
+    before = [to_numpy(v) for v in roberta.weights]
+    with pytest.raises(ValueError, match="trained on a BertBackbone.*Roberta"):
+        roberta.load_adapter(path)
+    for a, b in zip(before, roberta.weights):
+        np.testing.assert_array_equal(a, to_numpy(b))
+    deeper = keras_hub.models.BertBackbone(
+        vocabulary_size=64,
+        num_layers=3,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=32,
+    )
+    with pytest.raises(ValueError, match="num_layers=2; this model's has num"):
+        PTuningTextClassifier(deeper, 3, CONFIG).load_adapter(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        f.attrs["config"] = json.dumps({**config, "format_version": 2})
+    with pytest.raises(ValueError, match="format_version=2.*versions 1 to 1"):
+        PTuningTextClassifier(FAMILIES["bert"](), 3, CONFIG).load_adapter(path)
