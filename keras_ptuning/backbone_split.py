@@ -19,12 +19,11 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_ptuning.keras_internals import functional_nodes
+from keras_ptuning.keras_internals import sublayers
+
 # Inputs aligned with `token_ids` and the value that virtual tokens get.
 SEQUENCE_INPUT_FILL = {"padding_mask": 1, "segment_ids": 0}
-
-
-def _graph_nodes(model):
-    return [node for nodes in model._nodes_by_depth.values() for node in nodes]
 
 
 def _subclasses(cls):
@@ -120,7 +119,7 @@ class BackboneSplit:
             ) from error
 
     def _find_split_tensor(self, token_ids):
-        for node in _graph_nodes(self.backbone):
+        for node in functional_nodes(self.backbone):
             if not any(t is token_ids for t in node.input_tensors):
                 continue
             layer = node.operation
@@ -139,7 +138,7 @@ class BackboneSplit:
     def _find_max_positions(self):
         limits = [
             layer.sequence_length
-            for layer in self.backbone._flatten_layers()
+            for layer in sublayers(self.backbone)
             if isinstance(layer, keras_hub.layers.PositionEmbedding)
         ]
         return min(limits) if limits else None

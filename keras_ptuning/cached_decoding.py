@@ -40,7 +40,10 @@ import types
 
 from keras import ops
 from keras import tree
-from keras_hub.samplers import Sampler
+
+from keras_ptuning.keras_internals import build_cache
+from keras_ptuning.keras_internals import run_sampler
+from keras_ptuning.keras_internals import runs_plain_loop
 
 # The cache's first length, the most segments it grows in, and the fewest
 # slots a segment adds (see `cache_segment_ends`).
@@ -159,7 +162,7 @@ class CausalLMView:
         token_ids = self._first_segment(token_ids)
         one_row = token_ids.shape[0] == 1 and self.shared_prefix is None
         if one_row or not self.split_prefill:
-            return self._class._build_cache(self, token_ids, *args, **kwargs)
+            return build_cache(self._class, self, token_ids, *args, **kwargs)
         num_tokens = self.virtual_token_ids.shape[0]
         batch_size = ops.shape(token_ids)[0]
         if self.shared_prefix is None:
@@ -223,8 +226,8 @@ class CausalLMView:
         Runs the family's `_build_cache` without running the model.
         """
         args, kwargs = self._build_cache_args
-        return self._class._build_cache(
-            _EmptyCacheView(self), token_ids, *args, **kwargs
+        return build_cache(
+            self._class, _EmptyCacheView(self), token_ids, *args, **kwargs
         )
 
     def __getattr__(self, name):
@@ -234,11 +237,6 @@ class CausalLMView:
         if inspect.isfunction(attribute):
             return types.MethodType(attribute, self)
         return getattr(self._model, name)
-
-
-def runs_plain_loop(sampler):
-    """Whether `sampler` decodes with keras-hub's plain `Sampler` loop."""
-    return type(sampler).__call__ is Sampler.__call__
 
 
 def cache_segment_ends(total_length, first_segment_length):
@@ -311,9 +309,8 @@ class SegmentedSampler:
                         # Past the first segment a shared prefix is behind:
                         # only real ids, so skip the virtual-token lookup.
                         view.backbone = extended_backbone.real_backbone
-                loop = _LoopResult(self.sampler)
-                head = Sampler.__call__(
-                    loop,
+                head, cache = run_sampler(
+                    self.sampler,
                     next,
                     prompt[:, :end],
                     cache=cache,
@@ -321,7 +318,6 @@ class SegmentedSampler:
                     mask=mask[:, :end],
                     **kwargs,
                 )
-                cache = loop.loop_vars[1]
                 if end < ends[-1]:
                     head = ops.concatenate([head, prompt[:, end:]], axis=1)
                 prompt = head
@@ -353,25 +349,6 @@ class SegmentedSampler:
 
         reaches = ops.any(mask[:, start : token_ids.shape[1]])
         return ops.cond(reaches, prefill, lambda: cache)
-
-
-class _LoopResult:
-    """A sampler whose `run_loop` keeps the final loop variables.
-
-    keras-hub's `Sampler.__call__` returns only the prompt; run on this
-    wrapper it also leaves the final cache in `loop_vars[1]`.
-    """
-
-    def __init__(self, sampler):
-        self._sampler = sampler
-        self.loop_vars = None
-
-    def run_loop(self, cond, body, **kwargs):
-        self.loop_vars = self._sampler.run_loop(cond, body, **kwargs)
-        return self.loop_vars
-
-    def __getattr__(self, name):
-        return getattr(self._sampler, name)
 
 
 class _EmptyCacheView:

@@ -2,7 +2,8 @@
 
 import keras
 import numpy as np
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+from keras_ptuning.keras_internals import in_symbolic_scope
 
 
 def check_inputs(inputs, expected_names, model_name):

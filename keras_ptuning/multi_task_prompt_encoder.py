@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_ptuning.keras_internals import tracking_unlocked
 from keras_ptuning.prompt_encoder import PromptEncoder
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.trainable_tasks import TrainableTasksMixin
@@ -82,9 +83,8 @@ class MultiTaskPromptEncoder(TrainableTasksMixin, keras.layers.Layer):
         encoder = PromptEncoder(self.config, name=f"task_{name}")
         encoder.build()
         # New state after build, as Keras' own `enable_lora` adds it.
-        self._tracker.unlock()
-        self.encoders.append(encoder)
-        self._tracker.lock()
+        with tracking_unlocked(self):
+            self.encoders.append(encoder)
         self.task_names.append(name)
         return len(self.task_names) - 1
 

@@ -1,11 +1,11 @@
 """`PromptEncoder`: the trainable part of P-tuning."""
 
-import contextlib
 import math
 
 import keras
 from keras import ops
 
+from keras_ptuning.keras_internals import outside_object_sharing
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 
 
@@ -21,37 +21,6 @@ def _torch_linear_initializers(fan_in):
         ),
         "bias_initializer": keras.initializers.RandomUniform(-limit, limit),
     }
-
-
-@contextlib.contextmanager
-def _outside_object_sharing():
-    """Build layers as if no `.keras` file were being loaded.
-
-    `keras.layers.Bidirectional` copies the layer it is given by
-    serializing and deserializing it. Inside `keras.saving.load_model`'s
-    object-sharing scope a copy is matched by the Python `id()` of the
-    layer, and a new LSTM that reuses the address of one serialized earlier
-    in the same load is "deserialized" as that earlier layer (Keras 3.15):
-    an encoder with two LSTM layers, or a multi-task table with several
-    LSTM encoders, could come back sharing one LSTM, or fail with
-    "Forward layer and backward layer should have different
-    `go_backwards`". The scope lives in Keras' private global state; where
-    that moves, this does nothing.
-    """
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover - a future Keras layout
-        yield
-        return
-    keys = ("shared_objects/id_to_obj_map", "shared_objects/id_to_config_map")
-    saved = [global_state.get_global_attribute(key) for key in keys]
-    for key in keys:
-        global_state.set_global_attribute(key, None)
-    try:
-        yield
-    finally:
-        for key, value in zip(keys, saved):
-            global_state.set_global_attribute(key, value)
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -182,7 +151,7 @@ class PromptEncoder(keras.layers.Layer):
                     dtype="float32",
                     name=f"lstm_{i}",
                 )
-                with _outside_object_sharing():
+                with outside_object_sharing():
                     bidirectional = keras.layers.Bidirectional(
                         lstm, dtype="float32", name=f"bidirectional_lstm_{i}"
                     )

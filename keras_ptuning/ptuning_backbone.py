@@ -5,6 +5,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_ptuning import keras_internals
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
@@ -398,11 +399,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     @property
     def lora_rank(self):
         """The LoRA rank of the wrapped backbone, or `None` without LoRA."""
-        return (
-            getattr(self.backbone, "_lora_rank", None)
-            if getattr(self.backbone, "_lora_enabled_layers", None)
-            else None
-        )
+        return keras_internals.lora_rank(self.backbone)
 
     def enable_lora(self, rank, target_layer_names=None):
         """Adds keras-hub LoRA to the wrapped backbone (P-tuning + LoRA).

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_ptuning.keras_internals import tracking_unlocked
 from keras_ptuning.trainable_tasks import TrainableTasksMixin
 
 # The classifier head's initial kernel: keras-hub's BERT-style text
@@ -64,9 +65,8 @@ class TaskHeads(TrainableTasksMixin, keras.layers.Layer):
         if self._input_dim is not None:
             head.build((None, self._input_dim))
         # New state after build, as Keras' own `enable_lora` adds it.
-        self._tracker.unlock()
-        self.heads.append(head)
-        self._tracker.lock()
+        with tracking_unlocked(self):
+            self.heads.append(head)
         self.task_names.append(name)
         return len(self.heads) - 1
 
