@@ -14,11 +14,23 @@ preset or `.keras` save and load, ours or keras-hub's:
 
 Each fix only adds a key keras-hub does not write itself, so it turns into
 a no-op once keras-hub saves them.
+
+What plain keras-hub 0.32 (without `import keras_ptuning`) can read back:
+every file of a tokenizer with Llama 3's own special tokens (the entry
+`misc_special_tokens` is then not written, and `bos_token`/`eos_token` are
+constructor arguments it knows), and every `LlamaBackbone`. A tokenizer
+with other special tokens (SmolLM2's, so `keras_ptuning.presets`'
+converted SmolLM2 folder) stores them as a JSON list, which keras-hub's
+constructor cannot take (it needs a set): loading such a file needs
+`import keras_ptuning` first. Without the entry keras-hub could not load
+it either (it would look for Llama 3's special tokens).
 """
 
 import functools
 
 import keras_hub
+
+from keras_ptuning.keras_internals import special_token_names
 
 _FIXED = "_keras_ptuning_fixed"
 
@@ -38,16 +50,24 @@ def _llama_backbone_entries(backbone):
     return {"tie_word_embeddings": backbone.tie_word_embeddings}
 
 
+# keras-hub's `Llama3Tokenizer` default, which its constructor needs as a
+# set: JSON cannot hold one, so the entry is written only when it differs.
+DEFAULT_MISC_SPECIAL_TOKENS = {"<|start_header_id|>", "<|end_header_id|>"}
+
+
 def _llama3_tokenizer_entries(tokenizer):
-    return {
+    entries = {
         "bos_token": tokenizer.start_token,
         "eos_token": tokenizer.end_token,
-        "misc_special_tokens": sorted(
-            getattr(tokenizer, name)
-            for name in tokenizer._special_token_attrs
-            if name.startswith("special_token_")
-        ),
     }
+    misc = {
+        getattr(tokenizer, name)
+        for name in special_token_names(tokenizer)
+        if name.startswith("special_token_")
+    }
+    if misc != DEFAULT_MISC_SPECIAL_TOKENS - set(entries.values()):
+        entries["misc_special_tokens"] = sorted(misc)
+    return entries
 
 
 def _llama3_tokenizer_init(init):

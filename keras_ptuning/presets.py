@@ -118,9 +118,12 @@ def smollm2_preset_dir(format="keras_hub", cache_dir=None):
     Args:
         format: str. `"keras_hub"` for a keras-hub preset folder
             (`keras_hub.models.CausalLM.from_preset(folder)` loads backbone,
-            tokenizer, preprocessor and task), `"transformers"` for the
-            transformers folder it was converted from
-            (`AutoModelForCausalLM.from_pretrained(folder)`).
+            tokenizer, preprocessor and task, once `keras_ptuning` is
+            imported: keras-hub 0.32 does not save SmolLM2's special tokens
+            itself, and cannot read the list `keras_ptuning` saves them as
+            without it; see `keras_ptuning.keras_hub_fixes`),
+            `"transformers"` for the transformers folder it was converted
+            from (`AutoModelForCausalLM.from_pretrained(folder)`).
         cache_dir: str. Where converted checkpoints are kept. Defaults to
             `$KERAS_PTUNING_CACHE`, else `~/.cache/keras_ptuning`.
 

@@ -115,3 +115,33 @@ def test_llama3_tokenizer_keeps_its_special_tokens():
         restored("<tool>ab<|im_end|>"), tokenizer("<tool>ab<|im_end|>")
     )
     np.testing.assert_array_equal(tokenizer("<tool>ab<|im_end|>"), [3, 6, 2])
+
+
+def test_a_llama3_tokenizer_file_stays_readable_by_plain_keras_hub():
+    """With Llama 3's own special tokens, what is saved while keras_ptuning
+    is imported loads with keras-hub's unpatched constructor (which takes
+    `misc_special_tokens` only as a set, never as JSON's list)."""
+    specials = [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ]
+    vocabulary = {token: i for i, token in enumerate(specials + ["a", "b"])}
+    vocabulary["ab"] = len(vocabulary)
+    tokenizer = keras_hub.models.Llama3Tokenizer(
+        vocabulary=vocabulary, merges=["a b"]
+    )
+    config = json.loads(json.dumps(tokenizer.get_config()))
+    assert "misc_special_tokens" not in config
+    plain_init = keras_hub.models.Llama3Tokenizer.__init__.__wrapped__
+    restored = keras_hub.models.Llama3Tokenizer.__new__(
+        keras_hub.models.Llama3Tokenizer
+    )
+    config.pop("dtype")  # a policy dict, which deserialization resolves
+    plain_init(restored, **config)
+    restored.set_vocabulary_and_merges(vocabulary, ["a b"])
+    np.testing.assert_array_equal(
+        restored("ab<|eot_id|>"), tokenizer("ab<|eot_id|>")
+    )
