@@ -183,6 +183,9 @@ class LengthBucketedDataset(keras.utils.PyDataset):
         return len(self._batches)
 
     def __getitem__(self, index):
+        # The batch list being served: `row_order` reads it after a pass,
+        # once `on_epoch_end` has already drawn the next epoch's.
+        self._served_batches = self._batches
         bucket, rows = self._batches[index]
         length = self.bucket_lengths[bucket]
 
@@ -204,9 +207,13 @@ class LengthBucketedDataset(keras.utils.PyDataset):
         """The original row index of each output row, batch after batch.
 
         `predict` returns rows grouped by bucket; `outputs[argsort(
-        row_order())]` puts them back in input order.
+        row_order())]` puts them back in input order. It describes the last
+        pass over the data (the `predict` just run, even with `shuffle=True`,
+        where Keras' `on_epoch_end` has drawn a new order since), or the
+        next one before any.
         """
-        return np.concatenate([rows for _, rows in self._batches])
+        batches = getattr(self, "_served_batches", None) or self._batches
+        return np.concatenate([rows for _, rows in batches])
 
     def on_epoch_end(self):
         if self.shuffle:

@@ -168,3 +168,32 @@ def test_fit_and_predict_on_buckets_match_full_length_inputs():
     full = ops.convert_to_numpy(model(x, training=False))
     # Cutting trailing padding does not change a right-padded row's logits.
     np.testing.assert_allclose(bucketed, full, atol=1e-5)
+
+
+def test_row_order_maps_shuffled_predictions_back_to_their_rows():
+    """Keras calls `on_epoch_end` at the end of `predict`, which draws the
+    next shuffle: `row_order()` must still describe the `predict` run."""
+    import keras
+
+    lengths = np.array([3, 14, 5, 16, 2, 9, 7, 12, 4, 10, 6, 15])
+    x = _features(lengths)
+    dataset = LengthBucketedDataset(x, batch_size=3, shuffle=True, seed=1)
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((None,), dtype="bool", name="padding_mask")
+    segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
+    # Each row's output is its own token-id sum: it names the row.
+    total = keras.layers.Lambda(
+        lambda ids: ops.sum(ops.cast(ids, "float32"), axis=1)
+    )(token_ids)
+    model = keras.Model(
+        {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "segment_ids": segment_ids,
+        },
+        total,
+    )
+    for _ in range(2):
+        outputs = model.predict(dataset, verbose=0)
+        restored = outputs[np.argsort(dataset.row_order())]
+        np.testing.assert_array_equal(restored, x["token_ids"].sum(1))
