@@ -55,7 +55,9 @@ def export_saved_model(
     backbone's limit, minus the virtual tokens when they are prepended), and
     whose outputs are named: `logits` and `probabilities` for a
     `PTuningTextClassifier` and for a `PTuningMaskedLM` with a verbalizer
-    (class scores), `logits` for a `PTuningCausalLM` (the forward pass;
+    (class scores; under an activation other than a softmax or none, such
+    as `"sigmoid"`, `scores`: the outputs as `predict` returns them),
+    `logits` for a `PTuningCausalLM` (the forward pass;
     see below for generation) and for a `PTuningMaskedLM` without one
     (vocabulary logits at the masks), `logits` and `probabilities` of
     the next token for a `PTuningNextTokenLM`, and the backbone's outputs
@@ -244,14 +246,29 @@ def _predicts_classes(model):
     )
 
 
-def _serving_outputs(model, outputs):
+def _serving_outputs(model, outputs, with_label=False):
+    """The named outputs a SavedModel serves for `model`'s `outputs`.
+
+    A class-scoring model (see `_predicts_classes`) serves `logits` and
+    `probabilities` where its activation is a softmax (the outputs are the
+    probabilities) or none (the outputs are the logits); under any other
+    activation (`"sigmoid"`, ...) it serves its outputs as `scores`, as
+    `predict` returns them, since neither name would be true. `label`
+    (with `with_label`) is the argmax of the outputs.
+    """
     from keras import ops
 
     if _predicts_classes(model):
         activation = model.activation
         if activation is keras.activations.softmax:
-            return {"logits": ops.log(outputs), "probabilities": outputs}
-        return {"logits": outputs, "probabilities": ops.softmax(outputs)}
+            served = {"logits": ops.log(outputs), "probabilities": outputs}
+        elif activation in (None, keras.activations.linear):
+            served = {"logits": outputs, "probabilities": ops.softmax(outputs)}
+        else:
+            served = {"scores": outputs}
+        if with_label:
+            served["label"] = ops.cast(ops.argmax(outputs, axis=-1), "int32")
+        return served
     if isinstance(model, PTuningNextTokenLM):
         return {"logits": outputs, "probabilities": ops.softmax(outputs)}
     if isinstance(model, (PTuningCausalLM, PTuningMaskedLM)):
@@ -365,12 +382,9 @@ def _text_signature(model):
     @tf.function(input_signature=[signature])
     def serve_text(inputs):
         x = _preprocess(model, inputs)
-        outputs = _serving_outputs(model, model(x, training=False))
-        if _predicts_classes(model):
-            outputs["label"] = tf.argmax(
-                outputs["probabilities"], -1, output_type=tf.int32
-            )
-        return outputs
+        return _serving_outputs(
+            model, model(x, training=False), with_label=True
+        )
 
     return serve_text
 

@@ -227,3 +227,33 @@ def test_round_trip_matrix_models_are_served_by_tensorflow_alone(
     inputs = served_inputs(model, 2, 5, 3)
     assert_same_predictions(model, inputs, outputs, atol=0)
     np.testing.assert_array_equal(model_table(model), table_before)
+
+
+@pytest.mark.parametrize("activation", [None, "softmax", "sigmoid"])
+def test_served_class_outputs_are_what_predict_returns(activation):
+    """No softmax on top of another activation: a sigmoid classifier
+    serves its scores as `predict` gives them, and the argmax as `label`."""
+    from keras_ptuning.export import _serving_outputs
+
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 3, PromptEncoderConfig(2), activation=activation
+    )
+    inputs = served_inputs(model, 4, 6, seed=0)
+    predicted = model.predict(inputs, verbose=0)
+    served = {
+        name: to_numpy(value)
+        for name, value in _serving_outputs(
+            model, model(inputs, training=False), with_label=True
+        ).items()
+    }
+    np.testing.assert_array_equal(served["label"], predicted.argmax(-1))
+    if activation == "sigmoid":
+        assert sorted(served) == ["label", "scores"]
+        np.testing.assert_allclose(served["scores"], predicted, atol=1e-6)
+        return
+    logits = predicted if activation is None else np.log(predicted)
+    np.testing.assert_allclose(served["logits"], logits, atol=1e-5)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        served["probabilities"], probabilities, atol=1e-6
+    )
