@@ -5,6 +5,7 @@ import keras_hub
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
@@ -110,6 +111,13 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
                 "`masked_lm_head` (BertMaskedLM, RobertaMaskedLM, ...). "
                 f"Received: masked_lm of type {type(masked_lm).__name__}"
             )
+        num_masks = getattr(preprocessor, "num_masks", None)
+        if verbalizer is not None and num_masks not in (None, 1):
+            raise ValueError(
+                "A `verbalizer` scores the words at one `[MASK]`; the "
+                f"template has {num_masks}. Received: template="
+                f"{preprocessor.template!r}"
+            )
         tokenizer = getattr(preprocessor, "tokenizer", None) or getattr(
             masked_lm.preprocessor, "tokenizer", None
         )
@@ -181,6 +189,28 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     @property
     def model_input_names(self):
         return list(self.backbone.input_names) + ["mask_positions"]
+
+    def _check_one_mask(self, inputs):
+        """With a verbalizer, eager `mask_positions` must be `(batch, 1)`."""
+        if self.verbalizer is None or not isinstance(inputs, dict):
+            return
+        if inputs.get("mask_positions") is None:
+            return  # Raw text: the template holds one mask (checked).
+        positions = concrete_numpy(inputs["mask_positions"])
+        if positions is not None and positions.shape[1:] != (1,):
+            raise ValueError(
+                "A `verbalizer` scores the words at one `[MASK]`: "
+                "`mask_positions` must be (batch, 1). Received: "
+                f"mask_positions of shape {positions.shape}"
+            )
+
+    def __call__(self, inputs, *args, **kwargs):
+        self._check_one_mask(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _check_array_inputs(self, x):
+        self._check_one_mask(x)
+        super()._check_array_inputs(x)
 
     @property
     def num_classes(self):

@@ -227,3 +227,35 @@ def test_errors_before_any_compute():
         PTuningMaskedLM(
             masked_lm, preprocessor=_template(), score_reduction="sum"
         )
+
+
+def test_a_verbalizer_reads_exactly_one_mask():
+    """It reads the first mask only: a template or inputs with two are
+    refused, before any compute."""
+    masked_lm = _masked_lm()
+    two_masks = PromptTemplate(
+        "{sentence} [P:2] [MASK] it was [MASK] .",
+        bert_tokenizer(),
+        sequence_length=16,
+    )
+    with pytest.raises(ValueError, match="the template has 2"):
+        PTuningMaskedLM(
+            masked_lm, verbalizer=VERBALIZER, preprocessor=two_masks
+        )
+    # Fill-in mode reads every mask: accepted.
+    PTuningMaskedLM(masked_lm, preprocessor=two_masks)
+    model = PTuningMaskedLM(
+        masked_lm, PromptEncoderConfig(2), verbalizer=[[5], [6]]
+    )
+    inputs = {
+        "token_ids": np.ones((2, 6), "int32"),
+        "segment_ids": np.zeros((2, 6), "int32"),
+        "padding_mask": np.ones((2, 6), "int32"),
+        "mask_positions": np.array([[1, 3], [2, 4]], "int32"),
+    }
+    with pytest.raises(ValueError, match="must be \\(batch, 1\\).*\\(2, 2\\)"):
+        model(inputs)
+    with pytest.raises(ValueError, match="must be \\(batch, 1\\).*\\(2, 2\\)"):
+        model.predict(inputs, verbose=0)
+    inputs["mask_positions"] = inputs["mask_positions"][:, :1]
+    assert model.predict(inputs, verbose=0).shape == (2, 2)
