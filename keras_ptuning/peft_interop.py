@@ -4,12 +4,20 @@ A PEFT P-tuning adapter is a directory with `adapter_config.json`
 (`peft_type: "P_TUNING"`) and `adapter_model.safetensors` (or `.bin`)
 holding `prompt_embeddings`, the `(num_virtual_tokens, token_dim)` prompt
 PEFT computes from its encoder when saving, plus for a `SEQ_CLS` adapter the
-classifier head (`base_model.classifier.weight` / `.bias`, or `score.*`).
-A `CAUSAL_LM` adapter holds the prompt only and maps to `PTuningCausalLM`.
-PEFT only prepends virtual tokens: adapters interoperate for keras_ptuning
-models in the default prepend placement; models with prompt slots
-(`placeholder_id`) cannot be written as PEFT adapters, and PEFT adapters
-load as prepend models.
+classifier head HF's `*ForSequenceClassification` model has. Heads of one
+`Linear` layer cross over both ways, as a `PTuningTextClassifier`'s `Dense`
+head: BERT's `classifier` on the pooler (`pooling="pooled"`) and
+decoder-only models' bias-free `score` on the last token (`pooling="last"`;
+PEFT runs HF's decoders on `inputs_embeds`, where they read the last
+position whatever the padding, so only unpadded or left-padded rows agree).
+DistilBERT's head (`pre_classifier` -> ReLU -> `classifier`) and RoBERTa's
+(`classifier.dense` -> tanh -> `classifier.out_proj`) are two layers deep on
+the first token: adapters holding them are refused, and so are classifiers
+on those backbones when written. A `CAUSAL_LM` adapter holds the prompt
+only and maps to `PTuningCausalLM`. PEFT only prepends virtual tokens:
+adapters interoperate for keras_ptuning models in the default prepend
+placement; models with prompt slots (`placeholder_id`) can neither write
+nor load PEFT adapters.
 
 The backbone must be the keras-hub port of the same HF checkpoint. Numbers
 agree to within the ports' own differences (keras-hub's BERT uses the
@@ -18,6 +26,8 @@ tanh-approximate GELU where HF's uses the exact one).
 
 import json
 import os
+import shutil
+import tempfile
 
 import keras_hub
 import numpy as np
@@ -35,7 +45,19 @@ from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
-HEAD_NAMES = ("classifier", "score")
+# HF's one-layer sequence-classification heads, by module name, and what
+# each reads (`hf_pooling` of the backbones that have it).
+HEAD_READOUTS = {"classifier": "pooled", "score": "last"}
+# HF's heads, by what they read.
+HF_HEADS = {
+    "pooled": "a one-layer `classifier` on the pooler (BERT)",
+    "last": "a bias-free one-layer `score` on the last token (decoder-only "
+    "models)",
+    "first": "two layers deep on the first token (DistilBERT: "
+    "`pre_classifier` -> ReLU -> `classifier`; RoBERTa: `classifier.dense` "
+    "-> tanh -> `classifier.out_proj`), which a PTuningTextClassifier's one "
+    "`Dense` head cannot express",
+}
 ENCODER_FIELDS = (
     "num_virtual_tokens",
     "token_dim",
@@ -64,19 +86,71 @@ def _read_tensors(directory):
     )
 
 
-def _find_head(tensors):
-    for suffix in HEAD_NAMES:
-        weight = [k for k in tensors if k.endswith(f"{suffix}.weight")]
-        bias = [k for k in tensors if k.endswith(f"{suffix}.bias")]
-        if weight:
-            head = {"kernel": tensors[weight[0]].T}
-            head["bias"] = (
-                tensors[bias[0]]
-                if bias
-                else np.zeros(tensors[weight[0]].shape[0], "float32")
-            )
-            return head
-    return None
+def _find_head(tensors, directory):
+    """The adapter's head as `(name, {"kernel", "bias"})`, or `(None, None)`.
+
+    Raises for any weight beyond the prompt and one one-layer head: what is
+    not loaded must not be dropped silently.
+    """
+    heads, unsupported = {}, []
+    for key in sorted(tensors):
+        if key == "prompt_embeddings":
+            continue
+        parts = key.split(".")
+        if (
+            len(parts) >= 2
+            and parts[-2] in HEAD_READOUTS
+            and parts[-1] in ("weight", "bias")
+        ):
+            heads.setdefault(parts[-2], {})[parts[-1]] = tensors[key]
+        else:
+            unsupported.append(key)
+    if unsupported:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds weights that no "
+            f"keras_ptuning model has a place for: {unsupported}. A "
+            "PTuningTextClassifier's head is one `Dense` layer, as HF's "
+            f"heads are for BERT ({HF_HEADS['pooled']}) and decoder-only "
+            f"models; HF's heads for DistilBERT and RoBERTa are "
+            f"{HF_HEADS['first']}."
+        )
+    if len(heads) > 1:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds {len(heads)} heads "
+            f"({sorted(heads)}); a classifier has one."
+        )
+    if not heads:
+        return None, None
+    name, weights = heads.popitem()
+    if "weight" not in weights:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds a `{name}` bias "
+            "without its weight."
+        )
+    weight = weights["weight"].astype("float32")
+    bias = weights.get("bias")
+    bias = np.zeros(weight.shape[0], "float32") if bias is None else bias
+    return name, {"kernel": weight.T, "bias": bias.astype("float32")}
+
+
+def _backbone_name(backbone):
+    if isinstance(backbone, PTuningBackbone):
+        backbone = backbone.backbone
+    return type(backbone).__name__
+
+
+def _check_head_readout(name, backbone, directory):
+    """Raises unless HF's classifiers on `backbone` have the `name` head."""
+    readout = hf_pooling(backbone)
+    if readout != HEAD_READOUTS[name]:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds a `{name}` head, "
+            f"{HF_HEADS[HEAD_READOUTS[name]]}; HF's heads for a "
+            f"{_backbone_name(backbone)} are {HF_HEADS[readout]}. Load the "
+            "adapter into the backbone of the checkpoint it was trained "
+            "on. Received: model_or_backbone with a "
+            f"{_backbone_name(backbone)}"
+        )
 
 
 def load_peft_adapter(model_or_backbone, directory):
@@ -95,6 +169,13 @@ def load_peft_adapter(model_or_backbone, directory):
         The model, with the collapsed prompt (and head) loaded. PEFT keeps
         only the prompt's output, not its encoder, so the model runs on the
         prompt table (`prompt_source="table"`).
+
+    Raises:
+        ValueError: before anything is changed, for a model with prompt
+            slots (PEFT prompts are prepended), an adapter whose head a
+            `PTuningTextClassifier` cannot hold (two layers deep, as HF's
+            DistilBERT and RoBERTa heads, or another family's head) or
+            whose shapes differ from the model's.
     """
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
@@ -121,7 +202,7 @@ def load_peft_adapter(model_or_backbone, directory):
             f"The adapter in {directory!r} has no `prompt_embeddings`."
         )
     prompt_table = tensors["prompt_embeddings"].astype("float32")
-    head = _find_head(tensors)
+    head_name, head = _find_head(tensors, directory)
     model = model_or_backbone
     if isinstance(model, keras_hub.models.Backbone) and not isinstance(
         model, PTuningBackbone
@@ -131,6 +212,7 @@ def load_peft_adapter(model_or_backbone, directory):
         )
         task_type = config.get("task_type")
         if task_type == "SEQ_CLS" and head is not None:
+            _check_head_readout(head_name, model, directory)
             # The head was trained on what HF's model reads.
             ptuning = PTuningBackbone(model, prompt_config)
             model = PTuningTextClassifier(
@@ -145,6 +227,16 @@ def load_peft_adapter(model_or_backbone, directory):
             "`model_or_backbone` must be a keras_ptuning model or a keras-hub "
             f"backbone. Received: {type(model_or_backbone).__name__}"
         )
+    ptuning = model._ptuning_backbone()
+    if ptuning.uses_slots:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} prepends its virtual tokens "
+            "(PEFT P-tuning only prepends: placeholder_id=None); this model "
+            "places them at slots, where the prompt would be read at "
+            "positions it was not trained at. Load it into a model built "
+            "with placeholder_id=None. Received: model_or_backbone with "
+            f"placeholder_id={ptuning.placeholder_id} (prompt slots)"
+        )
     wants_head = bool(model._head_variables())
     if head is not None and not wants_head:
         raise ValueError(
@@ -154,6 +246,7 @@ def load_peft_adapter(model_or_backbone, directory):
             "PTuningTextClassifier."
         )
     if head is not None:
+        _check_head_readout(head_name, ptuning, directory)
         check_head_pooling(
             model,
             hf_pooling(model.backbone),
@@ -168,13 +261,57 @@ def load_peft_adapter(model_or_backbone, directory):
     return model
 
 
-def save_peft_adapter(model, directory, base_model_name_or_path=None):
+def _adapter_files(directory):
+    return [
+        name
+        for name in (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME)
+        if os.path.exists(os.path.join(directory, name))
+    ]
+
+
+def _peft_head_tensors(model, head):
+    """The head's PEFT tensors: HF's module of the model's family."""
+    readout = hf_pooling(model.backbone)
+    if readout not in HEAD_READOUTS.values():
+        raise ValueError(
+            f"HF's heads for a {_backbone_name(model.backbone)} are "
+            f"{HF_HEADS[readout]}, so PEFT would read this classifier's "
+            "head as part of a deeper one. Use `model.save_adapter` "
+            f"instead. Received: model.pooling={model.pooling!r}"
+        )
+    # PEFT's HF model reads HF's readout.
+    check_head_pooling(model, readout, "model.pooling", "a PEFT adapter")
+    kernel = np.ascontiguousarray(float32_numpy(head["kernel"]).T)
+    bias = float32_numpy(head["bias"])
+    if readout == "pooled":
+        return {
+            "base_model.classifier.weight": kernel,
+            "base_model.classifier.bias": bias,
+        }
+    if np.any(bias != 0):
+        raise ValueError(
+            "HF's decoder-only classifiers read the last token through a "
+            "`score` head with no bias, so PEFT would drop this "
+            "classifier's head bias; only a zero bias (as a head loaded "
+            "from PEFT has) can be written. Received: a head bias with "
+            f"max |bias| = {float(np.abs(bias).max()):.4g}"
+        )
+    return {"base_model.score.weight": kernel}
+
+
+def save_peft_adapter(
+    model, directory, base_model_name_or_path=None, *, overwrite=False
+):
     """Writes a model's prompt (and head) as a PEFT P-tuning adapter.
 
     `peft.PeftModel.from_pretrained(hf_model, directory)` loads it into the
     HF model of the same checkpoint. PEFT has no place for our encoder's
     weights or for prompts that are not prepended, so only the collapsed
-    prompt and the classifier head are written.
+    prompt and the classifier head are written. The head goes where HF's
+    `*ForSequenceClassification` has it: BERT's `classifier` (the model
+    reads `pooling="pooled"`) or a decoder-only model's bias-free `score`
+    (`pooling="last"`, zero bias). Classifiers on backbones whose HF heads
+    are two layers deep (DistilBERT, RoBERTa) are refused.
 
     Args:
         model: a `PTuningTextClassifier`, `PTuningCausalLM`,
@@ -183,9 +320,29 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
             `adapter_model.safetensors` (created if needed).
         base_model_name_or_path: optional, recorded in the config as PEFT
             does.
+        overwrite: bool. Whether an adapter already in `directory` may be
+            replaced.
+
+    Everything is checked before anything is written; each file is written
+    beside its target and moved into place, so none is ever half-written.
     """
     from safetensors.numpy import save_file
 
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"`directory` must be a path. Received: directory={directory!r}"
+        )
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            "`directory` exists and is not a directory. Received: "
+            f"directory={directory!r}"
+        )
+    existing = _adapter_files(directory)
+    if existing and not overwrite:
+        raise ValueError(
+            f"`directory` holds an adapter ({', '.join(existing)}) and "
+            f"overwrite=False. Received: directory={directory!r}"
+        )
     if not isinstance(model, AdapterMixin):
         raise TypeError(
             "`model` must be a keras_ptuning model. Received: "
@@ -230,15 +387,31 @@ def save_peft_adapter(model, directory, base_model_name_or_path=None):
     tensors = {"prompt_embeddings": float32_numpy(ptuning.prompt_table())}
     head = model._head_variables()
     if head:
-        # PEFT's HF model reads HF's readout.
-        check_head_pooling(
-            model, hf_pooling(model.backbone), "model.pooling", "a PEFT adapter"
-        )
-        tensors["base_model.classifier.weight"] = np.ascontiguousarray(
-            float32_numpy(head["kernel"]).T
-        )
-        tensors["base_model.classifier.bias"] = float32_numpy(head["bias"])
+        tensors.update(_peft_head_tensors(model, head))
+
+    # All checked: now write, each file beside its target first.
+    created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, SAFETENSORS_NAME))
-    with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-        json.dump(config, f, indent=2)
+    temporary = tempfile.mkdtemp(prefix=".peft-adapter-", dir=directory)
+    try:
+        save_file(tensors, os.path.join(temporary, SAFETENSORS_NAME))
+        with open(os.path.join(temporary, CONFIG_NAME), "w") as f:
+            json.dump(config, f, indent=2)
+        # The weights first: the config, which readers open first, comes
+        # last. An older adapter's pickled weights would be stale.
+        os.replace(
+            os.path.join(temporary, SAFETENSORS_NAME),
+            os.path.join(directory, SAFETENSORS_NAME),
+        )
+        os.replace(
+            os.path.join(temporary, CONFIG_NAME),
+            os.path.join(directory, CONFIG_NAME),
+        )
+        if os.path.exists(os.path.join(directory, BIN_NAME)):
+            os.remove(os.path.join(directory, BIN_NAME))
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

