@@ -96,12 +96,19 @@ class PromptInjection(keras.layers.Layer):
         """Switches between the encoder and the collapsed `prompt_table`.
 
         With `"table"` the encoder is frozen, since it no longer takes part.
-        Models must retrace their compiled functions after a switch.
+        Back on `"encoder"` it trains again only if it did before the switch
+        to the table: an encoder the user froze stays frozen. Models must
+        retrace their compiled functions after a switch.
         """
+        if self.source is None or self.source.trains_encoder:
+            # Leaving (or starting on) the encoder: remember its setting.
+            self._encoder_trainable = self.prompt_encoder.trainable
         self.source = make_prompt_source(
             prompt_source, self.prompt_encoder, self.prompt_table
         )
-        self.prompt_encoder.trainable = self.source.trains_encoder
+        self.prompt_encoder.trainable = (
+            self.source.trains_encoder and self._encoder_trainable
+        )
 
     @property
     def prompt_source(self):

@@ -195,3 +195,27 @@ def test_collapsed_prompt_gives_the_same_outputs_and_freezes_encoder():
     assert restored.prompt_source == "table"
     with pytest.raises(ValueError, match="prompt_source='cache'"):
         model.prompt_injection.set_prompt_source("cache")
+
+
+def test_switching_prompt_source_keeps_a_frozen_encoder_frozen(tmp_path):
+    """Back on the encoder (directly, or by loading an adapter with the
+    encoder) an encoder the user froze stays frozen; one that trained
+    trains again."""
+    model = PTuningBackbone(FAMILIES["llama"](), PromptEncoderConfig(2))
+    injection = model.prompt_injection
+    encoder = model.prompt_encoder
+    encoder.trainable = False
+    injection.set_prompt_source("encoder")
+    assert not encoder.trainable and model.trainable_variables == []
+    injection.set_prompt_source("table")
+    injection.set_prompt_source("encoder")
+    assert not encoder.trainable
+    path = str(tmp_path / "a.adapter.h5")
+    model.save_adapter(path, include_encoder=True)
+    model.load_adapter(path)
+    assert not encoder.trainable and model.trainable_variables == []
+    encoder.trainable = True
+    injection.set_prompt_source("table")
+    assert not encoder.trainable
+    injection.set_prompt_source("encoder")
+    assert encoder.trainable and len(model.trainable_variables) > 0
