@@ -11,14 +11,32 @@ SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SST2_SPLITS = ("train", "dev")
 LAMA_SPLITS = ("train", "dev")
 DATA_DIR_ENV = "KERAS_PTUNING_DATA"
+# The checkout's sibling `shared/data` (this package's source tree, not the
+# working directory: run from elsewhere, another folder's data would be
+# read, or SST-2 downloaded, without a word).
+SHARED_DATA_DIR = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
+
+
+def _default_candidates(name, *aliases):
+    """`$KERAS_PTUNING_DATA` (itself where `aliases` says, then its `name`
+    and `aliases` subfolders) first, then `SHARED_DATA_DIR/<name>`."""
+    candidates = []
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    if env_dir:
+        candidates += [env_dir] if aliases else []
+        candidates += [os.path.join(env_dir, n) for n in (name, *aliases)]
+    return candidates + [os.path.join(SHARED_DATA_DIR, name)]
 
 
 def find_sst2_dir(data_dir=None):
     """Returns a directory holding SST-2's `train.tsv` and `dev.tsv`.
 
-    Looks, in order, at `data_dir`, at `../shared/data/sst2` from the working
-    directory, at `$KERAS_PTUNING_DATA` (the directory itself, or its `sst2`
-    or `SST-2` subdirectory), and otherwise downloads GLUE SST-2 with
+    Looks, in order, at `data_dir`, at `$KERAS_PTUNING_DATA` (the directory
+    itself, or its `sst2` or `SST-2` subdirectory), at `shared/data/sst2`
+    beside this checkout (`SHARED_DATA_DIR`; never relative to the working
+    directory), and otherwise downloads GLUE SST-2 with
     `keras.utils.get_file` (needs a network).
     """
     if data_dir is not None:
@@ -28,13 +46,7 @@ def find_sst2_dir(data_dir=None):
                 f"Received: data_dir={data_dir!r}"
             )
         return data_dir
-    candidates = [os.path.join("..", "shared", "data", "sst2")]
-    env_dir = os.environ.get(DATA_DIR_ENV)
-    if env_dir:
-        candidates += [env_dir] + [
-            os.path.join(env_dir, name) for name in ("sst2", "SST-2")
-        ]
-    for candidate in candidates:
+    for candidate in _default_candidates("sst2", "SST-2"):
         if os.path.isfile(os.path.join(candidate, "dev.tsv")):
             return candidate
     archive = keras.utils.get_file(
@@ -77,8 +89,9 @@ def load_sst2(split, data_dir=None, max_rows=None):
 def find_lama_dir(data_dir=None):
     """Returns a directory holding LAMA T-REx's `train.jsonl` and `dev.jsonl`.
 
-    Looks at `data_dir`, at `../shared/data/lama` from the working
-    directory, and at `$KERAS_PTUNING_DATA/lama`. The split (50% train, 15%
+    Looks at `data_dir`, at `$KERAS_PTUNING_DATA/lama`, and at `lama` in
+    `SHARED_DATA_DIR` (beside this checkout, not the working directory).
+    The split (50% train, 15%
     dev of each relation's LAMA T-REx facts; see that directory's README)
     has no public download.
     """
@@ -86,12 +99,9 @@ def find_lama_dir(data_dir=None):
 
 
 def _find_data_dir(name, marker, data_dir, what):
-    """`data_dir`, else `../shared/data/<name>` or `$KERAS_PTUNING_DATA/<name>`:
-    the first that holds `marker`."""
-    candidates = [os.path.join("..", "shared", "data", name)]
-    env_dir = os.environ.get(DATA_DIR_ENV)
-    if env_dir:
-        candidates.append(os.path.join(env_dir, name))
+    """`data_dir`, else `$KERAS_PTUNING_DATA/<name>` or
+    `SHARED_DATA_DIR/<name>`: the first that holds `marker`."""
+    candidates = _default_candidates(name)
     if data_dir is not None:
         candidates = [data_dir]
     for candidate in candidates:
@@ -123,8 +133,9 @@ SUPERGLUE_SPLITS = ("train", "dev32", "val", "train_full")
 def find_superglue_dir(data_dir=None):
     """Returns a directory holding SuperGLUE task folders (`<Task>/*.jsonl`).
 
-    Looks at `data_dir`, at `../shared/data/superglue` from the working
-    directory, and at `$KERAS_PTUNING_DATA/superglue`. FewGLUE's splits
+    Looks at `data_dir`, at `$KERAS_PTUNING_DATA/superglue`, and at
+    `superglue` in `SHARED_DATA_DIR` (beside this checkout, not the working
+    directory). FewGLUE's splits
     (see that directory's README) have no single public download.
     """
     return _find_data_dir(
