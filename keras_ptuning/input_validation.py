@@ -5,6 +5,23 @@ import numpy as np
 
 from keras_ptuning.keras_internals import in_symbolic_scope
 
+# What the Keras models under our models take as keyword arguments. Keras'
+# functional `Model` drops any other keyword silently (a typo such as
+# `pooling_mode=` would do nothing), so the P-tuning models check them.
+MODEL_KWARGS = ("name", "trainable", "dtype")
+
+
+def check_model_kwargs(kwargs, model_name):
+    """Raises a `TypeError` for keyword arguments no one would read."""
+    unknown = sorted(set(kwargs) - set(MODEL_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"{model_name} got unexpected keyword arguments {unknown}: it "
+            "takes its own arguments and the Keras model's "
+            f"{list(MODEL_KWARGS)}. Received: "
+            + ", ".join(f"{k}={kwargs[k]!r}" for k in unknown)
+        )
+
 
 def check_inputs(inputs, expected_names, model_name):
     """Raises a clear error for a wrong input dict, before any compute.

@@ -9,6 +9,7 @@ from keras_ptuning import keras_internals
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
+from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
@@ -109,6 +110,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         trainable_tasks=None,
         **kwargs,
     ):
+        check_model_kwargs(kwargs, type(self).__name__)
         if isinstance(backbone, dict):
             backbone = keras.layers.deserialize(backbone)
         split = BackboneSplit(backbone)

@@ -6,6 +6,7 @@ import keras_hub
 from keras_ptuning import cached_decoding
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.cached_decoding import CausalLMView
+from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
@@ -75,6 +76,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         task_names=None,
         **kw,
     ):
+        check_model_kwargs(kw, type(self).__name__)
         backbone = PTuningBackbone.wrap(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )

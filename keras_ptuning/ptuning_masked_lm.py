@@ -5,6 +5,7 @@ import keras_hub
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
@@ -104,6 +105,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         backbone=None,
         **kwargs,
     ):
+        check_model_kwargs(kwargs, type(self).__name__)
         head = getattr(masked_lm, "masked_lm_head", None)
         if not isinstance(masked_lm, keras_hub.models.MaskedLM) or head is None:
             raise TypeError(

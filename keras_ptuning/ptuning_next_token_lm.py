@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
@@ -91,6 +92,7 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         task_names=None,
         **kwargs,
     ):
+        check_model_kwargs(kwargs, type(self).__name__)
         if preprocessor is not None:
             _check_template(preprocessor)
         backbone = PTuningBackbone.wrap(

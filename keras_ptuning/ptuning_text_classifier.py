@@ -4,6 +4,7 @@ import keras
 import keras_hub
 
 from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.pooling import POOLING_MODES
 from keras_ptuning.pooling import default_pooling
 from keras_ptuning.pooling import has_pooled_output
@@ -103,6 +104,7 @@ class PTuningTextClassifier(
         task_names=None,
         **kwargs,
     ):
+        check_model_kwargs(kwargs, type(self).__name__)
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(
                 f"`pooling` must be None or one of {POOLING_MODES}. "

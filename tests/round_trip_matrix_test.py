@@ -30,7 +30,9 @@ def _same_placement(kind, state):
 
 @pytest.mark.parametrize("kind,state", NOT_OFFERED)
 def test_combinations_not_offered_are_refused(kind, state):
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(
+        (TypeError, ValueError), match=NOT_OFFERED[(kind, state)]
+    ):
         build(kind, state)
 
 
