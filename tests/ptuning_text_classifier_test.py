@@ -281,9 +281,19 @@ def test_raw_strings_with_preprocessor():
     y = np.array([1, 0, 1, 0])
     history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
-    assert model.predict(x, verbose=0).shape == (4, 2)
-    assert "sparse_categorical_accuracy" in model.evaluate(
-        x, y, verbose=0, return_dict=True
+    # The strings give what their token ids give (preprocessed once here).
+    token_ids = {
+        k: np.asarray(to_numpy(v)) for k, v in model.preprocessor(x).items()
+    }
+    from_strings = model.predict(x, verbose=0)
+    from_ids = model.predict(token_ids, verbose=0)
+    assert from_strings.shape == (4, 2)
+    np.testing.assert_allclose(from_strings, from_ids, atol=1e-6)
+    by_strings = model.evaluate(x, y, verbose=0, return_dict=True)
+    by_ids = model.evaluate(token_ids, y, verbose=0, return_dict=True)
+    assert by_strings["loss"] == pytest.approx(by_ids["loss"], rel=1e-5)
+    assert by_strings["sparse_categorical_accuracy"] == (
+        by_ids["sparse_categorical_accuracy"]
     )
 
 
