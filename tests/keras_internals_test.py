@@ -118,9 +118,7 @@ def test_every_decoder_family_has_the_cached_decoding_we_reuse():
     assert "loop_vars=(prompt, cache, index, mask)" in sampler_call
     assert keras_internals.SAMPLER_LOOP_CACHE == 1
     assert keras_internals.runs_plain_loop(keras_hub.samplers.GreedySampler())
-    assert not keras_internals.runs_plain_loop(
-        keras_hub.samplers.BeamSampler()
-    )
+    assert not keras_internals.runs_plain_loop(keras_hub.samplers.BeamSampler())
 
 
 def test_run_sampler_returns_the_final_cache():
