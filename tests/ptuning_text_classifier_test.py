@@ -292,8 +292,9 @@ def test_raw_strings_with_preprocessor():
     by_strings = model.evaluate(x, y, verbose=0, return_dict=True)
     by_ids = model.evaluate(token_ids, y, verbose=0, return_dict=True)
     assert by_strings["loss"] == pytest.approx(by_ids["loss"], rel=1e-5)
-    assert by_strings["sparse_categorical_accuracy"] == (
-        by_ids["sparse_categorical_accuracy"]
+    assert (
+        by_strings["sparse_categorical_accuracy"]
+        == (by_ids["sparse_categorical_accuracy"])
     )
 
 
