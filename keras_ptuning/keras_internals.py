@@ -25,6 +25,8 @@ What is used, and why:
   (`keras_hub_fixes`).
 - `Backbone._lora_rank` / `_lora_enabled_layers`: whether keras-hub LoRA is
   enabled, and its rank.
+- `keras_hub.src.utils.preset_utils`: a preset's loader, and the task
+  class its `task.json` names (`from_preset` of p-tuned presets).
 - `CausalLM._build_cache` and `call_with_cache` (each family's cached
   decoding) and `Sampler.__call__` / `run_loop` with the loop variables
   `(prompt, cache, index, mask)` (`cached_decoding`).
@@ -47,8 +49,11 @@ __all__ = [
     "build_cache",
     "functional_nodes",
     "in_symbolic_scope",
+    "lora_config",
     "lora_rank",
     "outside_object_sharing",
+    "preset_loader",
+    "preset_task_class",
     "run_sampler",
     "special_token_names",
     "sublayers",
@@ -127,6 +132,23 @@ def lora_rank(backbone):
     return backbone._lora_rank
 
 
+def lora_config(backbone):
+    """`{"rank", "target_layer_names"}` of keras-hub LoRA on `backbone`, or
+    `None`: what `backbone.enable_lora(rank, target_layer_names)` rebuilds
+    (keras-hub's own `get_config` does not record LoRA)."""
+    rank = lora_rank(backbone)
+    if rank is None:
+        return None
+    # `enable_lora` records indices into the layers that have weights.
+    with_weights = [
+        layer
+        for layer in backbone._flatten_layers(include_self=False)
+        if layer.weights
+    ]
+    names = [with_weights[i].name for i in backbone._lora_enabled_layers]
+    return {"rank": rank, "target_layer_names": list(dict.fromkeys(names))}
+
+
 def build_cache(causal_lm_class, view, token_ids, *args, **kwargs):
     """Runs a family's `CausalLM._build_cache` with `view` as `self`."""
     return causal_lm_class._build_cache(view, token_ids, *args, **kwargs)
@@ -163,3 +185,22 @@ def run_sampler(sampler, next, prompt, cache, **kwargs):
         loop, next, prompt, cache=cache, **kwargs
     )
     return prompt, loop.loop_vars[SAMPLER_LOOP_CACHE]
+
+
+def preset_loader(preset):
+    """keras-hub's loader for `preset` (a name, handle or folder)."""
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    return get_preset_loader(preset)
+
+
+def preset_task_class(preset):
+    """The task class a preset's `task.json` names, or `None` without one."""
+    from keras_hub.src.utils import preset_utils
+
+    if not preset_utils.check_file_exists(
+        preset, preset_utils.TASK_CONFIG_FILE
+    ):
+        return None
+    config = preset_utils.load_json(preset, preset_utils.TASK_CONFIG_FILE)
+    return preset_utils.check_config_class(config)

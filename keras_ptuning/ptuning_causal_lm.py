@@ -67,6 +67,10 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     ```
     """
 
+    # keras-hub finds the task class for a preset by its backbone class:
+    # a p-tuned preset's backbone is the `PTuningBackbone`.
+    backbone_cls = PTuningBackbone
+
     def __init__(
         self,
         backbone,

@@ -10,6 +10,7 @@ from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import causal_lm_class
 from keras_ptuning.choice_template import CHOICE_INPUTS
 from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.keras_internals import lora_config
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_task import PTuningTask
 
@@ -120,6 +121,10 @@ class PTuningCausalLMClassifier(
     model.predict({"premise": [...], "hypothesis": [...]}).argmax(-1)
     ```
     """
+
+    # keras-hub finds the task class for a preset by its backbone class:
+    # a p-tuned preset's backbone is the `PTuningBackbone`.
+    backbone_cls = PTuningBackbone
 
     def __init__(
         self,
@@ -321,7 +326,7 @@ class PTuningCausalLMClassifier(
         return keras.Model.predict(self, x, *args, **kwargs)
 
     def get_config(self):
-        return {
+        config = {
             "backbone": keras.layers.serialize(self.backbone),
             "preprocessor": keras.layers.serialize(self.preprocessor)
             if self.preprocessor is not None
@@ -329,3 +334,19 @@ class PTuningCausalLMClassifier(
             "score_reduction": self.score_reduction,
             "name": self.name,
         }
+        # keras-hub LoRA on a plain backbone is not in its config (on a
+        # `PTuningBackbone` it is): kept here, so `.keras` files and
+        # presets do not drop the trained factors.
+        lora = None if self.has_prompt else lora_config(self.backbone)
+        if lora is not None:
+            config["plain_backbone_lora"] = lora
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        lora = config.pop("plain_backbone_lora", None)
+        model = super().from_config(config)
+        if lora is not None:
+            model.backbone.enable_lora(lora["rank"], lora["target_layer_names"])
+        return model

@@ -93,6 +93,10 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     ```
     """
 
+    # keras-hub finds the task class for a preset by its backbone class:
+    # a p-tuned preset's backbone is the `PTuningBackbone`.
+    backbone_cls = PTuningBackbone
+
     def __init__(
         self,
         masked_lm,

@@ -3,6 +3,8 @@
 import keras
 import keras_hub
 
+from keras_ptuning import keras_internals
+
 
 class PTuningTask:
     """Mixin for the P-tuning task models, before their keras-hub task class.
@@ -31,6 +33,26 @@ class PTuningTask:
       (`token_ids`, ...: already preprocessed, e.g. by calling the
       preprocessor once), which would not be raw input for it anyway.
     """
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a preset written by this task's `save_to_preset`.
+
+        A p-tuned preset holds the whole task: its `PTuningBackbone` (the
+        frozen backbone with the prompt, as trained or loaded) or, for a
+        `PTuningCausalLMClassifier` without a prompt, the plain backbone,
+        its head and its preprocessor. keras-hub finds a task class by the
+        preset's backbone class; here the task's own `task.json` decides,
+        so a preset loads whatever backbone it holds. Keyword arguments
+        override the task's config, as in keras-hub (`num_classes=` starts
+        a fresh head).
+        """
+        task_cls = keras_internals.preset_task_class(preset)
+        if task_cls is not None and issubclass(task_cls, cls):
+            return keras_internals.preset_loader(preset).load_task(
+                task_cls, load_weights, "num_classes" not in kwargs, **kwargs
+            )
+        return super().from_preset(preset, load_weights, **kwargs)
 
     @property
     def model_input_names(self):

@@ -91,6 +91,10 @@ class PTuningTextClassifier(
     ```
     """
 
+    # keras-hub finds the task class for a preset by its backbone class:
+    # a p-tuned preset's backbone is the `PTuningBackbone`.
+    backbone_cls = PTuningBackbone
+
     def __init__(
         self,
         backbone,

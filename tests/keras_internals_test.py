@@ -99,8 +99,31 @@ def test_lora_rank():
         max_sequence_length=8,
     )
     assert keras_internals.lora_rank(backbone) is None
+    assert keras_internals.lora_config(backbone) is None
     backbone.enable_lora(3)
     assert keras_internals.lora_rank(backbone) == 3
+    config = keras_internals.lora_config(backbone)
+    assert config["rank"] == 3
+    assert sorted(config["target_layer_names"]) == ["query", "value"]
+    again = keras_hub.models.BertBackbone.from_config(backbone.get_config())
+    again.enable_lora(**{"rank": 3, **config})
+    assert [v.path for v in again.trainable_weights] == [
+        v.path for v in backbone.trainable_weights
+    ]
+
+
+def test_preset_task_class(tmp_path):
+    backbone = FAMILIES["bert"]()
+    backbone.save_to_preset(str(tmp_path / "backbone"))
+    assert keras_internals.preset_task_class(str(tmp_path / "backbone")) is None
+    classifier = keras_ptuning.PTuningTextClassifier(
+        backbone, 2, keras_ptuning.PromptEncoderConfig(2)
+    )
+    classifier.save_to_preset(str(tmp_path / "task"))
+    found = keras_internals.preset_task_class(str(tmp_path / "task"))
+    assert found is keras_ptuning.PTuningTextClassifier
+    loader = keras_internals.preset_loader(str(tmp_path / "task"))
+    assert loader.check_backbone_class() is keras_ptuning.PTuningBackbone
 
 
 def test_every_decoder_family_has_the_cached_decoding_we_reuse():

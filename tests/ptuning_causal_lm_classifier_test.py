@@ -10,6 +10,7 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningCausalLMClassifier
 from keras_ptuning import export_saved_model
+from keras_ptuning import keras_internals
 from keras_ptuning.backbone_split import causal_lm_class
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
@@ -257,6 +258,31 @@ def test_keras_file_and_adapter_round_trips(tmp_path):
     assert loaded.backbone.lora_rank == 2
     np.testing.assert_allclose(
         loaded.predict(FIELDS, verbose=0), expected, 1e-6
+    )
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    loaded = PTuningCausalLMClassifier.from_preset(preset)
+    assert loaded.backbone.lora_rank == 2
+    np.testing.assert_allclose(
+        loaded.predict(FIELDS, verbose=0), expected, 1e-6
+    )
+    # Without a prompt (the frozen model alone, here with LoRA) too: the
+    # preset's backbone is then the plain keras-hub one.
+    plain = PTuningCausalLMClassifier(
+        fresh_backbone("gemma"),
+        preprocessor=ChoiceTemplate(
+            _template().as_text_prompt(), CHOICES["label_words"]
+        ),
+    )
+    plain.backbone.enable_lora(2)
+    plain.save_to_preset(str(tmp_path / "plain"))
+    loaded = PTuningCausalLMClassifier.from_preset(str(tmp_path / "plain"))
+    assert not loaded.has_prompt
+    assert keras_internals.lora_rank(loaded.backbone) == 2
+    np.testing.assert_allclose(
+        loaded.predict(FIELDS, verbose=0),
+        plain.predict(FIELDS, verbose=0),
+        1e-6,
     )
     # The adapter holds the prompt (not LoRA): a fresh model without LoRA
     # takes it, and reads the trained prompt on the frozen backbone.

@@ -7,6 +7,7 @@ import json
 import os
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
@@ -66,6 +67,31 @@ def test_keras_file_round_trip(kind, state, tmp_path):
             np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
         loaded.fit(inputs, np.array([0, 1, 2]), epochs=1, verbose=0)
         assert int(to_numpy(loaded.optimizer.iterations)) == 2
+
+
+# What plain keras-hub `from_preset` a p-tuned preset loads through.
+KERAS_HUB_BASES = {
+    "backbone": keras_hub.models.Backbone,
+    "classifier": keras_hub.models.TextClassifier,
+    "causal_lm": keras_hub.models.CausalLM,
+}
+
+
+@pytest.mark.parametrize("kind,state", OFFERED)
+def test_preset_round_trip(kind, state, tmp_path):
+    """`save_to_preset` writes a preset that `from_preset` loads with the
+    same prompt state and predictions (keras-hub's own base class too)."""
+    model = build(kind, state)
+    inputs = served_inputs(model, 3, 6, seed=0)
+    expected = predictions(model, inputs)
+    model.save_to_preset(str(tmp_path))
+    for cls in (type(model), KERAS_HUB_BASES.get(kind)):
+        if cls is None:
+            continue
+        loaded = cls.from_preset(str(tmp_path))
+        assert type(loaded) is type(model)
+        assert prompt_state(loaded) == prompt_state(model)
+        assert_same_predictions(loaded, inputs, expected)
 
 
 @pytest.mark.parametrize("kind,state", OFFERED)
