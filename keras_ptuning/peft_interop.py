@@ -22,15 +22,46 @@ nor load PEFT adapters.
 The backbone must be the keras-hub port of the same HF checkpoint. Numbers
 agree to within the ports' own differences (keras-hub's BERT uses the
 tanh-approximate GELU where HF's uses the exact one).
+
+Gemma's embedding scale. Gemma models multiply token embeddings by
+`sqrt(hidden_size)`. keras-hub's `GemmaBackbone` and `Gemma3Backbone` do it
+after their token embedding in the graph, where keras_ptuning has already
+spliced in the virtual tokens, so the model reads `prompt_table *
+sqrt(hidden_dim)`. PEFT feeds its prompt through `inputs_embeds`, and
+whether transformers scales those depends on the model and the version:
+
+- Gemma 3: transformers scales inside `embed_tokens`
+  (`Gemma3TextScaledWordEmbedding`, since Gemma 3 was added in 4.50), so
+  the model reads PEFT's prompt as it is. Loading divides
+  `prompt_embeddings` by keras-hub's factor and saving multiplies by it.
+- Gemma and Gemma 2 (both `GemmaBackbone`): before transformers 5.4 the
+  model's forward scaled `inputs_embeds`, prompt included, as keras-hub does
+  (the prompt crosses over unchanged); from 5.4 `embed_tokens` scales
+  (`GemmaTextScaledWordEmbedding`), as for Gemma 3. A PEFT adapter does not
+  record the transformers version it was trained with, so
+  `load_peft_adapter` refuses such an adapter unless given
+  `transformers_version`. `save_peft_adapter` writes for the installed
+  transformers (or the one named by `transformers_version`; with none
+  installed, for 5.4 and later) and records which in `adapter_config.json`
+  under `"keras_ptuning_prompt_convention"` (`"transformers>=5.4"` or
+  `"transformers<5.4"`), which `load_peft_adapter` reads back. PEFT ignores
+  keys it does not know, with a warning (since PEFT 0.14; earlier releases
+  raise on them). Adapters of other backbones carry no such key.
+
+The factor is `sqrt(hidden_dim)` cast to the token embedding's compute
+dtype, as keras-hub computes it (transformers casts it to the weights'
+dtype too): under `mixed_bfloat16`, `sqrt(3072)` is 55.5.
 """
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
 import keras_hub
 import numpy as np
+from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.adapter import float32_numpy
@@ -66,6 +97,14 @@ ENCODER_FIELDS = (
     "encoder_num_layers",
     "encoder_dropout",
 )
+# Where `GemmaBackbone` adapters record whose convention their prompt
+# follows (see the module docstring), and the two conventions.
+PROMPT_CONVENTION_KEY = "keras_ptuning_prompt_convention"
+EMBED_TOKENS_SCALES = "transformers>=5.4"
+FORWARD_SCALES = "transformers<5.4"
+# The first transformers release whose Gemma and Gemma 2 scale inside
+# `embed_tokens`, where PEFT's prompt is not scaled.
+GEMMA_EMBED_TOKENS_SCALES_SINCE = (5, 4)
 
 
 def _read_tensors(directory):
@@ -153,7 +192,110 @@ def _check_head_readout(name, backbone, directory):
         )
 
 
-def load_peft_adapter(model_or_backbone, directory):
+def _parse_transformers_version(transformers_version):
+    """`(major, minor)` of a version string such as `"4.57.1"`."""
+    match = None
+    if isinstance(transformers_version, str):
+        match = re.match(r"\s*(\d+)\.(\d+)", transformers_version)
+    if match is None:
+        raise ValueError(
+            "`transformers_version` must be a transformers version string "
+            "such as '4.57.1'. Received: "
+            f"transformers_version={transformers_version!r}"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def _convention_of(transformers_version):
+    """The Gemma (v1/v2) prompt convention of a transformers version."""
+    since = GEMMA_EMBED_TOKENS_SCALES_SINCE
+    if _parse_transformers_version(transformers_version) >= since:
+        return EMBED_TOKENS_SCALES
+    return FORWARD_SCALES
+
+
+def _installed_transformers_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _convention_depends_on_version(backbone):
+    """Whether HF's scaling of this backbone's prompt changed with versions:
+    Gemma and Gemma 2, not Gemma 3 (a class of its own in keras-hub)."""
+    return isinstance(backbone, keras_hub.models.GemmaBackbone)
+
+
+def _peft_prompt_scale(backbone, convention):
+    """The factor between PEFT's prompt and our table: `peft = ours * scale`.
+
+    PEFT prepends its prompt through `inputs_embeds`; keras_ptuning splices
+    virtual tokens in at the token embedding's output. keras-hub's Gemma
+    backbones multiply that output by `sqrt(hidden_dim)` afterwards, prompt
+    included, so our model reads `table * sqrt(hidden_dim)`. Where
+    transformers scales inside `embed_tokens` instead (Gemma 3; Gemma and
+    Gemma 2 from transformers 5.4, `convention=EMBED_TOKENS_SCALES`), PEFT's
+    prompt reaches the model unscaled, so our table is PEFT's prompt divided
+    by keras-hub's own factor: `sqrt(hidden_dim)` cast to the token
+    embedding's compute dtype, as `GemmaBackbone` and `Gemma3Backbone`
+    compute it. Where transformers scaled `inputs_embeds` in the model's
+    forward (Gemma and Gemma 2 before 5.4), and for every other backbone,
+    the prompt crosses over as it is: 1.
+
+    Args:
+        backbone: the plain keras-hub backbone.
+        convention: for a `GemmaBackbone`, `EMBED_TOKENS_SCALES` or
+            `FORWARD_SCALES`; ignored otherwise.
+
+    Returns:
+        The factor, a float32 numpy scalar.
+    """
+    if isinstance(backbone, keras_hub.models.Gemma3Backbone) or (
+        _convention_depends_on_version(backbone)
+        and convention == EMBED_TOKENS_SCALES
+    ):
+        dtype = backbone.token_embedding.compute_dtype
+        scale = ops.cast(ops.sqrt(backbone.hidden_dim), dtype)
+        return np.float32(ops.convert_to_numpy(ops.cast(scale, "float32")))
+    return np.float32(1.0)
+
+
+def _loaded_convention(backbone, config, transformers_version, directory):
+    """Whose convention a PEFT adapter's prompt follows, for a backbone
+    whose HF scaling changed with versions (otherwise `None`)."""
+    if transformers_version is not None:
+        # Checked for every backbone, used for Gemma and Gemma 2 only.
+        convention = _convention_of(transformers_version)
+    else:
+        convention = config.get(PROMPT_CONVENTION_KEY)
+    if not _convention_depends_on_version(backbone):
+        return None
+    if convention is None:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} is for a "
+            f"{_backbone_name(backbone)} (Gemma or Gemma 2), whose prompt "
+            "transformers before 5.4 multiplied by sqrt(hidden_size) in the "
+            "model's forward and transformers 5.4 and later reads as it "
+            "is; the adapter does not record which version trained it. "
+            "Pass the transformers version it was trained with, e.g. "
+            "`load_peft_adapter(model_or_backbone, directory, "
+            "transformers_version='4.57.1')`."
+        )
+    if convention not in (EMBED_TOKENS_SCALES, FORWARD_SCALES):
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} records "
+            f"{PROMPT_CONVENTION_KEY}={convention!r}; known are "
+            f"{EMBED_TOKENS_SCALES!r} and {FORWARD_SCALES!r}."
+        )
+    return convention
+
+
+def load_peft_adapter(
+    model_or_backbone, directory, *, transformers_version=None
+):
     """Loads a PEFT P-tuning adapter directory into a keras_ptuning model.
 
     Args:
@@ -164,6 +306,11 @@ def load_peft_adapter(model_or_backbone, directory):
             `CAUSAL_LM`: a `PTuningCausalLM`; otherwise a `PTuningBackbone`).
         directory: the adapter directory, as PEFT's `save_pretrained` writes
             it.
+        transformers_version: `None` or the version string of the
+            transformers that trained the adapter (e.g. `"4.57.1"`). Needed
+            only for Gemma and Gemma 2 adapters that PEFT wrote (see the
+            module docstring); given, it overrides what an adapter written
+            by `save_peft_adapter` records.
 
     Returns:
         The model, with the collapsed prompt (and head) loaded. PEFT keeps
@@ -175,7 +322,8 @@ def load_peft_adapter(model_or_backbone, directory):
             slots (PEFT prompts are prepended), an adapter whose head a
             `PTuningTextClassifier` cannot hold (two layers deep, as HF's
             DistilBERT and RoBERTa heads, or another family's head) or
-            whose shapes differ from the model's.
+            whose shapes differ from the model's, and for a Gemma or Gemma
+            2 adapter of unknown transformers version.
     """
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
@@ -253,6 +401,12 @@ def load_peft_adapter(model_or_backbone, directory):
             "model_or_backbone.pooling",
             f"the PEFT adapter in {directory!r}",
         )
+    convention = _loaded_convention(
+        ptuning.backbone, config, transformers_version, directory
+    )
+    prompt_table = prompt_table / _peft_prompt_scale(
+        ptuning.backbone, convention
+    )
     model.set_trained_weights(
         prompt_table,
         head if wants_head else None,
@@ -300,7 +454,12 @@ def _peft_head_tensors(model, head):
 
 
 def save_peft_adapter(
-    model, directory, base_model_name_or_path=None, *, overwrite=False
+    model,
+    directory,
+    base_model_name_or_path=None,
+    *,
+    overwrite=False,
+    transformers_version=None,
 ):
     """Writes a model's prompt (and head) as a PEFT P-tuning adapter.
 
@@ -322,6 +481,12 @@ def save_peft_adapter(
             does.
         overwrite: bool. Whether an adapter already in `directory` may be
             replaced.
+        transformers_version: `None` or the version string of the
+            transformers that will run the adapter. Read only for Gemma and
+            Gemma 2 backbones, whose prompt transformers scales differently
+            before 5.4 (see the module docstring). Defaults to the installed
+            transformers, or with none installed to 5.4 and later; the
+            convention written is recorded in `adapter_config.json`.
 
     Everything is checked before anything is written; each file is written
     beside its target and moved into place, so none is ever half-written.
@@ -361,6 +526,17 @@ def save_peft_adapter(
             "a PEFT adapter cannot express. Use `model.save_adapter` instead."
         )
     backbone = ptuning.backbone
+    convention = None
+    if transformers_version is not None:
+        # Checked for every backbone, used for Gemma and Gemma 2 only.
+        convention = _convention_of(transformers_version)
+    if _convention_depends_on_version(backbone) and convention is None:
+        installed = _installed_transformers_version()
+        convention = (
+            EMBED_TOKENS_SCALES
+            if installed is None
+            else _convention_of(installed)
+        )
     task_type = {
         PTuningTextClassifier: "SEQ_CLS",
         PTuningCausalLM: "CAUSAL_LM",
@@ -384,7 +560,12 @@ def save_peft_adapter(
     prompt_config = ptuning.prompt_config
     config.update({k: getattr(prompt_config, k) for k in ENCODER_FIELDS})
     config["encoder_hidden_size"] = prompt_config.hidden_size
-    tensors = {"prompt_embeddings": float32_numpy(ptuning.prompt_table())}
+    if _convention_depends_on_version(backbone):
+        config[PROMPT_CONVENTION_KEY] = convention
+    prompt = float32_numpy(ptuning.prompt_table())
+    tensors = {
+        "prompt_embeddings": prompt * _peft_prompt_scale(backbone, convention)
+    }
     head = model._head_variables()
     if head:
         tensors.update(_peft_head_tensors(model, head))

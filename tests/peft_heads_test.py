@@ -11,10 +11,8 @@ DistilBERT's and RoBERTa's two-layer heads have no place in a
 
 Mistral's head is Llama's, but keras-hub 0.32's Mistral port differs from
 HF's by 7e-4 on these weights before any prompt, so it is not compared here.
-Nor are Gemma and Gemma 3: transformers scales their embeddings inside
-`embed_tokens` (Gemma 3 always, Gemma from 5.4), so PEFT's prompt is not
-scaled there, where keras-hub scales everything the token embedding
-outputs, prompt included.
+Gemma's prompts, which the two libraries scale differently, are compared in
+`peft_gemma_test.py`.
 """
 
 import copy
