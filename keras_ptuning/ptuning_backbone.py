@@ -381,6 +381,15 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "built with prompt_init='text'. Received: prompt_config="
                 f"{self.prompt_config.to_dict()}"
             )
+        if self.prompt_source != "encoder":
+            raise ValueError(
+                "`init_prompt_from_token_ids` starts the prompt encoder, but "
+                "this model runs on its collapsed prompt table (as loaded "
+                "from an adapter), which it would leave in place. Call "
+                "`prompt_injection.set_prompt_source('encoder')` first to "
+                "replace it. Received: prompt_source="
+                f"{self.prompt_source!r}"
+            )
         ids = np.asarray(token_ids).reshape(-1)
         vocabulary_size = int(self.token_embedding.input_dim)
         if ids.shape[0] != self.num_virtual_tokens or not np.issubdtype(

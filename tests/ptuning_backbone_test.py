@@ -219,3 +219,14 @@ def test_switching_prompt_source_keeps_a_frozen_encoder_frozen(tmp_path):
     assert not encoder.trainable
     injection.set_prompt_source("encoder")
     assert encoder.trainable and len(model.trainable_variables) > 0
+
+
+def test_a_text_start_never_silently_misses_a_collapsed_prompt():
+    model = PTuningBackbone(
+        FAMILIES["llama"](), PromptEncoderConfig(2, prompt_init="text")
+    )
+    model.init_prompt_from_token_ids([3, 4])
+    model.collapse_prompt(np.ones((2, HIDDEN_DIM), "float32"))
+    with pytest.raises(ValueError, match="prompt_source='table'"):
+        model.init_prompt_from_token_ids([5, 6])
+    np.testing.assert_array_equal(to_numpy(model.prompt_table()), 1.0)
