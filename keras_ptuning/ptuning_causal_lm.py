@@ -70,6 +70,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     # keras-hub finds the task class for a preset by its backbone class:
     # a p-tuned preset's backbone is the `PTuningBackbone`.
     backbone_cls = PTuningBackbone
+    preset_preprocessor_cls = keras_hub.models.CausalLMPreprocessor
 
     def __init__(
         self,

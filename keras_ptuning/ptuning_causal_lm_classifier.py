@@ -125,6 +125,24 @@ class PTuningCausalLMClassifier(
     # keras-hub finds the task class for a preset by its backbone class:
     # a p-tuned preset's backbone is the `PTuningBackbone`.
     backbone_cls = PTuningBackbone
+    preset_template_kwargs = {"add_end_token": False}
+
+    @classmethod
+    def _from_parts(cls, preset, ptuning, preprocessor, kwargs):
+        choice_kwargs = {
+            name: kwargs.pop(name)
+            for name in ("choices", "max_choice_length")
+            if name in kwargs
+        }
+        if preprocessor is not None or choice_kwargs:
+            if "choices" not in choice_kwargs or preprocessor is None:
+                raise ValueError(
+                    "From a base preset, `choices` needs a `template` and a "
+                    "`template` needs `choices`. Received: "
+                    f"choices={choice_kwargs.get('choices')!r}"
+                )
+            preprocessor = ChoiceTemplate(preprocessor, **choice_kwargs)
+        return cls(ptuning, preprocessor=preprocessor, **kwargs)
 
     def __init__(
         self,

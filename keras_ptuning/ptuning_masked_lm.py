@@ -97,6 +97,29 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     # a p-tuned preset's backbone is the `PTuningBackbone`.
     backbone_cls = PTuningBackbone
 
+    @classmethod
+    def _from_base_preset(
+        cls, preset, load_weights, prompt_config, template, length, kwargs
+    ):
+        masked_lm = keras_hub.models.MaskedLM.from_preset(
+            preset, load_weights=load_weights
+        )
+        # keras-hub's masked-LM preprocessor masks at random (training
+        # data for the LM itself): raw text goes through a `template`.
+        preprocessor = cls._preset_preprocessor(preset, template, length)
+        backbone = PTuningBackbone.wrap(
+            masked_lm.backbone,
+            prompt_config,
+            kwargs.pop("placeholder_id", None),
+            preprocessor,
+        )
+        preprocessor = cls._fitting_preprocessor(
+            preset, template, length, backbone, preprocessor
+        )
+        return cls(
+            masked_lm, preprocessor=preprocessor, backbone=backbone, **kwargs
+        )
+
     def __init__(
         self,
         masked_lm,

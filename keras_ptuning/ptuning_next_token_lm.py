@@ -86,6 +86,7 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     # keras-hub finds the task class for a preset by its backbone class:
     # a p-tuned preset's backbone is the `PTuningBackbone`.
     backbone_cls = PTuningBackbone
+    preset_template_kwargs = {"add_end_token": False}
 
     def __init__(
         self,

@@ -4,6 +4,17 @@ import keras
 import keras_hub
 
 from keras_ptuning import keras_internals
+from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.prompt_template import PromptTemplate
+from keras_ptuning.ptuning_backbone import PTuningBackbone
+
+
+def _prompt_template(preprocessor):
+    """A `ChoiceTemplate`'s `PromptTemplate`, else the preprocessor."""
+    if isinstance(preprocessor, ChoiceTemplate):
+        return preprocessor.template
+    return preprocessor
 
 
 class PTuningTask:
@@ -34,25 +45,161 @@ class PTuningTask:
       preprocessor once), which would not be raw input for it anyway.
     """
 
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a preset written by this task's `save_to_preset`.
+    # The keras-hub preprocessor a base preset gives this task (`None`:
+    # raw text goes through a `template=` only).
+    preset_preprocessor_cls = None
 
-        A p-tuned preset holds the whole task: its `PTuningBackbone` (the
-        frozen backbone with the prompt, as trained or loaded) or, for a
-        `PTuningCausalLMClassifier` without a prompt, the plain backbone,
-        its head and its preprocessor. keras-hub finds a task class by the
-        preset's backbone class; here the task's own `task.json` decides,
-        so a preset loads whatever backbone it holds. Keyword arguments
-        override the task's config, as in keras-hub (`num_classes=` starts
-        a fresh head).
+    @classmethod
+    def from_preset(
+        cls,
+        preset,
+        load_weights=True,
+        num_virtual_tokens=None,
+        prompt_config=None,
+        template=None,
+        sequence_length=None,
+        **kwargs,
+    ):
+        """Builds the task from a keras-hub preset, or loads a p-tuned one.
+
+        From a base preset (a keras-hub preset name, an `hf://` or
+        `kaggle://` handle, or a local folder such as
+        `keras_ptuning.presets.minilm_preset_dir()`), as keras-hub's own
+        `from_preset` does: the frozen backbone with its weights, the
+        preprocessor (the family's keras-hub preprocessor, or a
+        `PromptTemplate` with `template=`) and a fresh prompt. A preset
+        written by this task's `save_to_preset` loads whole instead (the
+        frozen backbone with the prompt as trained or loaded, the head,
+        the preprocessor); keyword arguments then override its config, as
+        in keras-hub (`num_classes=` starts a fresh head).
+
+        Args:
+            preset: the preset.
+            load_weights: bool. Load the pretrained (or p-tuned) weights;
+                else they are randomly initialised.
+            num_virtual_tokens: int. The prompt's length (a default
+                `PromptEncoderConfig`); or give `prompt_config`, or a
+                `template` with slots, which sets both.
+            prompt_config: a `keras_ptuning.PromptEncoderConfig`.
+            template: optional str, a `keras_ptuning.PromptTemplate`
+                template (slots, fields, anchors) over the preset's
+                tokenizer: the task then takes its fields as raw text.
+            sequence_length: optional int, the preprocessor's length. By
+                default the keras-hub preprocessor's, cut to what the
+                backbone's positions leave beside a prepended prompt.
+            **kwargs: the task's other arguments (`num_classes`,
+                `pooling`, `placeholder_id`, `task_names`, ...; for a
+                `PTuningCausalLMClassifier`, `choices` and
+                `max_choice_length`, which go to its `ChoiceTemplate`).
+
+        Example:
+        ```python
+        classifier = keras_ptuning.PTuningTextClassifier.from_preset(
+            "bert_base_en_uncased", num_classes=2, num_virtual_tokens=20
+        )
+        classifier.fit(sentences, labels)
+        ```
         """
         task_cls = keras_internals.preset_task_class(preset)
         if task_cls is not None and issubclass(task_cls, cls):
+            for name, value in (
+                ("num_virtual_tokens", num_virtual_tokens),
+                ("prompt_config", prompt_config),
+                ("template", template),
+                ("sequence_length", sequence_length),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"{preset!r} is a p-tuned {task_cls.__name__} preset "
+                        f"with its own prompt and preprocessor. Received: "
+                        f"{name}={value!r}"
+                    )
             return keras_internals.preset_loader(preset).load_task(
                 task_cls, load_weights, "num_classes" not in kwargs, **kwargs
             )
-        return super().from_preset(preset, load_weights, **kwargs)
+        if num_virtual_tokens is not None:
+            if prompt_config is not None:
+                raise ValueError(
+                    "Pass `num_virtual_tokens` or `prompt_config`, not both."
+                    f" Received: num_virtual_tokens={num_virtual_tokens!r}, "
+                    f"prompt_config={prompt_config!r}"
+                )
+            prompt_config = PromptEncoderConfig(num_virtual_tokens)
+        if template is not None and not isinstance(template, str):
+            raise TypeError(
+                "`template` must be a str (a PromptTemplate template). "
+                f"Received: template of type {type(template).__name__}"
+            )
+        if template is None and prompt_config is None:
+            raise ValueError(
+                f"{cls.__name__}.from_preset needs the prompt: "
+                "num_virtual_tokens=, prompt_config= or a template= with "
+                "slots. Received none of them"
+            )
+        return cls._from_base_preset(
+            preset,
+            load_weights,
+            prompt_config,
+            template,
+            sequence_length,
+            kwargs,
+        )
+
+    # Arguments of the `PromptTemplate` a `template=` builds.
+    preset_template_kwargs = {}
+
+    @classmethod
+    def _from_base_preset(
+        cls, preset, load_weights, prompt_config, template, length, kwargs
+    ):
+        backbone = keras_hub.models.Backbone.from_preset(
+            preset, load_weights=load_weights
+        )
+        preprocessor = cls._preset_preprocessor(preset, template, length)
+        ptuning = PTuningBackbone.wrap(
+            backbone,
+            prompt_config,
+            kwargs.pop("placeholder_id", None),
+            _prompt_template(preprocessor),
+            kwargs.pop("task_names", None),
+        )
+        preprocessor = cls._fitting_preprocessor(
+            preset, template, length, ptuning, preprocessor
+        )
+        return cls._from_parts(preset, ptuning, preprocessor, kwargs)
+
+    @classmethod
+    def _fitting_preprocessor(
+        cls, preset, template, length, ptuning, preprocessor
+    ):
+        """`preprocessor`, or one whose default length is cut to what the
+        backbone's positions leave beside a prepended prompt (a given
+        `length` is the task's to check)."""
+        limit = ptuning.max_sequence_length
+        current = getattr(_prompt_template(preprocessor), "sequence_length", 0)
+        if length is None and limit is not None and (current or 0) > limit:
+            return cls._preset_preprocessor(preset, template, limit)
+        return preprocessor
+
+    @classmethod
+    def _from_parts(cls, preset, ptuning, preprocessor, kwargs):
+        return cls(ptuning, preprocessor=preprocessor, **kwargs)
+
+    @classmethod
+    def _preset_preprocessor(cls, preset, template, length):
+        """The preprocessor of a task built from a base preset."""
+        if template is not None:
+            tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+            extra = {} if length is None else {"sequence_length": length}
+            return PromptTemplate(
+                template, tokenizer, **cls.preset_template_kwargs, **extra
+            )
+        if cls.preset_preprocessor_cls is None:
+            return None
+        preprocessor = cls.preset_preprocessor_cls.from_preset(preset)
+        if length is not None:
+            preprocessor.sequence_length = length
+        return preprocessor
 
     @property
     def model_input_names(self):

@@ -94,6 +94,7 @@ class PTuningTextClassifier(
     # keras-hub finds the task class for a preset by its backbone class:
     # a p-tuned preset's backbone is the `PTuningBackbone`.
     backbone_cls = PTuningBackbone
+    preset_preprocessor_cls = keras_hub.models.TextClassifierPreprocessor
 
     def __init__(
         self,

@@ -1,0 +1,145 @@
+"""`from_preset` on every task: from a base keras-hub preset (tiny ones,
+saved here) as keras-hub's own tasks do, and the errors."""
+
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningCausalLM
+from keras_ptuning import PTuningCausalLMClassifier
+from keras_ptuning import PTuningMaskedLM
+from keras_ptuning import PTuningNextTokenLM
+from keras_ptuning import PTuningTextClassifier
+from tests.backbones import _ENCODER
+from tests.backbones import _ROPE
+from tests.support import backbone_weights
+from tests.support import bert_tokenizer
+from tests.support import byte_level_llama3_tokenizer
+
+SENTENCES = ["the film was good", "a bad plot"]
+
+
+@pytest.fixture(scope="module")
+def bert_preset(tmp_path_factory):
+    """A tiny BERT masked LM preset (backbone, tokenizer, preprocessor)."""
+    path = str(tmp_path_factory.mktemp("bert"))
+    backbone = keras_hub.models.BertBackbone(**_ENCODER)
+    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
+        bert_tokenizer(), sequence_length=32
+    )
+    keras_hub.models.BertMaskedLM(backbone, preprocessor).save_to_preset(path)
+    return path, backbone
+
+
+@pytest.fixture(scope="module")
+def llama3_preset(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("llama3"))
+    tokenizer = byte_level_llama3_tokenizer([" yes", " no", " the"])
+    backbone = keras_hub.models.Llama3Backbone(
+        **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
+        tie_word_embeddings=True,
+    )
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
+        tokenizer, sequence_length=16, add_start_token=False
+    )
+    keras_hub.models.Llama3CausalLM(backbone, preprocessor).save_to_preset(path)
+    return path, backbone
+
+
+def _same_weights(model_backbone, reference):
+    for a, b in zip(
+        backbone_weights(model_backbone), backbone_weights(reference)
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_text_classifier_from_a_base_preset(bert_preset):
+    path, reference = bert_preset
+    model = PTuningTextClassifier.from_preset(
+        path, num_classes=3, num_virtual_tokens=4
+    )
+    assert model.backbone.num_virtual_tokens == 4
+    _same_weights(model.backbone.backbone, reference)
+    # The preset's 32 positions, 4 of them the prepended prompt's.
+    assert model.preprocessor.sequence_length == 28
+    assert model.predict(SENTENCES, verbose=0).shape == (2, 3)
+    assert model.backbone.backbone.trainable is False
+    config = PromptEncoderConfig(2, encoder_reparameterization_type="LSTM")
+    model = PTuningTextClassifier.from_preset(
+        path, num_classes=2, prompt_config=config, sequence_length=12
+    )
+    assert model.backbone.prompt_config.encoder_reparameterization_type == (
+        "LSTM"
+    )
+    assert model.preprocessor.sequence_length == 12
+    # A template with slots sets the prompt and takes its fields.
+    model = PTuningTextClassifier.from_preset(
+        path, num_classes=2, template="{sentence} [P:3] it was"
+    )
+    assert model.backbone.uses_slots and model.backbone.num_virtual_tokens == 3
+    assert model.predict({"sentence": SENTENCES}, verbose=0).shape == (2, 2)
+
+
+def test_masked_lm_from_a_base_preset(bert_preset):
+    path, reference = bert_preset
+    model = PTuningMaskedLM.from_preset(
+        path,
+        template="{sentence} [P:2] it was [MASK] .",
+        verbalizer={"neg": ["bad"], "pos": ["good"]},
+    )
+    _same_weights(model.backbone.backbone, reference)
+    probabilities = model.predict({"sentence": SENTENCES}, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_decoder_tasks_from_a_base_preset(llama3_preset):
+    path, reference = llama3_preset
+    lm = PTuningCausalLM.from_preset(path, num_virtual_tokens=2)
+    _same_weights(lm.backbone.backbone, reference)
+    assert lm.preprocessor.sequence_length == 16
+    assert isinstance(lm.generate(["the"], max_length=6), list)
+    next_token = PTuningNextTokenLM.from_preset(
+        path, template="{subject} [P:2]"
+    )
+    assert next_token.backbone.prompt_config.prompt_init == "random"
+    top = next_token.predict_top_k({"subject": ["yes"]}, top_k=2)
+    assert top["token_ids"].shape == (1, 2)
+    classifier = PTuningCausalLMClassifier.from_preset(
+        path,
+        template='{text} [P:" the"]',
+        choices={"no": " no", "yes": " yes"},
+    )
+    assert classifier.backbone.prompt_config.prompt_init == "text"
+    assert classifier.predict({"text": SENTENCES}, verbose=0).shape == (2, 2)
+
+
+def test_from_preset_errors(bert_preset, tmp_path):
+    path, _ = bert_preset
+    with pytest.raises(ValueError, match="needs the prompt"):
+        PTuningTextClassifier.from_preset(path, num_classes=2)
+    with pytest.raises(ValueError, match="not both"):
+        PTuningTextClassifier.from_preset(
+            path,
+            num_classes=2,
+            num_virtual_tokens=2,
+            prompt_config=PromptEncoderConfig(2),
+        )
+    with pytest.raises(TypeError, match="`template` must be a str"):
+        PTuningTextClassifier.from_preset(path, num_classes=2, template=3)
+    with pytest.raises(ValueError, match="sequence_length=40"):
+        PTuningTextClassifier.from_preset(
+            path, num_classes=2, num_virtual_tokens=2, sequence_length=40
+        )
+    model = PTuningTextClassifier.from_preset(
+        path, num_classes=2, num_virtual_tokens=2
+    )
+    model.save_to_preset(str(tmp_path))
+    with pytest.raises(ValueError, match="p-tuned PTuningTextClassifier"):
+        PTuningTextClassifier.from_preset(str(tmp_path), num_virtual_tokens=3)
+    loaded = PTuningTextClassifier.from_preset(str(tmp_path))
+    np.testing.assert_allclose(
+        loaded.predict(SENTENCES, verbose=0),
+        model.predict(SENTENCES, verbose=0),
+        atol=1e-6,
+    )
