@@ -27,6 +27,7 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningCausalLM
 from tests.backbones import FAMILIES
 from tests.peft_heads_test import _keras_backbone
+from tests.peft_heads_test import _peft_adapter
 from tests.support import to_numpy
 
 peft = pytest.importorskip("peft")
@@ -127,23 +128,8 @@ def _read_adapter(directory):
 
 def test_peft_prompt_loads_with_peft_logits(models, tmp_path):
     family, hf_model, backbone = models
-    config = peft.PromptEncoderConfig(
-        task_type="CAUSAL_LM",
-        num_virtual_tokens=NUM_TOKENS,
-        encoder_hidden_size=8,
-        token_dim=HIDDEN_DIM,
-        num_attention_heads=2,
-        num_layers=2,
-    )
-    peft_model = peft.get_peft_model(copy.deepcopy(hf_model), config)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in peft_model.parameters():
-            if parameter.requires_grad:
-                parameter.copy_(torch.randn_like(parameter) * 0.5)
-    peft_model.eval()
     directory = str(tmp_path / "adapter")
-    peft_model.save_pretrained(directory)
+    peft_model = _peft_adapter(hf_model, directory, task_type="CAUSAL_LM")
     expected = _peft_logits(peft_model)
     # PEFT records no transformers version: Gemma's is given (this one).
     version = {}

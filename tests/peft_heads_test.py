@@ -159,11 +159,11 @@ def _peft_logits(peft_model, family):
     ).logits.numpy()
 
 
-def _peft_adapter(hf_model, directory):
-    """A PEFT P-tuning SEQ_CLS adapter with random prompt encoder and head;
-    returns the PEFT model."""
+def _peft_adapter(hf_model, directory, task_type="SEQ_CLS"):
+    """A PEFT P-tuning adapter (`SEQ_CLS`: with a head) with random prompt
+    encoder and head; returns the PEFT model."""
     config = peft.PromptEncoderConfig(
-        task_type="SEQ_CLS",
+        task_type=task_type,
         num_virtual_tokens=NUM_TOKENS,
         encoder_hidden_size=8,
         token_dim=HIDDEN_DIM,
