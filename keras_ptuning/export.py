@@ -87,7 +87,8 @@ def export_saved_model(
         model: a built `PTuningTextClassifier`, `PTuningCausalLM`,
             `PTuningMaskedLM`, `PTuningNextTokenLM` or `PTuningBackbone`.
         path: str. The SavedModel directory to write.
-        overwrite: bool. Replace `path` if it exists. Defaults to `False`.
+        overwrite: bool. Replace `path` (a directory) if it exists.
+            Defaults to `False`.
         include_preprocessing: bool. Whether the signatures take raw text
             through the model's preprocessor (see above). Defaults to
             `False`: token ids.
@@ -99,7 +100,8 @@ def export_saved_model(
 
     The model itself is not changed. Nothing is left at `path` if the export
     fails: it is written to a sibling temporary directory and moved into
-    place at the end.
+    place at the end (parent directories the call created are removed
+    again).
 
     Example:
     ```python
@@ -120,15 +122,35 @@ def export_saved_model(
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise TypeError(f"`path` must be a directory path. Received: {path!r}")
     path = os.path.abspath(os.fspath(path))
+    if not isinstance(overwrite, bool):
+        raise TypeError(
+            f"`overwrite` must be a bool. Received: overwrite={overwrite!r}"
+        )
     max_length = check_text_export(model, include_preprocessing, max_length)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(
+            "`path` exists and is not a directory; a SavedModel is a "
+            f"directory. Received: path={path!r}"
+        )
     if os.path.exists(path) and not overwrite:
         raise ValueError(
             f"`path` exists; pass overwrite=True to replace it. Received: "
             f"path={path!r}"
         )
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    ancestor, missing = _missing_ancestors(parent)
+    if not os.path.isdir(ancestor):
+        raise ValueError(
+            f"`path` is under {ancestor!r}, which is not a directory. "
+            f"Received: path={path!r}"
+        )
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except BaseException:
+        _remove_created(missing)
+        raise
+    exported = False
     try:
         output = os.path.join(staging, "saved_model")
         if keras.config.backend() == "tensorflow":
@@ -140,9 +162,33 @@ def export_saved_model(
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(output, path)
+        exported = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not exported:
+            _remove_created(missing)
     return path
+
+
+def _missing_ancestors(path):
+    """`(ancestor, missing)`: the deepest path at or above `path` that
+    exists, and the ones below it down to `path`, deepest first (what
+    `os.makedirs(path)` creates)."""
+    missing = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return path, missing
+
+
+def _remove_created(missing):
+    """Removes the (empty) directories a failed export created, deepest
+    first."""
+    for path in missing:
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
 
 
 def check_text_export(model, include_preprocessing, max_length):

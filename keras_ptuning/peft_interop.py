@@ -107,18 +107,53 @@ FORWARD_SCALES = "transformers<5.4"
 GEMMA_EMBED_TOKENS_SCALES_SINCE = (5, 4)
 
 
+def _unreadable(directory, name, error):
+    return ValueError(
+        f"`directory`'s {name} cannot be read "
+        f"({type(error).__name__}: {str(error)[:200]}). Received: "
+        f"directory={directory!r}"
+    )
+
+
+def _read_config(directory):
+    """The adapter's `adapter_config.json`, a dict."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"`directory` has no {CONFIG_NAME}. Received: "
+            f"directory={directory!r}"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as error:  # Includes JSONDecodeError.
+        raise _unreadable(directory, CONFIG_NAME, error) from error
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"`directory`'s {CONFIG_NAME} is not a JSON object (it holds a "
+            f"{type(config).__name__}). Received: directory={directory!r}"
+        )
+    return config
+
+
 def _read_tensors(directory):
     path = os.path.join(directory, SAFETENSORS_NAME)
     if os.path.isfile(path):
         from safetensors.numpy import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as error:  # SafetensorError, OSError, ...
+            raise _unreadable(directory, SAFETENSORS_NAME, error) from error
     path = os.path.join(directory, BIN_NAME)
     if os.path.isfile(path):
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in state.items()}
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return {k: v.float().numpy() for k, v in state.items()}
+        except Exception as error:  # UnpicklingError, RuntimeError, ...
+            raise _unreadable(directory, BIN_NAME, error) from error
     raise ValueError(
         f"`directory` holds neither {SAFETENSORS_NAME} nor {BIN_NAME}. "
         f"Received: directory={directory!r}"
@@ -167,8 +202,20 @@ def _find_head(tensors, directory):
             "without its weight."
         )
     weight = weights["weight"].astype("float32")
+    if weight.ndim != 2 or weight.shape[0] < 1:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds a `{name}` weight of "
+            f"shape {weight.shape}; a head's is (num_classes, hidden_size), "
+            "with at least one class."
+        )
     bias = weights.get("bias")
     bias = np.zeros(weight.shape[0], "float32") if bias is None else bias
+    if bias.shape != weight.shape[:1]:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} holds a `{name}` bias of "
+            f"shape {bias.shape} for a weight of shape {weight.shape}; it "
+            f"must be of shape {weight.shape[:1]}."
+        )
     return name, {"kernel": weight.T, "bias": bias.astype("float32")}
 
 
@@ -293,6 +340,88 @@ def _loaded_convention(backbone, config, transformers_version, directory):
     return convention
 
 
+def _no_place_for_head(directory, config, model_name):
+    return ValueError(
+        f"The PEFT adapter in {directory!r} (task_type="
+        f"{config.get('task_type')!r}) holds a classifier head, which a "
+        f"{model_name} has no place for: load it into a "
+        "PTuningTextClassifier."
+    )
+
+
+def _model_for_backbone(
+    backbone,
+    config,
+    prompt_table,
+    head_name,
+    head,
+    transformers_version,
+    directory,
+):
+    """The model that `load_peft_adapter` builds on a plain backbone.
+
+    The adapter's config is checked against its tensors and the backbone
+    first: nothing (no prompt encoder, however large its config asks it to
+    be) is built for an adapter that would be refused.
+    """
+    prompt_config = PromptEncoderConfig(
+        **{k: config[k] for k in ENCODER_FIELDS if k in config}
+    )
+    task_type = config.get("task_type")
+    if task_type == "SEQ_CLS" and head is not None:
+        model_class = PTuningTextClassifier
+    elif task_type == "CAUSAL_LM":
+        model_class = PTuningCausalLM
+    else:
+        model_class = PTuningBackbone
+    if head is not None and model_class is not PTuningTextClassifier:
+        raise _no_place_for_head(directory, config, model_class.__name__)
+    shape = prompt_table.shape
+    num_tokens = prompt_config.num_virtual_tokens
+    if len(shape) != 2 or shape[0] != num_tokens:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} has `prompt_embeddings` of "
+            f"shape {shape}; its {CONFIG_NAME} has num_virtual_tokens="
+            f"{num_tokens}, for a prompt of shape ({num_tokens}, token_dim)."
+        )
+    token_dim = prompt_config.token_dim
+    if token_dim is not None and token_dim != shape[1]:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} has `prompt_embeddings` of "
+            f"shape {shape}; its {CONFIG_NAME} has token_dim={token_dim}."
+        )
+    hidden_dim = getattr(
+        getattr(backbone, "token_embedding", None), "output_dim", None
+    )
+    # A backbone without a token embedding is PTuningBackbone's to refuse.
+    if hidden_dim is not None and shape[1] != hidden_dim:
+        raise ValueError(
+            f"The PEFT adapter in {directory!r} has a prompt of shape "
+            f"{shape}: it was trained on a backbone of hidden size "
+            f"{shape[1]}; this {_backbone_name(backbone)}'s is {hidden_dim}. "
+            "Received: model_or_backbone with a "
+            f"{_backbone_name(backbone)}"
+        )
+    if head is not None:
+        _check_head_readout(head_name, backbone, directory)
+        features = head["kernel"].shape[0]
+        if hidden_dim is not None and features != hidden_dim:
+            raise ValueError(
+                f"The PEFT adapter in {directory!r} holds a `{head_name}` "
+                f"head reading {features} features; this "
+                f"{_backbone_name(backbone)}'s hidden size is {hidden_dim}."
+            )
+    _loaded_convention(backbone, config, transformers_version, directory)
+    # All checked: build the model.
+    if model_class is PTuningTextClassifier:
+        # The head was trained on what HF's model reads.
+        ptuning = PTuningBackbone(backbone, prompt_config)
+        return PTuningTextClassifier(
+            ptuning, head["kernel"].shape[1], pooling=hf_pooling(ptuning)
+        )
+    return model_class(backbone, prompt_config)
+
+
 def load_peft_adapter(
     model_or_backbone, directory, *, transformers_version=None
 ):
@@ -318,21 +447,20 @@ def load_peft_adapter(
         prompt table (`prompt_source="table"`).
 
     Raises:
-        ValueError: before anything is changed, for a model with prompt
+        TypeError: for a `directory` that is not a path.
+        ValueError: before anything is changed (or built), for a directory
+            whose files cannot be read, a model with prompt
             slots (PEFT prompts are prepended), an adapter whose head a
             `PTuningTextClassifier` cannot hold (two layers deep, as HF's
             DistilBERT and RoBERTa heads, or another family's head) or
             whose shapes differ from the model's, and for a Gemma or Gemma
             2 adapter of unknown transformers version.
     """
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"`directory` has no {CONFIG_NAME}. Received: "
-            f"directory={directory!r}"
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"`directory` must be a path. Received: directory={directory!r}"
         )
-    with open(path) as f:
-        config = json.load(f)
+    config = _read_config(directory)
     if config.get("peft_type") != "P_TUNING":
         raise ValueError(
             "Only PEFT P-tuning adapters can be loaded. Received: "
@@ -355,21 +483,15 @@ def load_peft_adapter(
     if isinstance(model, keras_hub.models.Backbone) and not isinstance(
         model, PTuningBackbone
     ):
-        prompt_config = PromptEncoderConfig(
-            **{k: config[k] for k in ENCODER_FIELDS if k in config}
+        model = _model_for_backbone(
+            model,
+            config,
+            prompt_table,
+            head_name,
+            head,
+            transformers_version,
+            directory,
         )
-        task_type = config.get("task_type")
-        if task_type == "SEQ_CLS" and head is not None:
-            _check_head_readout(head_name, model, directory)
-            # The head was trained on what HF's model reads.
-            ptuning = PTuningBackbone(model, prompt_config)
-            model = PTuningTextClassifier(
-                ptuning, head["kernel"].shape[1], pooling=hf_pooling(ptuning)
-            )
-        elif task_type == "CAUSAL_LM":
-            model = PTuningCausalLM(model, prompt_config)
-        else:
-            model = PTuningBackbone(model, prompt_config)
     if not isinstance(model, AdapterMixin):
         raise TypeError(
             "`model_or_backbone` must be a keras_ptuning model or a keras-hub "
@@ -387,12 +509,7 @@ def load_peft_adapter(
         )
     wants_head = bool(model._head_variables())
     if head is not None and not wants_head:
-        raise ValueError(
-            f"The PEFT adapter in {directory!r} (task_type="
-            f"{config.get('task_type')!r}) holds a classifier head, which a "
-            f"{type(model).__name__} has no place for: load it into a "
-            "PTuningTextClassifier."
-        )
+        raise _no_place_for_head(directory, config, type(model).__name__)
     if head is not None:
         _check_head_readout(head_name, ptuning, directory)
         check_head_pooling(
@@ -413,6 +530,30 @@ def load_peft_adapter(
         source=f"the PEFT adapter in {directory!r}",
     )
     return model
+
+
+def _missing_ancestors(path):
+    """`(ancestor, missing)`: the deepest path at or above `path` that
+    exists, and the ones below it down to `path`, deepest first (what
+    `os.makedirs(path)` creates)."""
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return path, missing
+
+
+def _remove_created(missing):
+    """Removes what a failed save created: the target (`missing[0]`) with
+    what is in it, then the parents it made, deepest first."""
+    if missing:
+        shutil.rmtree(missing[0], ignore_errors=True)
+    for path in missing[1:]:
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
 
 
 def _adapter_files(directory):
@@ -477,8 +618,8 @@ def save_peft_adapter(
             `PTuningNextTokenLM` or `PTuningBackbone`.
         directory: where to write `adapter_config.json` and
             `adapter_model.safetensors` (created if needed).
-        base_model_name_or_path: optional, recorded in the config as PEFT
-            does.
+        base_model_name_or_path: optional str, recorded in the config as
+            PEFT does (it must be JSON-serializable).
         overwrite: bool. Whether an adapter already in `directory` may be
             replaced.
         transformers_version: `None` or the version string of the
@@ -490,17 +631,38 @@ def save_peft_adapter(
 
     Everything is checked before anything is written; each file is written
     beside its target and moved into place, so none is ever half-written.
+    A save that fails removes the directories it created.
     """
     from safetensors.numpy import save_file
 
-    if not isinstance(directory, (str, os.PathLike)):
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(
+        directory
+    ):
         raise TypeError(
             f"`directory` must be a path. Received: directory={directory!r}"
         )
+    if not isinstance(overwrite, bool):
+        raise TypeError(
+            f"`overwrite` must be a bool. Received: overwrite={overwrite!r}"
+        )
+    try:
+        json.dumps(base_model_name_or_path)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            "`base_model_name_or_path` must be a str (or None), as PEFT "
+            f"records it in {CONFIG_NAME} ({error}). Received: "
+            f"base_model_name_or_path={base_model_name_or_path!r}"
+        ) from error
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(
             "`directory` exists and is not a directory. Received: "
             f"directory={directory!r}"
+        )
+    ancestor, missing = _missing_ancestors(directory)
+    if not os.path.isdir(ancestor):
+        raise ValueError(
+            f"`directory` is under {ancestor!r}, which is not a directory. "
+            f"Received: directory={directory!r}"
         )
     existing = _adapter_files(directory)
     if existing and not overwrite:
@@ -570,14 +732,19 @@ def save_peft_adapter(
     if head:
         tensors.update(_peft_head_tensors(model, head))
 
+    config_text = json.dumps(config, indent=2)
+
     # All checked: now write, each file beside its target first.
-    created = not os.path.isdir(directory)
-    os.makedirs(directory, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=".peft-adapter-", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        temporary = tempfile.mkdtemp(prefix=".peft-adapter-", dir=directory)
+    except BaseException:
+        _remove_created(missing)
+        raise
     try:
         save_file(tensors, os.path.join(temporary, SAFETENSORS_NAME))
         with open(os.path.join(temporary, CONFIG_NAME), "w") as f:
-            json.dump(config, f, indent=2)
+            f.write(config_text)
         # The weights first: the config, which readers open first, comes
         # last. An older adapter's pickled weights would be stale.
         os.replace(
@@ -591,8 +758,7 @@ def save_peft_adapter(
         if os.path.exists(os.path.join(directory, BIN_NAME)):
             os.remove(os.path.join(directory, BIN_NAME))
     except BaseException:
-        if created:
-            shutil.rmtree(directory, ignore_errors=True)
+        _remove_created(missing)
         raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
