@@ -1,5 +1,6 @@
 """`ChoiceTemplate`: a prompt template followed by candidate continuations."""
 
+import re
 import string
 
 import keras
@@ -9,6 +10,42 @@ import numpy as np
 from keras_ptuning.prompt_template import PromptTemplate
 
 CHOICE_INPUTS = ("choice_positions", "choice_ids", "choice_mask")
+
+
+# A choice's `{field}`s: an identifier, an optional conversion and a format
+# spec (for strings) without fields of its own.
+CONVERSIONS = (None, "r", "s", "a")
+_SPEC_NUMBER = re.compile(r"\d+")
+_MAX_SPEC_DIGITS = 4  # Widths up to 9999 characters.
+
+
+def _choice_problem(choice):
+    """Why `choice` is not a string of plain `{field}`s, or `None`."""
+    try:
+        parsed = list(string.Formatter().parse(choice))
+    except ValueError as error:
+        return f"{error}; write a literal brace as '{{{{' or '}}}}'"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        field = "{" + name + "}"
+        if not name.isidentifier():
+            return (
+                f"{field} is not a field name (fields are named by "
+                "identifiers, not by position, index or attribute)"
+            )
+        if conversion not in CONVERSIONS:
+            return f"!{conversion} is not a conversion (use !r, !s or !a)"
+        if "{" in spec or "}" in spec:
+            return f"the format spec {spec!r} of {field} holds a field"
+        numbers = _SPEC_NUMBER.findall(spec)
+        if any(len(number) > _MAX_SPEC_DIGITS for number in numbers):
+            return f"the format spec {spec!r} of {field} is too wide"
+        try:
+            format("", spec)  # Field values are strings.
+        except ValueError as error:
+            return f"the format spec {spec!r} of {field}: {error}"
+    return None
 
 
 def _choice_fields(choice):
@@ -107,6 +144,14 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
                 "`choices` must hold at least 2 non-empty strings. Received: "
                 f"choices={choices!r}"
             )
+        for text in texts:
+            problem = _choice_problem(text)
+            if problem is not None:
+                raise ValueError(
+                    f"Invalid choice {text!r} in `choices`: {problem}. A "
+                    "choice's fields are `{name}`s of the input. Received: "
+                    f"choices={choices!r}"
+                )
         if (
             isinstance(max_choice_length, bool)
             or not isinstance(max_choice_length, int)
@@ -210,7 +255,17 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
                 f"The template and choices read fields {self.field_names}; "
                 f"the input lacks {missing}. Received keys: {sorted(x)}"
             )
-        return {name: _as_strings(x[name]) for name in self.field_names}
+        fields = {name: _as_strings(x[name]) for name in self.field_names}
+        sizes = {name: len(values) for name, values in fields.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                "The template's and choices' fields must have the same "
+                "number of rows. Received: "
+                + ", ".join(
+                    f"field {k!r} has {n} rows" for k, n in sizes.items()
+                )
+            )
+        return fields
 
     def _choice_ids(self, fields, batch_size):
         """`[choice][row]` token-id lists."""

@@ -101,6 +101,67 @@ def _parse(template):
     return pieces
 
 
+def _short_repr(value, limit=200):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_bool(value, name, kind="a bool"):
+    """`value` as a Python bool, or a TypeError naming `name`."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(
+        f"`{name}` must be {kind}. Received: {name}={_short_repr(value)}"
+    )
+
+
+def _is_text(value):
+    return isinstance(value, (str, bytes))
+
+
+def _check_field_values(name, value):
+    """Raises a TypeError naming field `name` unless `value` is text: a
+    string, a (nested) list or tuple or array of strings, or a `tf.string`
+    tensor."""
+    if _is_text(value):
+        return
+    if tf is not None and isinstance(value, tf.Tensor):
+        if value.dtype == tf.string:
+            return
+        problem = f"a {value.dtype.name} tensor"
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "US":
+            return
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            problem = f"an array of dtype {value.dtype}"
+        else:
+            try:
+                values = np.asarray(value, dtype=object)
+            except ValueError:  # Sequences numpy cannot lay out.
+                values = None
+            if values is None or not values.size:
+                problem = "no strings"
+            else:
+                others = [v for v in values.reshape(-1) if not _is_text(v)]
+                if not others:
+                    return
+                problem = f"a value of type {type(others[0]).__name__}"
+    else:
+        problem = f"a value of type {type(value).__name__}"
+    raise TypeError(
+        f"Field {name!r} must be a string, a non-empty list or array of "
+        f"strings, or a tf.string tensor; it holds {problem}. Received: "
+        f"{name}={_short_repr(value)}"
+    )
+
+
+def _field_sizes(sizes):
+    return ", ".join(
+        f"field {k!r} has {'an unknown number of' if n is None else n} rows"
+        for k, n in sizes.items()
+    )
+
+
 def _has_vocabulary(tokenizer):
     try:
         return bool(tokenizer.vocabulary_size())
@@ -224,20 +285,24 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             raise TypeError(
                 "`placeholder_id` must be an int. Received: placeholder_id=None"
             )
-        if truncate not in TRUNCATE_MODES:
+        # Types first: an array's `in` or truth value would be ambiguous.
+        if not isinstance(truncate, str) or truncate not in TRUNCATE_MODES:
             raise ValueError(
                 f"`truncate` must be one of {TRUNCATE_MODES}. Received: "
-                f"truncate={truncate!r}"
+                f"truncate={_short_repr(truncate)}"
             )
-        if text_slots not in TEXT_SLOT_MODES:
+        if not isinstance(text_slots, str) or text_slots not in (
+            TEXT_SLOT_MODES
+        ):
             raise ValueError(
                 f"`text_slots` must be one of {TEXT_SLOT_MODES}. Received: "
-                f"text_slots={text_slots!r}"
+                f"text_slots={_short_repr(text_slots)}"
             )
-        if segment_ids not in (None, True, False):
-            raise TypeError(
-                "`segment_ids` must be a bool or None. Received: "
-                f"segment_ids={segment_ids!r}"
+        add_start_token = _check_bool(add_start_token, "add_start_token")
+        add_end_token = _check_bool(add_end_token, "add_end_token")
+        if segment_ids is not None:
+            segment_ids = _check_bool(
+                segment_ids, "segment_ids", "a bool or None"
             )
         self.tokenizer = tokenizer
         self.template = template
@@ -285,16 +350,17 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                     f"has no mask token. Received: template={self.template!r}"
                 )
         self._check_placeholder_collisions()
-        # Fixed parts, tokenized once: `None` marks a field.
+        # Text parts, tokenized once: `None` marks a field, an int a count
+        # of slots (expanded only once they are known to fit).
         constant_ids = []
-        self._prompt_init_ids = []
+        prompt_init_ids = []
         for kind, value, space_before in self._pieces:
             if kind == "slots":
-                ids = [self.placeholder_id] * value
+                ids = value
             elif kind == "text_slots":
                 text_ids = self._tokenize_constant(value, space_before)
-                self._prompt_init_ids.extend(text_ids)
-                ids = [self.placeholder_id] * len(text_ids)
+                prompt_init_ids.extend(text_ids)
+                ids = len(text_ids)
             elif kind == "mask":
                 ids = [self._mask_id]
             elif kind == "text":
@@ -302,7 +368,11 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             else:
                 ids = None
             constant_ids.append(ids)
-        fixed = sum(len(ids) for ids in constant_ids if ids is not None)
+        fixed = sum(
+            ids if isinstance(ids, int) else len(ids)
+            for ids in constant_ids
+            if ids is not None
+        )
         fixed += (self._start_id is not None) + (self._end_id is not None)
         budget = self.sequence_length - fixed
         if budget < len(self.field_names):
@@ -313,8 +383,12 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 f"{len(self.field_names)} field(s). Use sequence_length >= "
                 f"{fixed + len(self.field_names)}."
             )
+        self._prompt_init_ids = prompt_init_ids
         self._field_budget = budget
-        self._constant_ids = constant_ids
+        self._constant_ids = [
+            [self.placeholder_id] * ids if isinstance(ids, int) else ids
+            for ids in constant_ids
+        ]
 
     def _special_id(self, attribute, wanted):
         if not wanted:
@@ -492,8 +566,39 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         self._prepare()
         texts = []
         spaces = {v: s for k, v, s in self._pieces if k == "field"}
+        names = self.field_names
+        fields = {name: tf.convert_to_tensor(fields[name]) for name in names}
+        if len(names) > 1:
+            static = {
+                name: value.shape[0] if value.shape.rank else None
+                for name, value in fields.items()
+            }
+            known = {n for n in static.values() if n is not None}
+            if len(known) > 1:
+                raise ValueError(
+                    "The template's fields must have the same number of "
+                    f"rows. Received: {_field_sizes(static)}"
+                )
+            # At run time too, before any op reads the rows (rows past a
+            # shorter field's end would be read, or the process aborted).
+            first = names[0]
+            rows = tf.shape(fields[first], out_type="int64")[0]
+            checks = [
+                tf.debugging.assert_equal(
+                    tf.shape(fields[name], out_type="int64")[0],
+                    rows,
+                    message=(
+                        f"The template's fields must have the same number "
+                        f"of rows: field {name!r} has a different number "
+                        f"than field {first!r}."
+                    ),
+                )
+                for name in names[1:]
+            ]
+            with tf.control_dependencies(checks):
+                fields = {k: tf.identity(v) for k, v in fields.items()}
         for name in self.field_names:
-            text = tf.convert_to_tensor(fields[name])
+            text = fields[name]
             if self._spaced and spaces[name]:
                 # Empty text stays empty: a lone space would be a token.
                 text = tf.where(
@@ -579,16 +684,25 @@ class PromptTemplate(keras_hub.models.Preprocessor):
     def _call(self, x):
         fields = self._standardize(x)
         if tf.inside_function():
-            outputs = self._pack_any_rank(
-                {k: tf.convert_to_tensor(v) for k, v in fields.items()}
-            )
+            fields = {k: tf.convert_to_tensor(v) for k, v in fields.items()}
+            for name, value in fields.items():
+                _check_field_values(name, value)
+            outputs = self._pack_any_rank(fields)
         else:
+            for name, value in fields.items():
+                _check_field_values(name, value)
             fields = {
                 k: v if isinstance(v, tf.Tensor) else tf.constant(v)
                 for k, v in fields.items()
             }
             scalar = fields[self.field_names[0]].shape.rank == 0
             fields = {k: tf.reshape(v, [-1]) for k, v in fields.items()}
+            sizes = {k: int(v.shape[0]) for k, v in fields.items()}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(
+                    "The template's fields must have the same number of "
+                    f"rows. Received: {_field_sizes(sizes)}"
+                )
             if self._packing_function is None:
                 # Keras-hub tokenizers run their TensorFlow path in graphs.
                 self._packing_function = tf.function(
