@@ -44,6 +44,42 @@ def _check_single_task(ptuning):
         )
 
 
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+
+
+def _check_path(filepath):
+    if not isinstance(filepath, (str, os.PathLike)):
+        raise TypeError(
+            f"`filepath` must be a path. Received: filepath={filepath!r}"
+        )
+    if not os.fspath(filepath):
+        raise ValueError(
+            f"`filepath` must not be empty. Received: filepath={filepath!r}"
+        )
+
+
+def _float32_array(value, what, source):
+    """`value` as a finite float32 numpy array, or a `ValueError`."""
+    try:
+        if ops.is_tensor(value):
+            value = ops.convert_to_numpy(value)
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"values of dtype {array.dtype}")
+        array = array.astype("float32")
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"The {what} of {source} is not an array of real numbers ({error})."
+        ) from error
+    if not np.isfinite(array).all():
+        raise ValueError(
+            f"The {what} of {source} holds non-finite values (NaN or inf)."
+        )
+    return array
+
+
 # Backbone config entries that a prompt depends on: an adapter is refused
 # by a backbone whose entries differ (another checkpoint's architecture).
 ARCHITECTURE_KEYS = (
@@ -125,13 +161,24 @@ class AdapterMixin:
                 that a model loading the adapter can resume training.
             overwrite: bool. Whether an existing file may be replaced.
         """
-        if not isinstance(filepath, (str, os.PathLike)):
-            raise TypeError(
-                f"`filepath` must be a path. Received: filepath={filepath!r}"
+        _check_path(filepath)
+        _check_bool("include_encoder", include_encoder)
+        _check_bool("overwrite", overwrite)
+        if os.path.isdir(filepath):
+            raise ValueError(
+                "`filepath` is a directory; an adapter is written to a file. "
+                f"Received: filepath={filepath!r}"
             )
         if os.path.exists(filepath) and not overwrite:
             raise ValueError(
                 f"`filepath` exists and overwrite=False. Received: "
+                f"filepath={filepath!r}"
+            )
+        parent = os.path.dirname(os.path.abspath(filepath))
+        if not os.path.isdir(parent):
+            why = "is a file" if os.path.exists(parent) else "does not exist"
+            raise ValueError(
+                f"The directory of `filepath`, {parent!r}, {why}. Received: "
                 f"filepath={filepath!r}"
             )
         ptuning = self._ptuning_backbone()
@@ -171,13 +218,18 @@ class AdapterMixin:
                 }
             )
         # Write next to the target, then move into place: never half-written.
-        temporary = f"{filepath}.tmp-{os.getpid()}"
+        temporary = f"{os.fspath(filepath)}.tmp-{os.getpid()}"
         try:
             with h5py.File(temporary, "w") as f:
                 f.attrs["config"] = json.dumps(config)
                 for name, value in arrays.items():
                     f.create_dataset(name, data=value)
             os.replace(temporary, filepath)
+        except OSError as error:
+            raise ValueError(
+                f"The adapter could not be written to `filepath` ({error}). "
+                f"Received: filepath={filepath!r}"
+            ) from error
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
@@ -196,33 +248,12 @@ class AdapterMixin:
         model to the collapsed prompt (`prompt_source="table"`). A compiled
         model is recompiled from its compile config, with a fresh optimizer.
         """
+        _check_path(filepath)
         if not os.path.isfile(filepath):
             raise ValueError(
                 f"`filepath` is not a file. Received: filepath={filepath!r}"
             )
-        with h5py.File(filepath, "r") as f:
-            config = json.loads(f.attrs.get("config", "{}"))
-            if config.get("format") != ADAPTER_FORMAT:
-                raise ValueError(
-                    f"{filepath!r} is not a keras_ptuning adapter file."
-                )
-            version = config.get("format_version")
-            if not isinstance(version, int) or not (
-                1 <= version <= ADAPTER_FORMAT_VERSION
-            ):
-                raise ValueError(
-                    f"{filepath!r} has adapter format_version={version!r}; "
-                    f"this keras_ptuning ({__version__}) reads versions 1 to "
-                    f"{ADAPTER_FORMAT_VERSION}."
-                )
-            arrays = {}
-            f.visititems(
-                lambda name, item: (
-                    arrays.__setitem__(name, item[()])
-                    if isinstance(item, h5py.Dataset)
-                    else None
-                )
-            )
+        config, arrays = _read_adapter(filepath)
         check_adapter_backbone(
             config, self._ptuning_backbone().backbone, f"{filepath!r}"
         )
@@ -234,18 +265,13 @@ class AdapterMixin:
                 f"placeholder_id={self._ptuning_backbone().placeholder_id} "
                 f"({_placement(self._ptuning_backbone().placeholder_id)})."
             )
-        head_arrays = {
-            name[len("head/") :]: value
-            for name, value in arrays.items()
-            if name.startswith("head/")
-        }
+        head_arrays = arrays["head"]
         if head_arrays and self._head_pooling() is not None:
             # Adapters written before the readout was recorded read HF's.
             stored = config.get(
                 "head_pooling", hf_pooling(self._ptuning_backbone())
             )
             check_head_pooling(self, stored, "pooling", f"{filepath!r}")
-        encoder_arrays = None
         if config["include_encoder"]:
             prompt_config = self._ptuning_backbone().prompt_config.to_dict()
             if config["prompt_config"] != prompt_config:
@@ -254,15 +280,11 @@ class AdapterMixin:
                     f"{config['prompt_config']} differs from this model's "
                     f"{prompt_config}."
                 )
-            encoder_arrays = [
-                arrays[f"encoder/{i}"]
-                for i in range(len(config["encoder_weights"]))
-            ]
         self.set_trained_weights(
             arrays["prompt_table"],
             head_arrays,
-            encoder_arrays,
-            source=f"the adapter (a {config['task']})",
+            arrays["encoder"],
+            source=f"the adapter {filepath!r} (a {config['task']})",
         )
 
     def set_trained_weights(
@@ -279,19 +301,49 @@ class AdapterMixin:
                 otherwise it switches to the collapsed `prompt_table`.
             source: what the weights come from, for error messages.
 
-        Every shape is checked before anything changes; a mismatch raises a
-        `ValueError` naming both shapes.
+        Every value and shape is checked before anything changes: a mismatch
+        raises a `ValueError` naming both shapes, and so does an array that
+        is not of finite real numbers (strings, NaN, inf).
         """
         ptuning = self._ptuning_backbone()
         _check_single_task(ptuning)
         encoder_variables = ptuning.prompt_encoder.weights
-        head = head or {}
+        if head is None:
+            head = {}
+        if not isinstance(head, dict):
+            raise TypeError(
+                "`head` must be a dict of head weight name to array. "
+                f"Received: head of type {type(head).__name__}"
+            )
+        if encoder is not None and not isinstance(encoder, (list, tuple)):
+            raise TypeError(
+                "`encoder` must be a list of arrays, the prompt encoder's "
+                f"weights in order. Received: encoder of type "
+                f"{type(encoder).__name__}"
+            )
+        # Every value converted (and checked) before anything is assigned.
+        prompt_table = _float32_array(prompt_table, "prompt", source)
+        head = {
+            name: _float32_array(value, f"head weight {name!r}", source)
+            for name, value in head.items()
+        }
+        if encoder is not None:
+            encoder = [
+                _float32_array(value, f"encoder weight {index}", source)
+                for index, value in enumerate(encoder)
+            ]
         hidden_dim, num_tokens = ptuning.hidden_dim, ptuning.num_virtual_tokens
-        found = tuple(np.shape(prompt_table))
-        if len(found) != 2 or found[1] != hidden_dim:
+        found = prompt_table.shape
+        if len(found) != 2:
+            raise ValueError(
+                f"{source} has a prompt of shape {found}, which is not 2-D: "
+                f"this model needs (num_virtual_tokens, hidden_dim) = "
+                f"{(num_tokens, hidden_dim)}."
+            )
+        if found[1] != hidden_dim:
             raise ValueError(
                 f"{source} has a prompt of shape {found}: it was trained on a "
-                f"backbone of hidden size {found[-1]}, this model's is "
+                f"backbone of hidden size {found[1]}, this model's is "
                 f"{hidden_dim}."
             )
         if found[0] != num_tokens:
@@ -302,12 +354,12 @@ class AdapterMixin:
         head_variables = self._head_variables()
         if set(head) != set(head_variables):
             raise ValueError(
-                f"{source} holds head weights {sorted(head)}; this "
+                f"{source} holds head weights {sorted(head, key=repr)}; this "
                 f"{type(self).__name__} has {sorted(head_variables)}."
             )
         for name, variable in head_variables.items():
             _check_shape(
-                f"head weight {name!r}", variable.shape, np.shape(head[name])
+                f"head weight {name!r}", variable.shape, head[name].shape
             )
         if encoder is not None:
             if len(encoder) != len(encoder_variables):
@@ -319,7 +371,7 @@ class AdapterMixin:
                 _check_shape(
                     f"encoder weight {variable.path!r}",
                     variable.shape,
-                    np.shape(value),
+                    value.shape,
                 )
 
         # All checked: now change the model.
@@ -349,7 +401,170 @@ class AdapterMixin:
                 self.compile_from_config(compile_config)
 
 
+def _invalid(filepath, why):
+    return ValueError(
+        f"{filepath!r} is not a valid keras_ptuning adapter: {why}"
+    )
+
+
+def _open(filepath):
+    try:
+        return h5py.File(filepath, "r")
+    except OSError as error:
+        raise _invalid(
+            filepath, f"it cannot be read as an HDF5 file ({error})."
+        ) from error
+
+
+def _config_object(f, filepath):
+    """The file's JSON config, a dict (`{}` when the file has none)."""
+    raw = f.attrs.get("config", "{}")
+    if not isinstance(raw, (str, bytes)):
+        raise _invalid(
+            filepath,
+            f"its config attribute is of type {type(raw).__name__}, not "
+            "JSON text.",
+        )
+    try:
+        config = json.loads(raw)
+    except ValueError as error:
+        raise _invalid(
+            filepath, f"its config is not valid JSON ({error})."
+        ) from error
+    if not isinstance(config, dict):
+        raise _invalid(
+            filepath,
+            f"its config is a JSON {type(config).__name__}, not an object.",
+        )
+    return config
+
+
+# Config entries every adapter has had, and their types; then optional ones
+# (absent from files written before they were recorded), and their types.
+REQUIRED_ENTRIES = {
+    "task": (str,),
+    "include_encoder": (bool,),
+    "encoder_weights": (list,),
+    "prompt_config": (dict,),
+}
+OPTIONAL_ENTRIES = {
+    "backbone_class": (str,),
+    "backbone_architecture": (dict,),
+    "placeholder_id": (int, type(None)),
+    "head": (dict,),
+    "head_pooling": (str, type(None)),
+}
+JSON_TYPE_NAMES = {
+    str: "a string",
+    bool: "a bool",
+    int: "an integer",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _check_config(config, filepath):
+    if config.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{filepath!r} is not a keras_ptuning adapter file.")
+    version = config.get("format_version")
+    if (
+        isinstance(version, bool)
+        or not isinstance(version, int)
+        or not (1 <= version <= ADAPTER_FORMAT_VERSION)
+    ):
+        raise ValueError(
+            f"{filepath!r} has adapter format_version={version!r}; "
+            f"this keras_ptuning ({__version__}) reads versions 1 to "
+            f"{ADAPTER_FORMAT_VERSION}."
+        )
+    missing = sorted(set(REQUIRED_ENTRIES) - set(config))
+    if missing:
+        raise _invalid(filepath, f"its config lacks the entries {missing}.")
+    for key, types in {**REQUIRED_ENTRIES, **OPTIONAL_ENTRIES}.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(
+            value, types
+        ):
+            expected = " or ".join(JSON_TYPE_NAMES[t] for t in types)
+            raise _invalid(
+                filepath,
+                f"its config entry {key!r} must be {expected}. Found: "
+                f"{key}={value!r}",
+            )
+    if not all(isinstance(name, str) for name in config["encoder_weights"]):
+        raise _invalid(
+            filepath,
+            "its config entry 'encoder_weights' must list weight names. "
+            f"Found: encoder_weights={config['encoder_weights']!r}",
+        )
+
+
+def _numeric_dataset(f, name, filepath):
+    item = f.get(name)
+    if item is None:
+        raise _invalid(filepath, f"it has no {name!r} array.")
+    if not isinstance(item, h5py.Dataset):
+        raise _invalid(
+            filepath,
+            f"{name!r} is an HDF5 {type(item).__name__}, not an array.",
+        )
+    if item.shape is None:
+        raise _invalid(filepath, f"{name!r} is empty (a null dataspace).")
+    if item.dtype.kind not in "biuf":
+        raise _invalid(
+            filepath,
+            f"{name!r} holds values of dtype {item.dtype}, not numbers.",
+        )
+    return item[()]
+
+
+def _read_adapter(filepath):
+    """The checked config and arrays of the adapter file at `filepath`.
+
+    Returns `(config, arrays)`: `arrays` has `"prompt_table"`, `"head"` (a
+    dict of name to array) and `"encoder"` (the list of encoder weights, or
+    `None` without them). Anything missing, mistyped or unreadable raises a
+    `ValueError` naming the file.
+    """
+    try:
+        with _open(filepath) as f:
+            config = _config_object(f, filepath)
+            _check_config(config, filepath)
+            arrays = {
+                "prompt_table": _numeric_dataset(f, "prompt_table", filepath)
+            }
+            head = f.get("head")
+            if head is not None and not isinstance(head, h5py.Group):
+                raise _invalid(filepath, "'head' is not an HDF5 group.")
+            arrays["head"] = {
+                name: _numeric_dataset(f, f"head/{name}", filepath)
+                for name in (head.keys() if head is not None else ())
+            }
+            arrays["encoder"] = None
+            if config["include_encoder"]:
+                count = len(config["encoder_weights"])
+                encoder = []
+                for index in range(count):
+                    name = f"encoder/{index}"
+                    if f.get(name) is None:
+                        raise _invalid(
+                            filepath,
+                            f"its config lists {count} encoder weights, but "
+                            f"it has no {name!r} array.",
+                        )
+                    encoder.append(_numeric_dataset(f, name, filepath))
+                arrays["encoder"] = encoder
+    except OSError as error:  # A file cut short, found while reading.
+        raise _invalid(
+            filepath, f"it cannot be read as an HDF5 file ({error})."
+        ) from error
+    return config, arrays
+
+
 def read_adapter_config(filepath):
     """The JSON config stored in an adapter file."""
-    with h5py.File(filepath, "r") as f:
-        return json.loads(f.attrs["config"])
+    with _open(filepath) as f:
+        return _config_object(f, filepath)

@@ -107,7 +107,10 @@ class PromptEncoderConfig:
                 f"encoder_dropout={dropout!r}"
             )
         object.__setattr__(self, "encoder_dropout", float(dropout))
-        if self.prompt_init not in PROMPT_INITS:
+        if (
+            not isinstance(self.prompt_init, str)
+            or self.prompt_init not in PROMPT_INITS
+        ):
             raise ValueError(
                 f"`prompt_init` must be one of {PROMPT_INITS}. Received: "
                 f"prompt_init={self.prompt_init!r}"
@@ -166,7 +169,8 @@ class PromptEncoderConfig:
                 f"Received: config={config!r} of type {type(config).__name__}"
             )
         fields = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
+        # `repr`: keys of mixed types (1 and "a") do not sort by value.
+        unknown = sorted(set(config) - fields, key=repr)
         if unknown:
             raise ValueError(
                 f"Unknown `PromptEncoderConfig` fields: {unknown}. "

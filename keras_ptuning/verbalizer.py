@@ -9,6 +9,8 @@ from keras import ops
 from keras_ptuning.vocabulary import single_token_id
 
 REDUCTIONS = ("mean", "max")
+# The id table is int32.
+MAX_WORD_ID = 2**31
 
 
 def label_word_ids(verbalizer, tokenizer=None):
@@ -43,8 +45,16 @@ def label_word_ids(verbalizer, tokenizer=None):
     ids = []
     for index, class_words in enumerate(words):
         name = names[index] if names else index
+        if isinstance(class_words, np.ndarray):
+            class_words = class_words.tolist()
         if isinstance(class_words, (str, numbers.Integral)):
             class_words = [class_words]
+        if not isinstance(class_words, (list, tuple)):
+            raise TypeError(
+                f"`verbalizer` class {name!r} must be a label word or a "
+                f"list of label words. Received: {class_words!r} in "
+                f"verbalizer={verbalizer!r}"
+            )
         if not class_words:
             raise ValueError(
                 f"`verbalizer` class {name!r} has no label words. Received: "
@@ -109,17 +119,27 @@ class Verbalizer(keras.layers.Layer):
 
     def __init__(self, word_ids, reduction="mean", **kwargs):
         super().__init__(**kwargs)
-        if reduction not in REDUCTIONS:
+        if not isinstance(reduction, str) or reduction not in REDUCTIONS:
             raise ValueError(
                 f"`reduction` must be one of {REDUCTIONS}. Received: "
                 f"reduction={reduction!r}"
             )
+        if isinstance(word_ids, np.ndarray):
+            word_ids = word_ids.tolist()
+        if not isinstance(word_ids, (list, tuple)) or not all(
+            isinstance(w, (list, tuple, np.ndarray)) for w in word_ids
+        ):
+            raise TypeError(
+                "`word_ids` must be a list, one per class, of lists of token "
+                f"ids. Received: word_ids={word_ids!r}"
+            )
         _, word_ids = label_word_ids([list(w) for w in word_ids])
         for class_ids in word_ids:
             for word_id in class_ids:
-                if word_id < 0:
+                if not 0 <= word_id < MAX_WORD_ID:
                     raise ValueError(
-                        f"Label word ids must be >= 0. Received: {word_ids}"
+                        "`word_ids` must be token ids in [0, 2**31). "
+                        f"Received: word_ids={word_ids}"
                     )
         self.word_ids = word_ids
         self.reduction = reduction
