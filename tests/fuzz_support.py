@@ -58,25 +58,15 @@ def fuzz_settings(max_examples):
 
 # === Counting the inputs ===
 
-# `TRIED[test]`: how many inputs worked, were refused cleanly, or hit a
-# known bug (`known:<id>`, each checked by its xfail test instead).
+# `TRIED[test]`: how many inputs worked or were refused cleanly.
 TRIED = collections.defaultdict(collections.Counter)
 # `REFUSALS[test]`: the refusals' messages (first words), most common
 # first in `report`, to see what the inputs mostly run into.
 REFUSALS = collections.defaultdict(collections.Counter)
-# The key each test's last input was counted under (for `recount`).
-_LAST = {}
 
 
 def count(test, key):
     TRIED[test][key] += 1
-    _LAST[test] = key
-
-
-def recount(test, key):
-    """Moves `test`'s last input from where it was counted to `key`."""
-    TRIED[test][_LAST[test]] -= 1
-    count(test, key)
 
 
 def report(test, minimum):
@@ -89,12 +79,6 @@ def report(test, minimum):
         print(f"    {count} x {message}")
     assert total >= minimum, (test, dict(counts))
     return total
-
-
-def known_bug(test, bug):
-    """Counts an input of `test` that hits the known bug `bug` (see
-    `KNOWN_BUGS` in `fuzz_test.py`): its xfail test checks it instead."""
-    count(test, f"known:{bug}")
 
 
 # === The property ===
@@ -168,20 +152,11 @@ def works_or_refuses(test, call, names):
     return True, result
 
 
-def violation_type(violation):
-    """The exception type behind a `Violation` (`Violation` itself for an
-    unnamed `ValueError`/`TypeError`, a hang or a half-written file)."""
-    cause = violation.__cause__
-    if cause is None or isinstance(cause, (ValueError, TypeError)):
-        return Violation
-    return type(cause)
-
-
 def refuse_cleanly(call, names):
-    """For the xfail reproducers: `call()` must raise a `ValueError` or
-    `TypeError` naming one of `names`. Another exception propagates as
-    is (so `xfail(raises=...)` pins it); an unnamed message or no error
-    raises `Violation`."""
+    """For the regression tests: `call()` must raise a `ValueError` or
+    `TypeError` naming one of `names` (returned). Another exception
+    propagates as is; an unnamed message or no error raises
+    `Violation`."""
     try:
         call()
     except (ValueError, TypeError) as error:
@@ -245,11 +220,6 @@ def mostly(right, *others):
     return weighted((len(others), right), *((1, o) for o in others))
 
 
-def is_multi_element_array(value):
-    """Whether `value` is an array whose truth value numpy refuses."""
-    return isinstance(value, np.ndarray) and value.size != 1
-
-
 # === Files ===
 
 
@@ -305,7 +275,6 @@ H5_DTYPES = (
     "vlen_str",
     "compound",
 )
-NUMERIC_DTYPES = ("int32", "int64", "bool", "float16", "float64", "complex64")
 
 
 def retyped(array, dtype):
@@ -360,7 +329,7 @@ def h5_dataset_names(path):
 
 def adapter_mutations(config_keys, dataset_names):
     """A strategy of one mutation of an adapter file: a tuple whose first
-    item is its kind (also its tag for known bugs)."""
+    item is its kind."""
     keys = st.sampled_from(sorted(config_keys))
     datasets = st.sampled_from(sorted(dataset_names))
     config_values = st.one_of(

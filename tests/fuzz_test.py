@@ -27,11 +27,18 @@ the target does not exist or is unchanged, and a refused load leaves the
 model unchanged. Successful calls are checked too (template outputs,
 verbalizer scores, round trips).
 
-Known bugs: an input that breaks the property in a way `KNOWN_BUGS` lists
-is counted (`known:<bug>`), not failed; each bug has a strict xfail test
-at the end of this file with its minimal reproducer. Once a bug is fixed,
-remove its xfail mark and its `KNOWN_BUGS` entry (the property tests then
-check those inputs too).
+Bugs found: the suite found 23 library bugs, all fixed; each is now a
+regression test at the end of this file (`test_regression_*`), and the
+property tests check their inputs like any other. By area: templates 4
+(huge `[P:n]` counts, non-string fields, fields of different row counts,
+and arrays passed for string or bool arguments, there and in configs,
+verbalizers and the savers), configs and verbalizers 5 (`from_dict` keys
+of mixed types, flat word ids, ids past int32, label words not a list,
+choice format syntax), adapter files 6 (config structure, array
+structure, unreadable files, half-applied loads, save paths, load path
+types), PEFT adapters 6 (config not an object, unreadable safetensors,
+heads not 2-D, directories not paths, base names not JSON, saves under a
+file) and export 2 (a path that is a file, a parent that is a file).
 
 Budget: fixed seeds (`derandomize=True`), no example database, no
 deadline (a call answering in more than `fuzz_support.HANG_SECONDS` is a
@@ -46,13 +53,11 @@ import json
 import os
 import pathlib
 import shutil
-import string
 
 import h5py
 import keras_hub
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,52 +91,12 @@ from tests.support import run_on_one_backend
 from tests.support import sentencepiece_tokenizer
 from tests.support import to_numpy
 
-# Each known bug: what breaks, and the xfail test reproducing it.
-KNOWN_BUGS = {
-    "template-slot-count-overflow": "test_bug_template_huge_slot_count",
-    "array-argument": "test_bug_arguments_given_arrays",
-    "template-field-types": "test_bug_template_non_string_fields",
-    "template-batch-mismatch": "test_bug_template_fields_of_different_sizes",
-    "config-mixed-key-types": "test_bug_config_from_dict_mixed_key_types",
-    "verbalizer-flat-word-ids": "test_bug_verbalizer_flat_word_ids",
-    "verbalizer-int32": "test_bug_verbalizer_ids_beyond_int32",
-    "label-words-not-a-list": "test_bug_label_words_not_a_list",
-    "choice-format-syntax": "test_bug_choice_format_syntax",
-    "adapter-config-structure": "test_bug_adapter_config_structure",
-    "adapter-array-structure": "test_bug_adapter_array_structure",
-    "adapter-unreadable-file": "test_bug_adapter_unreadable_file",
-    "adapter-half-applied": "test_bug_adapter_load_half_applied",
-    "adapter-save-os-error": "test_bug_adapter_save_os_errors",
-    "adapter-load-path-type": "test_bug_adapter_load_path_none",
-    "peft-config-not-an-object": "test_bug_peft_config_not_an_object",
-    "peft-unreadable-tensors": "test_bug_peft_unreadable_safetensors",
-    "peft-head-not-2d": "test_bug_peft_head_not_2d_into_a_backbone",
-    "peft-directory-type": "test_bug_peft_directory_not_a_path",
-    "peft-save-base-not-json": "test_bug_peft_save_base_not_json",
-    "peft-save-os-error": "test_bug_peft_save_under_a_file",
-    "export-path-is-a-file": "test_bug_export_path_is_a_file",
-    "export-parent-is-a-file": "test_bug_export_parent_is_a_file",
-}
 
-
-def check_property(test, call, names, known=()):
+def check_property(test, call, names):
     """The property for one input: `call()` works (returns `(True,
-    result)`) or refuses naming one of `names` (`(False, error)`).
-
-    `known`: `(bug, exception types)` pairs this input may hit; a
-    violation whose exception is of one of those types counts as that
-    known bug (returns `None`). Any other violation fails the test.
-    """
-    try:
-        return fuzz.works_or_refuses(test, call, names)
-    except Violation as violation:
-        kind = fuzz.violation_type(violation)
-        for bug, types in known:
-            assert bug in KNOWN_BUGS, bug
-            if issubclass(kind, types):
-                fuzz.known_bug(test, bug)
-                return None
-        raise
+    result)`) or refuses naming one of `names` (`(False, error)`); any
+    other outcome raises `Violation`."""
+    return fuzz.works_or_refuses(test, call, names)
 
 
 # === Tokenizers and words ===
@@ -245,24 +210,6 @@ TEMPLATE_KWARGS = st.fixed_dictionaries(
 )
 
 
-def _template_known_bugs(template, kwargs):
-    known = []
-    if isinstance(template, str) and str(HUGE_SLOT_COUNT) in template:
-        known.append(("template-slot-count-overflow", OverflowError))
-    if any(
-        fuzz.is_multi_element_array(kwargs.get(name))
-        for name in (
-            "truncate",
-            "segment_ids",
-            "text_slots",
-            "add_start_token",
-            "add_end_token",
-        )
-    ):
-        known.append(("array-argument", Violation))
-    return known
-
-
 def test_template_strings_and_arguments(tokenizers):
     test = "template_strings_and_arguments"
 
@@ -278,9 +225,8 @@ def test_template_strings_and_arguments(tokenizers):
             test,
             lambda: PromptTemplate(template, tokenizer, **kwargs),
             TEMPLATE_ARGUMENTS,
-            _template_known_bugs(template, kwargs),
         )
-        if outcome and outcome[0]:
+        if outcome[0]:
             _check_built_template(test, outcome[1], tokenizer)
 
     check()
@@ -395,20 +341,14 @@ def test_template_field_inputs(field_templates):
     def check(kind, data):
         template = field_templates[kind]
         form, x = data.draw(field_inputs(template.field_names))
-        if form == "non_strings":
-            # Each new dtype traces the packing function again (seconds).
-            return fuzz.known_bug(test, "template-field-types")
-        if form == "other_sizes":
-            # Reads past the ends of the shorter field's rows, or aborts
-            # the process (see the xfail test): never run here.
-            return fuzz.known_bug(test, "template-batch-mismatch")
         names = [repr(n) for n in template.field_names]
         names += ["field", "placeholder_id"]
         outcome = check_property(test, lambda: template(x), names)
         if outcome[0]:
             _check_packed(template, x, outcome[1])
         else:
-            assert form in ("missing", "positional") or (
+            refused = ("missing", "positional", "non_strings", "other_sizes")
+            assert form in refused or (
                 kind == "sentencepiece" and "placeholder_id" in str(outcome[1])
             ), outcome[1]
 
@@ -498,12 +438,6 @@ def _check_config(config):
     )
 
 
-def _config_known_bugs(values):
-    if fuzz.is_multi_element_array(values.get("prompt_init")):
-        return [("array-argument", Violation)]
-    return []
-
-
 def test_prompt_encoder_config_arguments():
     test = "prompt_encoder_config_arguments"
     # A missing or unknown keyword names itself in Python's TypeError.
@@ -523,21 +457,12 @@ def test_prompt_encoder_config_arguments():
             test,
             lambda: PromptEncoderConfig(**kwargs, **extra),
             names_here,
-            _config_known_bugs(kwargs),
         )
-        if outcome and outcome[0]:
+        if outcome[0]:
             _check_config(outcome[1])
 
     check()
     fuzz.report(test, LARGE // 2)
-
-
-def _sortable(keys):
-    try:
-        sorted(keys)
-    except TypeError:
-        return False
-    return True
 
 
 def test_prompt_encoder_config_from_dict():
@@ -558,14 +483,10 @@ def test_prompt_encoder_config_from_dict():
         else:
             config = odd
         names = CONFIG_FIELDS + ["config", "PromptEncoderConfig"]
-        known = _config_known_bugs(values)
-        unknown = set(config) - set(CONFIG_FIELDS) if form == "dict" else ()
-        if not _sortable(unknown):
-            known.append(("config-mixed-key-types", Violation))
         outcome = check_property(
-            test, lambda: PromptEncoderConfig.from_dict(config), names, known
+            test, lambda: PromptEncoderConfig.from_dict(config), names
         )
-        if outcome and outcome[0]:
+        if outcome[0]:
             _check_config(outcome[1])
 
     check()
@@ -605,29 +526,6 @@ def valid_word_ids(draw, width=None):
     return [ids[end - size : end] for size, end in zip(sizes, ends)]
 
 
-def _iterable(value):
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _verbalizer_known_bugs(word_ids, reduction):
-    known = []
-    if not _iterable(word_ids) or not all(
-        _iterable(entry) for entry in word_ids
-    ):
-        known.append(("verbalizer-flat-word-ids", Violation))
-    elif any(
-        isinstance(i, int) and i >= 2**31 for entry in word_ids for i in entry
-    ):
-        known.append(("verbalizer-int32", OverflowError))
-    if fuzz.is_multi_element_array(reduction):
-        known.append(("array-argument", Violation))
-    return known
-
-
 def test_verbalizer_word_ids():
     test = "verbalizer_word_ids"
     rng = np.random.default_rng(0)
@@ -648,9 +546,8 @@ def test_verbalizer_word_ids():
             test,
             lambda: Verbalizer(word_ids, reduction=reduction),
             ["word_ids", "verbalizer", "label word", "Label word", "reduction"],
-            _verbalizer_known_bugs(word_ids, reduction),
         )
-        if not outcome or not outcome[0]:
+        if not outcome[0]:
             return
         verbalizer = outcome[1]
         ids = verbalizer.word_ids
@@ -708,20 +605,6 @@ def valid_label_words(draw):
     return dict(zip(names, classes))
 
 
-def _label_words_known_bugs(verbalizer):
-    classes = []
-    if isinstance(verbalizer, dict):
-        classes = list(verbalizer.values())
-    elif isinstance(verbalizer, (list, tuple)):
-        classes = list(verbalizer)
-    if any(
-        entry and not isinstance(entry, (str, int)) and not _iterable(entry)
-        for entry in classes
-    ):
-        return [("label-words-not-a-list", Violation)]
-    return []
-
-
 def test_verbalizer_label_words(tokenizers):
     """The `verbalizer=` argument of the masked-LM models, as they resolve
     it with their tokenizer (`label_word_ids`)."""
@@ -747,9 +630,8 @@ def test_verbalizer_label_words(tokenizers):
             test,
             lambda: label_word_ids(verbalizer, tokenizer),
             ["verbalizer", "label word", "Label word"],
-            _label_words_known_bugs(verbalizer),
         )
-        if not outcome or not outcome[0]:
+        if not outcome[0]:
             return
         names, ids = outcome[1]
         assert len(ids) == len(verbalizer) >= 2
@@ -824,33 +706,6 @@ def valid_choices(draw):
     return dict(zip(names, texts))
 
 
-def _plain_format(text):
-    """Whether `text`'s format fields are all `{name}` (an identifier, an
-    optional `!r`/`!s`/`!a` and a spec without fields)."""
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError:
-        return False
-    return all(
-        name is None
-        or (
-            name.isidentifier()
-            and conversion in (None, "r", "s", "a")
-            and "{" not in (spec or "")
-        )
-        for _, name, spec, conversion in parsed
-    )
-
-
-def _choice_known_bugs(choices):
-    texts = choices.values() if isinstance(choices, dict) else choices
-    if isinstance(texts, (str, bytes)) or not _iterable(texts):
-        return []
-    if not all(_plain_format(t) for t in texts if isinstance(t, str)):
-        return [("choice-format-syntax", (Violation, IndexError, KeyError))]
-    return []
-
-
 def test_choice_template_choices(choice_context):
     test = "choice_template_choices"
 
@@ -877,16 +732,14 @@ def test_choice_template_choices(choice_context):
         data=st.data(),
     )
     def check(choices, max_choice_length, batch, extra_fields, labels, data):
-        known = _choice_known_bugs(choices)
         outcome = check_property(
             test,
             lambda: ChoiceTemplate(
                 choice_context, choices, max_choice_length=max_choice_length
             ),
             CHOICE_NAMES,
-            known,
         )
-        if not outcome or not outcome[0]:
+        if not outcome[0]:
             return
         choice_template = outcome[1]
         rows = st.lists(TEXT, min_size=batch, max_size=batch)
@@ -896,9 +749,9 @@ def test_choice_template_choices(choice_context):
         }
         y = None if labels is None else [labels] * batch
         outcome = check_property(
-            test, lambda: choice_template(x, y), CHOICE_NAMES, known
+            test, lambda: choice_template(x, y), CHOICE_NAMES
         )
-        if outcome and outcome[0]:
+        if outcome[0]:
             result = outcome[1]
             inputs = result[0] if y is not None else result
             _check_choice_inputs(choice_template, inputs, batch)
@@ -993,28 +846,6 @@ def adapter_case(tmp_path_factory):
     return AdapterCase(str(tmp_path_factory.mktemp("adapters")))
 
 
-CONFIG_TAGS = ("config_delete", "config_set", "config_raw", "config_remove")
-ARRAY_TAGS = ("dataset_delete", "dataset_dtype", "dataset_shape")
-ARRAY_TAGS += ("dataset_group",)
-
-
-def _adapter_known_bugs(tags):
-    known = []
-    if tags & {"file_truncate", "file_garbage"}:
-        known.append(("adapter-unreadable-file", OSError))
-    if tags & set(CONFIG_TAGS):
-        known.append(
-            (
-                "adapter-config-structure",
-                (KeyError, AttributeError, IndexError, Violation),
-            )
-        )
-    if tags & set(ARRAY_TAGS):
-        # Non-numeric arrays fail in the backend's own conversion.
-        known.append(("adapter-array-structure", Exception))
-    return known
-
-
 def test_adapter_files_mutated(adapter_case):
     test = "adapter_files_mutated"
     case = adapter_case
@@ -1034,24 +865,17 @@ def test_adapter_files_mutated(adapter_case):
     def check(source, mutations):
         fuzz.mutate_adapter(case.files[source], mutated, mutations)
         _restore_state(case.target, case.baseline)
-        tags = {mutation[0] for mutation in mutations}
         outcome = check_property(
             test,
             lambda: case.target.load_adapter(mutated),
             [repr(mutated), "adapter", "filepath"],
-            _adapter_known_bugs(tags),
         )
-        state = _model_state(case.target)
-        if outcome is None or not outcome[0]:
-            if _same_state(state, case.baseline):
-                return
-            if any(
-                m[0] == "dataset_dtype" and m[2] not in fuzz.NUMERIC_DTYPES
-                for m in mutations
-            ):
-                # Counted once: as this bug, not also as what it raised.
-                return fuzz.recount(test, "known:adapter-half-applied")
-            raise Violation(f"a refused load changed the model: {mutations}")
+        if not outcome[0]:
+            if not _same_state(_model_state(case.target), case.baseline):
+                raise Violation(
+                    f"a refused load changed the model: {mutations}"
+                )
+            return
         with h5py.File(mutated, "r") as f:
             table = np.asarray(f["prompt_table"][()], "float32")
         injection = case.target._ptuning_backbone().prompt_injection
@@ -1144,41 +968,29 @@ def test_adapter_save_and_load_paths(adapter_case, tmp_path):
         root = os.path.join(str(tmp_path), str(next(counter)))
         path = _target_path(root, kind, name)
         watched = _watched(path)
-        known = []
-        if kind in ("existing_dir", "missing_parent", "under_file"):
-            known.append(("adapter-save-os-error", OSError))
-        if fuzz.is_multi_element_array(
-            include_encoder
-        ) or fuzz.is_multi_element_array(overwrite):
-            known.append(("array-argument", Violation))
         outcome = check_property(
             test,
             lambda: case.donor.save_adapter(
                 path, include_encoder=include_encoder, overwrite=overwrite
             ),
             ["filepath", "overwrite", "include_encoder"],
-            known,
         )
-        if outcome is None or not outcome[0]:
+        if not outcome[0]:
             _check_untouched(path, watched, "save_adapter")
         else:
+            assert isinstance(include_encoder, bool)
+            assert isinstance(overwrite, bool)
             config = read_adapter_config(path)
-            assert config["include_encoder"] == bool(include_encoder)
+            assert config["include_encoder"] == include_encoder
             assert fuzz.leftovers(root, watched[2]) in ([], [name])
         # Loading from the same kind of path.
         _restore_state(case.target, case.baseline)
-        known = (
-            [("adapter-load-path-type", Violation)] if kind == "none" else []
-        )
-        if kind in ("existing_file",) and (outcome is None or not outcome[0]):
-            known.append(("adapter-unreadable-file", OSError))
         outcome = check_property(
             test,
             lambda: case.target.load_adapter(path),
             ["filepath", "adapter"],
-            known,
         )
-        if outcome is None or not outcome[0]:
+        if not outcome[0]:
             assert _same_state(_model_state(case.target), case.baseline)
 
     check()
@@ -1224,17 +1036,6 @@ def peft_case(tmp_path_factory):
     return PeftCase(str(tmp_path_factory.mktemp("peft")))
 
 
-def _peft_known_bugs(tags, target):
-    known = []
-    if tags & {"config_raw"}:
-        known.append(("peft-config-not-an-object", (AttributeError, Violation)))
-    if tags & {"file_truncate", "file_garbage"}:
-        known.append(("peft-unreadable-tensors", Exception))
-    if target == "backbone" and tags & {"tensor_shape", "tensor_rename"}:
-        known.append(("peft-head-not-2d", (IndexError, Violation)))
-    return known
-
-
 def test_peft_directories_mutated(peft_case):
     from safetensors.numpy import load_file
 
@@ -1258,15 +1059,13 @@ def test_peft_directories_mutated(peft_case):
     def check(target, mutations):
         fuzz.mutate_peft(case.adapter, mutated, mutations)
         _restore_state(case.target, case.baseline)
-        tags = {mutation[0] for mutation in mutations}
         model = case.target if target == "model" else FAMILIES["bert"]()
         outcome = check_property(
             test,
             lambda: load_peft_adapter(model, mutated),
             PEFT_NAMES + [repr(mutated)],
-            _peft_known_bugs(tags, target),
         )
-        if outcome is None or not outcome[0]:
+        if not outcome[0]:
             state = _model_state(case.target)
             if not _same_state(state, case.baseline):
                 raise Violation(
@@ -1321,13 +1120,6 @@ def test_peft_save_and_load_paths(peft_case, tmp_path):
         else:
             path = _target_path(root, kind, name)
         watched = _watched(path)
-        known = []
-        if not fuzz.json_able(base):
-            known.append(("peft-save-base-not-json", Violation))
-        if kind == "under_file":
-            known.append(("peft-save-os-error", OSError))
-        if fuzz.is_multi_element_array(overwrite):
-            known.append(("array-argument", Violation))
         outcome = check_property(
             test,
             lambda: save_peft_adapter(
@@ -1339,15 +1131,11 @@ def test_peft_save_and_load_paths(peft_case, tmp_path):
             ),
             ["directory", "model", "base_model_name_or_path", "overwrite"]
             + ["transformers_version", "placeholder_id", "pooling"],
-            known,
         )
-        if outcome is None and not fuzz.json_able(base):
-            # The known bug also leaves the parents it made (see its test).
-            fuzz.check_unchanged(os.path.abspath(path), watched[0], "save")
-            return
-        if outcome is None or not outcome[0]:
+        if not outcome[0]:
             _check_untouched(path, watched, "save_peft_adapter")
             return
+        assert isinstance(overwrite, bool)
         # Written: it loads back into a model of the same shapes.
         _restore_state(case.target, case.baseline)
         loaded = load_peft_adapter(case.target, path)
@@ -1359,14 +1147,12 @@ def test_peft_save_and_load_paths(peft_case, tmp_path):
     check()
     # Loading from paths that are not adapter directories.
     for value in [None, 7, b"/nonexistent", str(tmp_path / "missing")]:
-        known = [("peft-directory-type", Violation)]
         outcome = check_property(
             test,
             lambda: load_peft_adapter(case.target, value),
             ["directory"],
-            known,
         )
-        assert outcome is None or not outcome[0]
+        assert not outcome[0]
     fuzz.report(test, SMALL // 2)
 
 
@@ -1439,13 +1225,6 @@ def test_export_arguments(export_models, tmp_path):
         root = os.path.join(str(tmp_path), str(next(counter)))
         path = "" if kind == "empty" else _target_path(root, kind, name)
         watched = _watched(path)
-        known = []
-        if fuzz.is_multi_element_array(overwrite):
-            known.append(("array-argument", Violation))
-        if kind == "existing_file":
-            known.append(("export-path-is-a-file", OSError))
-        if kind == "under_file":
-            known.append(("export-parent-is-a-file", OSError))
         del calls[:]
         outcome = check_property(
             test,
@@ -1457,11 +1236,11 @@ def test_export_arguments(export_models, tmp_path):
                 max_length=max_length,
             ),
             EXPORT_NAMES,
-            known,
         )
-        if outcome is None or not outcome[0]:
+        if not outcome[0]:
             _check_untouched(path, watched, "export_saved_model")
             return
+        assert isinstance(overwrite, bool)
         # Exported: the writer got checked arguments, the path holds it.
         [(include, length)] = calls
         assert include is include_preprocessing
@@ -1508,27 +1287,45 @@ def test_export_writes_saved_models(export_models, tmp_path):
     fuzz.report(test, 2)
 
 
-# === Known bugs: minimal reproducers (strict xfails) ===
+# === Regressions: the bugs the fuzzing found, each fixed ===
 #
-# Each test asserts the property for one input; it fails today with the
-# exception in `raises`. A fix makes it pass (XPASS fails the strict
-# xfail): then remove the mark and the bug's `KNOWN_BUGS` entry.
+# Each test is a bug's minimal reproducer: the input is now refused with a
+# `ValueError`/`TypeError` naming the argument (`refuse_cleanly`), and
+# nothing is written or changed.
 
 
-def _xfail(bug, reason, raises):
-    assert bug in KNOWN_BUGS
-    return pytest.mark.xfail(
-        strict=True, reason=f"bug: {reason}", raises=raises
+def _tree(directory):
+    """Every file's bytes and every directory under `directory`."""
+    directories = sorted(
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, names, _ in os.walk(directory)
+        for name in names
     )
+    return fuzz.snapshot(directory), directories
 
 
-@_xfail(
-    "template-slot-count-overflow",
-    "`[P:n]` with n past sys.maxsize raises OverflowError (the slot list "
-    "is built before the length check; n near 1e9 allocates gigabytes)",
-    OverflowError,
-)
-def test_bug_template_huge_slot_count(tokenizers):
+def refuse_leaving(directory, call, names):
+    """`refuse_cleanly(call, names)`, and `directory` holds the same files
+    and directories afterwards."""
+    before = _tree(directory)
+    error = refuse_cleanly(call, names)
+    if _tree(directory) != before:
+        raise Violation(f"a refused call changed {directory!r}")
+    return error
+
+
+def refuse_loading(model, call, names):
+    """`refuse_cleanly(call, names)` on a model reset to its state before,
+    and the model is unchanged afterwards (`model`: a case's target)."""
+    before = _model_state(model)
+    error = refuse_cleanly(call, names)
+    if not _same_state(_model_state(model), before):
+        raise Violation("a refused load changed the model")
+    return error
+
+
+def test_regression_template_huge_slot_count(tokenizers):
+    # Was an OverflowError (and gigabytes allocated for n near 1e9).
     refuse_cleanly(
         lambda: PromptTemplate(
             "{a} [P:99999999999999999999]",
@@ -1543,168 +1340,144 @@ def _wordpiece_template(**kwargs):
     return PromptTemplate("[P] {a}", bert_tokenizer(), **kwargs)
 
 
-def _save_adapter(request, **kwargs):
-    case = request.getfixturevalue("adapter_case")
-    path = os.path.join(case.directory, "array_argument.adapter.h5")
-    case.donor.save_adapter(path, **kwargs)
+def _calling(make, **kwargs):
+    """A `prepare(request, directory)` returning `lambda: make(**kwargs)`."""
+    return lambda request, directory: lambda: make(**kwargs)
 
 
-def _save_peft_adapter(request, **kwargs):
-    case = request.getfixturevalue("peft_case")
-    save_peft_adapter(case.donor, case.adapter, **kwargs)
+def _saving_adapter(**kwargs):
+    """`save_adapter` to a new file of the directory."""
+
+    def prepare(request, directory):
+        case = request.getfixturevalue("adapter_case")
+        path = os.path.join(directory, "new.adapter.h5")
+        return lambda: case.donor.save_adapter(path, **kwargs)
+
+    return prepare
 
 
-@_xfail(
-    "array-argument",
-    "an array for a string-choice or bool argument raises numpy's 'truth "
-    "value of an array is ambiguous' ValueError, naming nothing",
-    Violation,
-)
-@pytest.mark.parametrize(
-    "name, make",
-    [
-        (
-            "truncate",
-            lambda r: _wordpiece_template(
-                truncate=np.array(["round_robin", "waterfall"])
-            ),
-        ),
-        (
-            "text_slots",
-            lambda r: _wordpiece_template(
-                text_slots=np.array(["prompt", "text"])
-            ),
-        ),
-        (
-            "segment_ids",
-            lambda r: _wordpiece_template(segment_ids=np.array([True, False])),
-        ),
-        (
-            "prompt_init",
-            lambda r: PromptEncoderConfig(
-                3, prompt_init=np.array(["random", "text"])
-            ),
-        ),
-        (
-            "reduction",
-            lambda r: Verbalizer(
-                [[1], [2]], reduction=np.array(["mean", "max"])
-            ),
-        ),
-        (
-            "include_encoder",
-            lambda r: _save_adapter(r, include_encoder=np.array([1, 2])),
-        ),
-        (
-            "overwrite",
-            lambda r: _save_peft_adapter(r, overwrite=np.array([1, 2])),
-        ),
-    ],
-    ids=[
-        "truncate",
-        "text_slots",
-        "segment_ids",
-        "prompt_init",
-        "reduction",
-        "include_encoder",
-        "peft_overwrite",
-    ],
-)
-def test_bug_arguments_given_arrays(request, name, make):
-    refuse_cleanly(lambda: make(request), [name])
+def _saving_peft_adapter(**kwargs):
+    """`save_peft_adapter` over a PEFT adapter the directory holds."""
+
+    def prepare(request, directory):
+        case = request.getfixturevalue("peft_case")
+        path = os.path.join(directory, "adapter")
+        shutil.copytree(case.adapter, path)
+        return lambda: save_peft_adapter(case.donor, path, **kwargs)
+
+    return prepare
 
 
-@_xfail(
-    "template-field-types",
-    "non-string field values fail in TensorFlow's conversion or inside the "
-    "traced tokenizer, with messages that name no field",
-    (Violation, TypeError),
-)
+def _exporting(**kwargs):
+    """`export_saved_model` (writer stubbed) over an existing export."""
+
+    def prepare(request, directory):
+        model = request.getfixturevalue("export_models")["backbone"]
+        _stub_writers(request.getfixturevalue("monkeypatch"), [])
+        path = _target_path(directory, "existing_dir", "exported")
+        return lambda: export_saved_model(model, path, **kwargs)
+
+    return prepare
+
+
+# Was numpy's "truth value of an array is ambiguous" ValueError, naming
+# nothing (before anything was written, for the savers).
+ARRAY_ARGUMENTS = {
+    "truncate": _calling(
+        _wordpiece_template, truncate=np.array(["round_robin", "waterfall"])
+    ),
+    "text_slots": _calling(
+        _wordpiece_template, text_slots=np.array(["prompt", "text"])
+    ),
+    "segment_ids": _calling(
+        _wordpiece_template, segment_ids=np.array([True, False])
+    ),
+    "add_start_token": _calling(
+        _wordpiece_template, add_start_token=np.array([True, False])
+    ),
+    "add_end_token": _calling(
+        _wordpiece_template, add_end_token=np.array([True, False])
+    ),
+    "prompt_init": _calling(
+        PromptEncoderConfig,
+        num_virtual_tokens=3,
+        prompt_init=np.array(["random", "text"]),
+    ),
+    "reduction": _calling(
+        Verbalizer, word_ids=[[1], [2]], reduction=np.array(["mean", "max"])
+    ),
+    "include_encoder": _saving_adapter(include_encoder=np.array([1, 2])),
+    "adapter_overwrite": _saving_adapter(overwrite=np.array([1, 2])),
+    "peft_overwrite": _saving_peft_adapter(overwrite=np.array([1, 2])),
+    "export_overwrite": _exporting(overwrite=np.array([1, 2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARRAY_ARGUMENTS))
+def test_regression_arguments_given_arrays(request, tmp_path, case):
+    # The case's name ends with the argument's (`peft_overwrite`).
+    name = "overwrite" if case.endswith("_overwrite") else case
+    call = ARRAY_ARGUMENTS[case](request, str(tmp_path))
+    refuse_leaving(str(tmp_path), call, [name])
+
+
 @pytest.mark.parametrize(
     "value",
     [[1, 2], None, ["a", 1], []],
     ids=["ints", "none", "mixed", "empty"],
 )
-def test_bug_template_non_string_fields(tokenizers, value):
+def test_regression_template_non_string_fields(tokenizers, value):
+    # Failed in TensorFlow's conversion or in the traced tokenizer,
+    # naming no field.
     template = PromptTemplate(
         "{a} [P:2] the", tokenizers["sentencepiece"], sequence_length=8
     )
     refuse_cleanly(lambda: template({"a": value}), ["'a'", "field"])
 
 
-@_xfail(
-    "template-batch-mismatch",
-    "fields with different numbers of rows are not checked: the first "
-    "call fails in TensorFlow (InvalidArgumentError); once the packing "
-    "function is traced for any batch size the same input returns rows "
-    "read past the shorter field's end (uninitialised ids) or aborts the "
-    "process (std::length_error), so only the first call is run here "
-    "(InvalidArgumentError; an empty RuntimeError from Keras' wrapper on "
-    "JAX)",
-    (tf.errors.InvalidArgumentError, RuntimeError),
-)
-def test_bug_template_fields_of_different_sizes(tokenizers):
+@pytest.mark.parametrize("traced", [False, True], ids=["first", "traced"])
+def test_regression_template_fields_of_different_sizes(tokenizers, traced):
+    # The first call failed in TensorFlow (InvalidArgumentError); once
+    # traced for any batch size, the same input returned rows read past
+    # the shorter field's end or aborted the process.
     template = PromptTemplate(
         "{a} [P:2] {b}", tokenizers["sentencepiece"], sequence_length=12
     )
+    if traced:
+        for batch in (["the"], ["it", "the movie"]):
+            template({"a": batch, "b": batch})
     refuse_cleanly(
         lambda: template({"a": ["the", "the"], "b": ["the"]}),
         ["'a'", "'b'", "field"],
     )
 
 
-@_xfail(
-    "config-mixed-key-types",
-    "from_dict sorts the unknown keys: keys of mixed types raise "
-    "TypeError('<' not supported ...) naming nothing",
-    Violation,
-)
-def test_bug_config_from_dict_mixed_key_types():
+def test_regression_config_from_dict_mixed_key_types():
+    # Sorting the unknown keys raised TypeError('<' not supported ...).
     refuse_cleanly(
         lambda: PromptEncoderConfig.from_dict({1: 2, "a": 3}),
         ["PromptEncoderConfig", "config"],
     )
 
 
-@_xfail(
-    "verbalizer-flat-word-ids",
-    "Verbalizer(word_ids) calls list() on word_ids and each class: a flat "
-    "or scalar word_ids raises TypeError('int' object is not iterable)",
-    Violation,
-)
 @pytest.mark.parametrize("word_ids", [3, [3, 4]], ids=["int", "flat"])
-def test_bug_verbalizer_flat_word_ids(word_ids):
+def test_regression_verbalizer_flat_word_ids(word_ids):
+    # Was TypeError('int' object is not iterable).
     refuse_cleanly(lambda: Verbalizer(word_ids), ["word_ids"])
 
 
-@_xfail(
-    "verbalizer-int32",
-    "label word ids >= 2**31 overflow the int32 id table (OverflowError)",
-    OverflowError,
-)
-def test_bug_verbalizer_ids_beyond_int32():
+def test_regression_verbalizer_ids_beyond_int32():
+    # Overflowed the int32 id table (OverflowError).
     refuse_cleanly(lambda: Verbalizer([[2**31], [1]]), ["word_ids", "Label"])
 
 
-@_xfail(
-    "label-words-not-a-list",
-    "label_word_ids iterates a class's words when they are not a string "
-    "or int: 1.5 raises TypeError('float' object is not iterable)",
-    Violation,
-)
-def test_bug_label_words_not_a_list():
+def test_regression_label_words_not_a_list():
+    # Iterated 1.5: TypeError('float' object is not iterable).
     refuse_cleanly(
         lambda: label_word_ids({"a": 1.5, "b": [3]}), ["verbalizer", "label"]
     )
 
 
-@_xfail(
-    "choice-format-syntax",
-    "choice strings are parsed with string.Formatter, but only `{name}` is "
-    "supported: other syntax fails at construction naming nothing, or at "
-    "the call with IndexError/KeyError/unnamed ValueError",
-    (Violation, IndexError, KeyError),
-)
 @pytest.mark.parametrize(
     "choices, x",
     [
@@ -1716,7 +1489,9 @@ def test_bug_label_words_not_a_list():
     ],
     ids=["brace", "index", "positional", "conversion", "nested"],
 )
-def test_bug_choice_format_syntax(choice_context, choices, x):
+def test_regression_choice_format_syntax(choice_context, choices, x):
+    # Only `{name}` is supported: other syntax failed at construction
+    # naming nothing, or at the call (IndexError, KeyError).
     def call():
         choice_template = ChoiceTemplate(choice_context, choices)
         inputs = {"premise": ["the"], "hypothesis": ["the"], **(x or {})}
@@ -1731,13 +1506,18 @@ def _mutated_adapter(case, source, mutations):
     return path
 
 
-@_xfail(
-    "adapter-config-structure",
-    "load_adapter trusts the file's JSON config: missing entries raise "
-    "KeyError, a non-object or a mistyped entry AttributeError or an "
-    "unnamed TypeError, invalid JSON an unnamed JSONDecodeError",
-    (KeyError, AttributeError, Violation),
-)
+def _refuse_adapter(case, path):
+    """Loading `path` into the reset target is refused naming the path
+    and leaves the target unchanged."""
+    _restore_state(case.target, case.baseline)
+    try:
+        refuse_loading(
+            case.target, lambda: case.target.load_adapter(path), [path]
+        )
+    finally:
+        _restore_state(case.target, case.baseline)
+
+
 @pytest.mark.parametrize(
     "source, mutation",
     [
@@ -1761,18 +1541,14 @@ def _mutated_adapter(case, source, mutations):
         "encoder_weights_long",
     ],
 )
-def test_bug_adapter_config_structure(adapter_case, source, mutation):
-    path = _mutated_adapter(adapter_case, source, [mutation])
-    refuse_cleanly(lambda: adapter_case.target.load_adapter(path), [path])
+def test_regression_adapter_config_structure(adapter_case, source, mutation):
+    # The file's JSON config was trusted: KeyError, AttributeError, or an
+    # unnamed TypeError/JSONDecodeError.
+    _refuse_adapter(
+        adapter_case, _mutated_adapter(adapter_case, source, [mutation])
+    )
 
 
-@_xfail(
-    "adapter-array-structure",
-    "load_adapter trusts the file's arrays: a missing one or a group "
-    "raises KeyError, a scalar prompt IndexError (in the error message's "
-    "own formatting), an empty dataspace an unnamed TypeError",
-    (KeyError, IndexError, Violation),
-)
 @pytest.mark.parametrize(
     "source, mutation",
     [
@@ -1785,65 +1561,60 @@ def test_bug_adapter_config_structure(adapter_case, source, mutation):
     ],
     ids=["no_prompt", "no_encoder_0", "group", "scalar", "empty", "bytes"],
 )
-def test_bug_adapter_array_structure(adapter_case, source, mutation):
-    path = _mutated_adapter(adapter_case, source, [mutation])
-    refuse_cleanly(lambda: adapter_case.target.load_adapter(path), [path])
-
-
-@_xfail(
-    "adapter-unreadable-file",
-    "a file that is not HDF5 (or is cut short) raises h5py's OSError",
-    OSError,
-)
-@pytest.mark.parametrize("size", [0, 500], ids=["empty", "truncated"])
-def test_bug_adapter_unreadable_file(adapter_case, size):
-    path = _mutated_adapter(adapter_case, "plain", [("file_truncate", size)])
-    refuse_cleanly(lambda: adapter_case.target.load_adapter(path), [path])
-
-
-@_xfail(
-    "adapter-half-applied",
-    "set_trained_weights assigns the head, then casts the prompt table: a "
-    "non-numeric prompt_table fails (a backend error) after the head has "
-    "changed, so the model is left half-loaded",
-    Violation,
-)
-def test_bug_adapter_load_half_applied(adapter_case):
-    case = adapter_case
-    path = _mutated_adapter(
-        case, "plain", [("dataset_dtype", "prompt_table", "bytes")]
+def test_regression_adapter_array_structure(adapter_case, source, mutation):
+    # The file's arrays were trusted: KeyError, IndexError (in the error
+    # message's own formatting), an unnamed TypeError.
+    _refuse_adapter(
+        adapter_case, _mutated_adapter(adapter_case, source, [mutation])
     )
-    _restore_state(case.target, case.baseline)
-    try:
-        case.target.load_adapter(path)
-    except Exception:
-        pass
-    try:
-        if not _same_state(_model_state(case.target), case.baseline):
-            raise Violation("a failed load_adapter changed the model")
-    finally:
-        _restore_state(case.target, case.baseline)
 
 
-@_xfail(
-    "adapter-save-os-error",
-    "save_adapter to a directory (overwrite=True) or into a missing "
-    "directory raises IsADirectoryError/FileNotFoundError",
-    OSError,
+@pytest.mark.parametrize("size", [0, 500], ids=["empty", "truncated"])
+def test_regression_adapter_unreadable_file(adapter_case, size):
+    # Was h5py's OSError.
+    path = _mutated_adapter(adapter_case, "plain", [("file_truncate", size)])
+    _refuse_adapter(adapter_case, path)
+
+
+@pytest.mark.parametrize("table", ["bytes", "complex64", "nan", "inf"])
+def test_regression_adapter_load_not_half_applied(adapter_case, table):
+    # The head was assigned before the prompt table failed to cast (a
+    # backend error), leaving the model half-loaded.
+    case = adapter_case
+    if table in ("bytes", "complex64"):
+        mutation = ("dataset_dtype", "prompt_table", table)
+        path = _mutated_adapter(case, "plain", [mutation])
+    else:  # One value of the prompt table NaN or inf.
+        path = _mutated_adapter(case, "plain", [])
+        with h5py.File(path, "r+") as f:
+            values = f["prompt_table"][()]
+            values.flat[0] = float(table)
+            f["prompt_table"][...] = values
+    _refuse_adapter(case, path)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize(
+    "kind", ["existing_dir", "missing_parent", "under_file"]
 )
-@pytest.mark.parametrize("kind", ["existing_dir", "missing_parent"])
-def test_bug_adapter_save_os_errors(adapter_case, tmp_path, kind):
+def test_regression_adapter_save_paths(adapter_case, tmp_path, kind, overwrite):
+    # Raised IsADirectoryError, FileNotFoundError or NotADirectoryError.
     path = _target_path(str(tmp_path), kind, "x.adapter.h5")
-    refuse_cleanly(lambda: adapter_case.donor.save_adapter(path), ["filepath"])
+    refuse_leaving(
+        str(tmp_path),
+        lambda: adapter_case.donor.save_adapter(path, overwrite=overwrite),
+        ["filepath"],
+    )
 
 
-@_xfail(
-    "adapter-load-path-type",
-    "load_adapter(None) raises os.stat's TypeError, not naming filepath",
-    Violation,
-)
-def test_bug_adapter_load_path_none(adapter_case):
-    refuse_cleanly(lambda: adapter_case.target.load_adapter(None), ["filepath"])
+@pytest.mark.parametrize("value", [None, 7, b"x.adapter.h5"])
+def test_regression_adapter_load_path_type(adapter_case, value):
+    # load_adapter(None) raised os.stat's TypeError, naming nothing.
+    case = adapter_case
+    _restore_state(case.target, case.baseline)
+    refuse_loading(
+        case.target, lambda: case.target.load_adapter(value), ["filepath"]
+    )
 
 
 def _mutated_peft(case, mutations):
@@ -1852,134 +1623,93 @@ def _mutated_peft(case, mutations):
     return path
 
 
-@_xfail(
-    "peft-config-not-an-object",
-    "an adapter_config.json that is not a JSON object raises "
-    "AttributeError; invalid JSON an unnamed JSONDecodeError",
-    (AttributeError, Violation),
-)
-@pytest.mark.parametrize("raw", ["[1]", "{"], ids=["list", "invalid"])
-def test_bug_peft_config_not_an_object(peft_case, raw):
-    path = _mutated_peft(peft_case, [("config_raw", raw)])
-    refuse_cleanly(
-        lambda: load_peft_adapter(peft_case.target, path), ["directory", path]
-    )
-
-
-def _safetensors_error():
+def _refuse_peft(case, path, model=None):
+    """Loading the PEFT adapter `path` into the reset target (or into
+    `model`) is refused naming it, the target unchanged."""
+    _restore_state(case.target, case.baseline)
+    target = case.target if model is None else model
+    names = ["directory"] + ([path] if isinstance(path, str) else [])
     try:
-        from safetensors import SafetensorError
-    except ImportError:  # pragma: no cover
-        return Exception
-    return SafetensorError
+        refuse_loading(
+            case.target, lambda: load_peft_adapter(target, path), names
+        )
+    finally:
+        _restore_state(case.target, case.baseline)
 
 
-@_xfail(
-    "peft-unreadable-tensors",
-    "an unreadable adapter_model.safetensors raises SafetensorError",
-    _safetensors_error(),
-)
-def test_bug_peft_unreadable_safetensors(peft_case):
+@pytest.mark.parametrize("raw", ["[1]", "{"], ids=["list", "invalid"])
+def test_regression_peft_config_not_an_object(peft_case, raw):
+    # Was AttributeError, or an unnamed JSONDecodeError.
+    _refuse_peft(peft_case, _mutated_peft(peft_case, [("config_raw", raw)]))
+
+
+def test_regression_peft_unreadable_safetensors(peft_case):
+    # Was safetensors' SafetensorError.
     path = _mutated_peft(peft_case, [("file_truncate", 5)])
-    refuse_cleanly(
-        lambda: load_peft_adapter(peft_case.target, path), ["directory", path]
-    )
+    _refuse_peft(peft_case, path)
 
 
-@_xfail(
-    "peft-head-not-2d",
-    "loading into a plain backbone reads the head's class count from "
-    "kernel.shape[1]: a 1-D classifier weight raises IndexError",
-    IndexError,
-)
-def test_bug_peft_head_not_2d_into_a_backbone(peft_case):
+def test_regression_peft_head_not_2d_into_a_backbone(peft_case):
+    # The class count was read from kernel.shape[1]: IndexError.
     path = _mutated_peft(
         peft_case,
         [("tensor_shape", "base_model.classifier.weight", ("drop",))],
     )
-    refuse_cleanly(
-        lambda: load_peft_adapter(FAMILIES["bert"](), path),
-        ["directory", path],
-    )
+    _refuse_peft(peft_case, path, FAMILIES["bert"]())
 
 
-@_xfail(
-    "peft-directory-type",
-    "load_peft_adapter(model, None) raises os.path.join's TypeError, not "
-    "naming directory",
-    Violation,
-)
-def test_bug_peft_directory_not_a_path(peft_case):
-    refuse_cleanly(
-        lambda: load_peft_adapter(peft_case.target, None), ["directory"]
-    )
+@pytest.mark.parametrize("value", [None, 7, b"adapter"])
+def test_regression_peft_directory_not_a_path(peft_case, value):
+    # load_peft_adapter(model, None) raised os.path.join's TypeError.
+    _refuse_peft(peft_case, value)
 
 
-@_xfail(
-    "peft-save-base-not-json",
-    "a base_model_name_or_path JSON cannot hold fails in json.dump with "
-    "'Object of type object is not JSON serializable', naming nothing, "
-    "after the directories were made: the target is removed, but parents "
-    "that os.makedirs created are left",
-    Violation,
-)
-def test_bug_peft_save_base_not_json(peft_case, tmp_path):
+def test_regression_peft_save_base_not_json(peft_case, tmp_path):
+    # json.dump failed naming nothing, after os.makedirs had made the
+    # parents (left behind).
     directory = str(tmp_path / "missing" / "adapter")
-    try:
-        refuse_cleanly(
-            lambda: save_peft_adapter(peft_case.donor, directory, object()),
-            ["base_model_name_or_path"],
-        )
-    finally:
-        left = os.listdir(tmp_path)
-    if left:
-        raise Violation(f"a refused save_peft_adapter left {left}")
-
-
-@_xfail(
-    "peft-save-os-error",
-    "save_peft_adapter to a path under a file raises NotADirectoryError "
-    "(a path that is a file is refused cleanly)",
-    OSError,
-)
-def test_bug_peft_save_under_a_file(peft_case, tmp_path):
-    path = _target_path(str(tmp_path), "under_file", "adapter")
-    refuse_cleanly(
-        lambda: save_peft_adapter(peft_case.donor, path), ["directory"]
+    refuse_leaving(
+        str(tmp_path),
+        lambda: save_peft_adapter(peft_case.donor, directory, object()),
+        ["base_model_name_or_path"],
     )
 
 
-@_xfail(
-    "export-path-is-a-file",
-    "export_saved_model(model, path_of_a_file, overwrite=True) exports, "
-    "then shutil.rmtree(path) raises NotADirectoryError (the file stays)",
-    OSError,
-)
-def test_bug_export_path_is_a_file(export_models, tmp_path, monkeypatch):
-    _stub_writers(monkeypatch, [])
+def test_regression_peft_save_under_a_file(peft_case, tmp_path):
+    # Was NotADirectoryError.
+    path = _target_path(str(tmp_path), "under_file", "adapter")
+    refuse_leaving(
+        str(tmp_path),
+        lambda: save_peft_adapter(peft_case.donor, path),
+        ["directory"],
+    )
+
+
+def test_regression_export_path_is_a_file(export_models, tmp_path, monkeypatch):
+    # Exported, then shutil.rmtree(path) raised NotADirectoryError.
+    calls = []
+    _stub_writers(monkeypatch, calls)
     path = _target_path(str(tmp_path), "existing_file", "exported")
-    refuse_cleanly(
+    refuse_leaving(
+        str(tmp_path),
         lambda: export_saved_model(
             export_models["backbone"], path, overwrite=True
         ),
         ["path"],
     )
+    assert calls == []
 
 
-@_xfail(
-    "export-parent-is-a-file",
-    "export_saved_model under a path that is a file raises os.makedirs' "
-    "FileExistsError",
-    OSError,
-)
-def test_bug_export_parent_is_a_file(export_models, tmp_path, monkeypatch):
-    _stub_writers(monkeypatch, [])
+def test_regression_export_parent_is_a_file(
+    export_models, tmp_path, monkeypatch
+):
+    # Was os.makedirs' FileExistsError.
+    calls = []
+    _stub_writers(monkeypatch, calls)
     path = _target_path(str(tmp_path), "under_file", "exported")
-    refuse_cleanly(
-        lambda: export_saved_model(export_models["backbone"], path), ["path"]
+    refuse_leaving(
+        str(tmp_path),
+        lambda: export_saved_model(export_models["backbone"], path),
+        ["path"],
     )
-
-
-def test_every_known_bug_has_its_reproducer():
-    tests = {name for name in globals() if name.startswith("test_bug_")}
-    assert set(KNOWN_BUGS.values()) == tests
+    assert calls == []
