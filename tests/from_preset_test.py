@@ -16,6 +16,7 @@ from tests.backbones import _ROPE
 from tests.support import backbone_weights
 from tests.support import bert_tokenizer
 from tests.support import byte_level_llama3_tokenizer
+from tests.support import run_on_one_backend
 
 SENTENCES = ["the film was good", "a bad plot"]
 
@@ -81,6 +82,11 @@ def test_text_classifier_from_a_base_preset(bert_preset):
     assert model.predict({"sentence": SENTENCES}, verbose=0).shape == (2, 2)
 
 
+@run_on_one_backend(
+    "tensorflow",
+    "loading presets is backend-independent; the tasks' calls are tested on "
+    "every backend in their own files",
+)
 def test_masked_lm_from_a_base_preset(bert_preset):
     path, reference = bert_preset
     model = PTuningMaskedLM.from_preset(
@@ -93,6 +99,11 @@ def test_masked_lm_from_a_base_preset(bert_preset):
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
+@run_on_one_backend(
+    "tensorflow",
+    "loading presets is backend-independent; the tasks' calls are tested on "
+    "every backend in their own files",
+)
 def test_decoder_tasks_from_a_base_preset(llama3_preset):
     path, reference = llama3_preset
     lm = PTuningCausalLM.from_preset(path, num_virtual_tokens=2)
