@@ -26,6 +26,7 @@ import tempfile
 
 import keras
 
+from keras_ptuning.input_validation import missing_ancestors
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
@@ -138,7 +139,7 @@ def export_saved_model(
             f"path={path!r}"
         )
     parent = os.path.dirname(path)
-    ancestor, missing = _missing_ancestors(parent)
+    ancestor, missing = missing_ancestors(parent)
     if not os.path.isdir(ancestor):
         raise ValueError(
             f"`path` is under {ancestor!r}, which is not a directory. "
@@ -168,17 +169,6 @@ def export_saved_model(
         if not exported:
             _remove_created(missing)
     return path
-
-
-def _missing_ancestors(path):
-    """`(ancestor, missing)`: the deepest path at or above `path` that
-    exists, and the ones below it down to `path`, deepest first (what
-    `os.makedirs(path)` creates)."""
-    missing = []
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    return path, missing
 
 
 def _remove_created(missing):

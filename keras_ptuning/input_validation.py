@@ -1,5 +1,7 @@
 """Checks on the input dicts that P-tuning models receive."""
 
+import os
+
 import keras
 import numpy as np
 
@@ -102,3 +104,15 @@ def check_placeholder_counts(token_ids, placeholder_id, num_virtual_tokens):
             f"{num_virtual_tokens} can mean the placeholder id collides with "
             "a real token id in the text."
         )
+
+
+def missing_ancestors(path):
+    """`(ancestor, missing)`: the deepest path at or above `path` that
+    exists, and the ones below it down to `path`, deepest first (what
+    `os.makedirs(path)` creates)."""
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return path, missing

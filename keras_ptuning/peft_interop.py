@@ -65,6 +65,7 @@ from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.adapter import float32_numpy
+from keras_ptuning.input_validation import missing_ancestors
 from keras_ptuning.pooling import check_head_pooling
 from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
@@ -532,18 +533,6 @@ def load_peft_adapter(
     return model
 
 
-def _missing_ancestors(path):
-    """`(ancestor, missing)`: the deepest path at or above `path` that
-    exists, and the ones below it down to `path`, deepest first (what
-    `os.makedirs(path)` creates)."""
-    path = os.path.abspath(os.fspath(path))
-    missing = []
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    return path, missing
-
-
 def _remove_created(missing):
     """Removes what a failed save created: the target (`missing[0]`) with
     what is in it, then the parents it made, deepest first."""
@@ -658,7 +647,7 @@ def save_peft_adapter(
             "`directory` exists and is not a directory. Received: "
             f"directory={directory!r}"
         )
-    ancestor, missing = _missing_ancestors(directory)
+    ancestor, missing = missing_ancestors(directory)
     if not os.path.isdir(ancestor):
         raise ValueError(
             f"`directory` is under {ancestor!r}, which is not a directory. "
