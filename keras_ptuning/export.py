@@ -26,7 +26,8 @@ import tempfile
 
 import keras
 
-from keras_ptuning.input_validation import missing_ancestors
+from keras_ptuning.input_validation import directories_to_create
+from keras_ptuning.input_validation import remove_created_directories
 from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
@@ -139,17 +140,12 @@ def export_saved_model(
             f"path={path!r}"
         )
     parent = os.path.dirname(path)
-    ancestor, missing = missing_ancestors(parent)
-    if not os.path.isdir(ancestor):
-        raise ValueError(
-            f"`path` is under {ancestor!r}, which is not a directory. "
-            f"Received: path={path!r}"
-        )
+    missing = directories_to_create(parent, "path", path)
     try:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     except BaseException:
-        _remove_created(missing)
+        remove_created_directories(missing)
         raise
     exported = False
     try:
@@ -167,18 +163,8 @@ def export_saved_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if not exported:
-            _remove_created(missing)
+            remove_created_directories(missing)
     return path
-
-
-def _remove_created(missing):
-    """Removes the (empty) directories a failed export created, deepest
-    first."""
-    for path in missing:
-        try:
-            os.rmdir(path)
-        except OSError:
-            break
 
 
 def check_text_export(model, include_preprocessing, max_length):

@@ -106,13 +106,30 @@ def check_placeholder_counts(token_ids, placeholder_id, num_virtual_tokens):
         )
 
 
-def missing_ancestors(path):
-    """`(ancestor, missing)`: the deepest path at or above `path` that
-    exists, and the ones below it down to `path`, deepest first (what
-    `os.makedirs(path)` creates)."""
+def directories_to_create(path, name, value):
+    """The directories `os.makedirs(path)` would create, deepest first.
+
+    Raises a `ValueError` naming argument `name` (given `value`) when the
+    deepest existing path above `path` is not a directory.
+    """
     path = os.path.abspath(os.fspath(path))
     missing = []
     while not os.path.lexists(path) and os.path.dirname(path) != path:
         missing.append(path)
         path = os.path.dirname(path)
-    return path, missing
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"`{name}` is under {path!r}, which is not a directory. "
+            f"Received: {name}={value!r}"
+        )
+    return missing
+
+
+def remove_created_directories(missing):
+    """Removes the empty directories of `directories_to_create`, deepest
+    first, after a failed write; stops at the first that is not empty."""
+    for path in missing:
+        try:
+            os.rmdir(path)
+        except OSError:
+            break

@@ -65,7 +65,8 @@ from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.adapter import float32_numpy
-from keras_ptuning.input_validation import missing_ancestors
+from keras_ptuning.input_validation import directories_to_create
+from keras_ptuning.input_validation import remove_created_directories
 from keras_ptuning.pooling import check_head_pooling
 from keras_ptuning.pooling import hf_pooling
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
@@ -538,11 +539,7 @@ def _remove_created(missing):
     what is in it, then the parents it made, deepest first."""
     if missing:
         shutil.rmtree(missing[0], ignore_errors=True)
-    for path in missing[1:]:
-        try:
-            os.rmdir(path)
-        except OSError:
-            break
+    remove_created_directories(missing[1:])
 
 
 def _adapter_files(directory):
@@ -647,12 +644,7 @@ def save_peft_adapter(
             "`directory` exists and is not a directory. Received: "
             f"directory={directory!r}"
         )
-    ancestor, missing = missing_ancestors(directory)
-    if not os.path.isdir(ancestor):
-        raise ValueError(
-            f"`directory` is under {ancestor!r}, which is not a directory. "
-            f"Received: directory={directory!r}"
-        )
+    missing = directories_to_create(directory, "directory", directory)
     existing = _adapter_files(directory)
     if existing and not overwrite:
         raise ValueError(
