@@ -55,6 +55,7 @@ __all__ = [
     "preset_loader",
     "preset_task_class",
     "run_sampler",
+    "runs_plain_loop",
     "special_token_names",
     "sublayers",
     "tracking_unlocked",
