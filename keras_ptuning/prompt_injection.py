@@ -1,5 +1,7 @@
 """`PromptInjection`: puts virtual-token embeddings into the token stream."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -89,6 +91,7 @@ class PromptInjection(keras.layers.Layer):
             name="prompt_table",
         )
         self.source = None
+        self._prompt_training = None
         self.set_prompt_source(prompt_source)
         self.built = True
 
@@ -114,6 +117,17 @@ class PromptInjection(keras.layers.Layer):
     def prompt_source(self):
         """`"encoder"` or `"table"`: where the prompt comes from."""
         return self.source.name
+
+    @contextlib.contextmanager
+    def prompt_training_mode(self):
+        """Makes calls inside compute the prompt in training mode, whatever
+        `training` they get (the frozen backbone around it runs as at
+        inference: `PTuningBackbone(backbone_dropout=False)`)."""
+        self._prompt_training = True
+        try:
+            yield
+        finally:
+            self._prompt_training = None
 
     def current_prompt(self, training=None):
         """The `(N, D)` prompt in effect (float32); `(T, N, D)` for a
@@ -160,6 +174,8 @@ class PromptInjection(keras.layers.Layer):
         length = ops.shape(embeddings)[1]
         if isinstance(length, int):
             self.check_sequence_length(length)
+        if self._prompt_training:
+            training = True
         prompts, first = self.source.prompts(task_id, training)
         return self.placement.insert(
             embeddings,

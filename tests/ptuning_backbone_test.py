@@ -230,3 +230,68 @@ def test_a_text_start_never_silently_misses_a_collapsed_prompt():
     with pytest.raises(ValueError, match="prompt_source='table'"):
         model.init_prompt_from_token_ids([5, 6])
     np.testing.assert_array_equal(to_numpy(model.prompt_table()), 1.0)
+
+
+def _dropout_bert():
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=64,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=HIDDEN_DIM,
+        intermediate_dim=32,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        dropout=0.5,
+    )
+
+
+def test_the_frozen_backbone_trains_without_its_dropout_unless_asked():
+    backbone = _dropout_bert()
+    inputs = make_inputs(["token_ids", "padding_mask", "segment_ids"], 2, 6)
+    frozen = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    inference = to_numpy(frozen(inputs)["sequence_output"])
+    training = to_numpy(frozen(inputs, training=True)["sequence_output"])
+    # Keras's convention for a frozen base: as at inference.
+    np.testing.assert_array_equal(training, inference)
+
+    dropping = PTuningBackbone(
+        backbone, PromptEncoderConfig(NUM_TOKENS), backbone_dropout=True
+    )
+    dropping.set_weights(frozen.get_weights())
+    np.testing.assert_array_equal(
+        to_numpy(dropping(inputs)["sequence_output"]), inference
+    )
+    dropped = to_numpy(dropping(inputs, training=True)["sequence_output"])
+    assert np.mean(np.abs(dropped - inference)) > 0.1
+
+
+def test_the_prompt_encoder_keeps_its_dropout_in_training():
+    backbone = _dropout_bert()
+    config = PromptEncoderConfig(NUM_TOKENS, encoder_dropout=0.5)
+    model = PTuningBackbone(backbone, config)
+    # A nonzero last layer, so the MLP's dropout reaches the prompt.
+    with_noise = [
+        w + np.random.default_rng(0).normal(size=w.shape).astype(w.dtype)
+        for w in model.prompt_encoder.get_weights()
+    ]
+    model.prompt_encoder.set_weights(with_noise)
+    inputs = make_inputs(model.input_names, 2, 6)
+    inference = to_numpy(model(inputs)["sequence_output"])
+    training = to_numpy(model(inputs, training=True)["sequence_output"])
+    # (Without the encoder in training mode the two would be equal.)
+    assert np.abs(training - inference).max() > 1e-4
+    # The training mode ends with the call.
+    np.testing.assert_array_equal(
+        to_numpy(model(inputs)["sequence_output"]), inference
+    )
+
+
+def test_backbone_dropout_round_trips_and_older_configs_keep_it_on():
+    backbone = FAMILIES["bert"]()
+    model = PTuningBackbone(backbone, PromptEncoderConfig(NUM_TOKENS))
+    config = model.get_config()
+    assert config["backbone_dropout"] is False
+    assert PTuningBackbone.from_config(config).backbone_dropout is False
+    del config["backbone_dropout"]
+    assert PTuningBackbone.from_config(config).backbone_dropout is True
+    with pytest.raises(TypeError, match="backbone_dropout=1"):
+        PTuningBackbone(backbone, PromptEncoderConfig(1), backbone_dropout=1)
