@@ -5,6 +5,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_ptuning import frozen_prefix
 from keras_ptuning import keras_internals
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
@@ -217,14 +218,63 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.causal_lm_class = split.causal_lm_class
         self.max_positions = split.max_positions
         self.backbone_dropout = backbone_dropout
+        # Training steps run the text before the first virtual token as
+        # constants, where they can (`keras_ptuning.frozen_prefix`).
+        self.frozen_prefix = True
+        self._split = split
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        if training and not self.backbone_dropout:
+        if not training:
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        if self._splits_frozen_prefix():
+            split = frozen_prefix.split_point(
+                inputs["token_ids"], self.placeholder_id
+            )
+            if split is not None:
+                return self._call_split(inputs, split)
+        if not self.backbone_dropout:
             # The frozen backbone computes as at inference; the prompt
             # encoder alone trains in training mode.
             with self.prompt_injection.prompt_training_mode():
                 return super().call(inputs, training=False, mask=mask, **kwargs)
-        return super().call(inputs, training=training, mask=mask, **kwargs)
+        return super().call(inputs, training=True, mask=mask, **kwargs)
+
+    def _splits_frozen_prefix(self):
+        """Whether training steps run the text before the first virtual
+        token as constants (`keras_ptuning.frozen_prefix`): a decoder with
+        slots, every backbone weight frozen (no LoRA)."""
+        return (
+            self.frozen_prefix
+            and self.uses_slots
+            and self._split.is_causal
+            and frozen_prefix.supports(self.backbone, self.causal_lm_class)
+            and not self.backbone.trainable_weights
+        )
+
+    def _call_split(self, inputs, split):
+        injection = self.prompt_injection
+        token_ids = inputs["token_ids"]
+        embeddings = self._split.embed_tokens(
+            injection.mask_placeholders(token_ids)
+        )
+        sequence_inputs = {
+            name: inputs[name] for name in self._split.input_names[1:]
+        }
+        embeddings, sequence_inputs = injection(
+            embeddings,
+            sequence_inputs,
+            token_ids=token_ids,
+            task_id=inputs.get(TASK_ID),
+            training=True,
+        )
+        return frozen_prefix.run_split(
+            self.causal_lm_class,
+            self.backbone,
+            embeddings,
+            sequence_inputs["padding_mask"],
+            split,
+            training=self.backbone_dropout,
+        )
 
     @classmethod
     def wrap(
