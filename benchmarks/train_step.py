@@ -115,7 +115,13 @@ import unittest.mock
 import numpy as np
 
 VARIANTS = ("ptuned", "floor", "plain", "peft")
-MODELS = {"minilm": VARIANTS, "smollm2": ("ptuned", "peft")}
+MODELS = {
+    "minilm": VARIANTS,
+    "smollm2": ("ptuned", "peft"),
+    # A BoolQ-like template: `--prefix-length` real tokens, the virtual
+    # tokens at slots, `--suffix-length` real tokens after them.
+    "smollm2-boolq": ("ptuned", "whole", "peft"),
+}
 WARMUP_STEPS = 2
 NUM_BATCHES = 4
 # `--fit`: one `fit` epoch over the batches repeated this many times.
@@ -130,6 +136,18 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--num-virtual-tokens", type=int, default=20)
+    parser.add_argument(
+        "--prefix-length",
+        type=int,
+        default=120,
+        help="smollm2-boolq: real tokens before the first virtual token",
+    )
+    parser.add_argument(
+        "--suffix-length",
+        type=int,
+        default=10,
+        help="smollm2-boolq: real tokens after the virtual ones (scored)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument(
@@ -221,7 +239,46 @@ def make_batches(args):
     """`NUM_BATCHES` fixed batches of `--model`'s kind: inputs and targets."""
     if args.model == "smollm2":
         return make_causal_batches(args)
+    if args.model == "smollm2-boolq":
+        return make_template_batches(args)
     return make_classifier_batches(args)
+
+
+SLOT = -1
+
+
+def make_template_batches(args):
+    """`NUM_BATCHES` fixed SmolLM2 batches of a BoolQ-like template.
+
+    Each row is `--prefix-length` random real tokens (a passage and a
+    question), `--num-virtual-tokens` slots (`SLOT`), `--suffix-length`
+    real tokens (an anchor and the answer), no padding. Targets are the
+    next tokens, weighted on the suffix only (what a verbalizer scores).
+    Returns `(inputs, targets, sample_weight)` with the slots in
+    `token_ids`, as `PTuningCausalLM(placeholder_id=SLOT)` reads them.
+    """
+    with open(os.path.join(smollm2_dir(), "config.json")) as f:
+        vocab_size = json.load(f)["config"]["vocabulary_size"]
+    rng = np.random.default_rng(0)
+    size, n = args.batch_size, args.num_virtual_tokens
+    prefix, suffix = args.prefix_length, args.suffix_length
+    length = prefix + n + suffix
+    batches = []
+    for _ in range(NUM_BATCHES):
+        token_ids = rng.integers(0, vocab_size, (size, length)).astype("int32")
+        token_ids[:, prefix : prefix + n] = SLOT
+        targets = np.concatenate(
+            [token_ids[:, 1:], np.zeros((size, 1), "int32")], axis=1
+        )
+        targets = np.maximum(targets, 0)
+        weight = np.zeros((size, length), "float32")
+        weight[:, prefix + n - 1 : length - 1] = 1.0
+        inputs = {
+            "token_ids": token_ids,
+            "padding_mask": np.ones((size, length), "int32"),
+        }
+        batches.append((inputs, targets, weight))
+    return batches
 
 
 def make_causal_batches(args):
@@ -380,8 +437,14 @@ def keras_model(variant, args):
     return model
 
 
-def causal_model(args):
-    """The compiled `PTuningCausalLM` on SmolLM2, its variables checked."""
+def causal_model(args, variant="ptuned"):
+    """The compiled `PTuningCausalLM` on SmolLM2, its variables checked.
+
+    With `--model smollm2-boolq` the virtual tokens go to the template's
+    slots; `ptuned` runs the text before them as constants (the default,
+    `keras_ptuning.frozen_prefix`), `whole` runs the whole sequence
+    backward as before.
+    """
     import keras
     import keras_hub
 
@@ -392,7 +455,11 @@ def causal_model(args):
     config = keras_ptuning.PromptEncoderConfig(
         num_virtual_tokens=args.num_virtual_tokens
     )
-    model = keras_ptuning.PTuningCausalLM(backbone, config)
+    slots = args.model == "smollm2-boolq"
+    model = keras_ptuning.PTuningCausalLM(
+        backbone, config, placeholder_id=SLOT if slots else None
+    )
+    model.backbone.frozen_prefix = variant != "whole"
     model.compile(jit_compile=jit_compile(args))
     trainable = model.trainable_variables
     encoder = model.backbone.prompt_encoder
@@ -416,8 +483,8 @@ def train_on_batch(model, x, y, sample_weight=None):
 
 def build_keras(variant, args, batches):
     """A compiled Keras model and a function running one train step."""
-    if args.model == "smollm2":
-        model = causal_model(args)
+    if args.model.startswith("smollm2"):
+        model = causal_model(args, variant)
     else:
         model = keras_model(variant, args)
     data = cycle(batches)
@@ -607,6 +674,14 @@ def build_peft_causal(args, batches):
         mask = torch.from_numpy(x["padding_mask"]).long()
         # transformers shifts `labels` itself: the same targets as ours.
         labels = token_ids.masked_fill(mask == 0, -100)
+        if args.model == "smollm2-boolq":
+            # PEFT prepends: the same real tokens without the slots, the
+            # suffix scored.
+            real = token_ids != SLOT
+            token_ids = token_ids[real].reshape(len(token_ids), -1)
+            mask = mask[real].reshape(token_ids.shape)
+            labels = torch.full_like(token_ids, -100)
+            labels[:, args.prefix_length :] = token_ids[:, args.prefix_length :]
         torch_batches.append(
             {"input_ids": token_ids, "attention_mask": mask, "labels": labels}
         )
@@ -615,7 +690,7 @@ def build_peft_causal(args, batches):
 
 def build_peft(args, batches):
     """HF MiniLM + PEFT P-tuning in PyTorch, and one train step."""
-    if args.model == "smollm2":
+    if args.model.startswith("smollm2"):
         return build_peft_causal(args, batches)
     import torch
     import transformers
@@ -699,6 +774,10 @@ def child_command(args, *flags):
         str(args.sequence_length),
         "--num-virtual-tokens",
         str(args.num_virtual_tokens),
+        "--prefix-length",
+        str(args.prefix_length),
+        "--suffix-length",
+        str(args.suffix_length),
         "--steps-per-round",
         str(args.steps_per_round),
         "--jit-compile",
@@ -925,6 +1004,7 @@ def main():
             "ptuned/floor": ratios(rounds, "ptuned", "floor"),
             "ptuned/plain": ratios(rounds, "ptuned", "plain"),
             "ptuned/peft": ratios(rounds, "ptuned", "peft"),
+            "ptuned/whole": ratios(rounds, "ptuned", "whole"),
         },
         "fit": fit,
     }
