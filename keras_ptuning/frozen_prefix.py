@@ -25,8 +25,10 @@ it runs whole.
 """
 
 import inspect
+import warnings
 
 import keras
+import numpy as np
 from keras import ops
 from keras import tree
 
@@ -172,8 +174,38 @@ def _empty_cache(causal_lm_class, view, placeholder_ids):
     return cache
 
 
+def _sequence_axes(causal_lm_class, view, batch):
+    """Each cache tensor's position axis: where a cache one slot longer is
+    longer (the families lay their caches out differently)."""
+    shapes = [
+        tree.map_structure(
+            lambda x: np.array(x.shape),
+            _empty_cache(causal_lm_class, view, ops.zeros((batch, n), "int32")),
+        )
+        for n in (2, 3)
+    ]
+
+    def axis(short, long):
+        return int(np.flatnonzero(short != long)[0])
+
+    return tree.map_structure_up_to(shapes[0], axis, shapes[0], shapes[1])
+
+
+def _positions(x, axis, start, stop):
+    index = [slice(None)] * len(x.shape)
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
 def run_split(
-    causal_lm_class, backbone, embeddings, padding_mask, split, training
+    causal_lm_class,
+    backbone,
+    embeddings,
+    padding_mask,
+    split,
+    training,
+    prefix_cache=None,
+    row_keys=None,
 ):
     """The decoder's sequence output, with positions `0..split-1` run as
     constants.
@@ -184,9 +216,12 @@ def run_split(
         embeddings: `(batch, length, hidden_dim)`, the spliced token
             embeddings (the backbone's token-embedding output).
         padding_mask: `(batch, length)`, 1 at real and virtual tokens.
-        split: int or int tensor in `[0, length)`: where the prompt can
-            first change anything.
+        split: int in `[1, length)`: where the prompt can first change
+            anything.
         training: the backbone's training mode.
+        prefix_cache: `None` or a `FrozenPrefixCache`: rows it holds
+            reuse their stored prefix instead of running it.
+        row_keys: with `prefix_cache`, each row's key (`row_key`).
 
     Returns the `(batch, length, hidden_dim)` hidden states, equal to the
     backbone's output on `embeddings`.
@@ -205,7 +240,218 @@ def run_split(
         )
         return hidden, cache
 
-    prefix, cache = run(0, split, cache)
-    prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
+    stored = 0
+    if prefix_cache is not None:
+        axes = prefix_cache.axes(lambda: _sequence_axes(methods, view, 1))
+        stored, prefix, cache = prefix_cache.lookup(row_keys, split, cache)
+    if stored < split:
+        # `stored..split-1` run forward on what is stored (if anything).
+        known = prefix if stored else None
+        hidden, cache = run(stored, split, cache)
+        if known is not None:
+            hidden = ops.concatenate([known, hidden], 1)
+        prefix = hidden
+        prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
+        if prefix_cache is not None:
+            prefix_cache.store(row_keys, split, prefix, cache, axes)
     rest, _ = run(split, length, cache)
     return ops.concatenate([prefix, rest], axis=1)
+
+
+def _bytes(x):
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    return int(np.prod(x.shape)) * itemsize
+
+
+def row_keys(token_ids, padding_mask, placeholder_id):
+    """`row_key` of every row of a batch (NumPy values)."""
+    token_ids = np.asarray(token_ids)
+    padding_mask = np.asarray(padding_mask)
+    firsts = np.argmax(token_ids == placeholder_id, axis=1)
+    return [
+        row_key(ids, mask, first)
+        for ids, mask, first in zip(token_ids, padding_mask, firsts)
+    ]
+
+
+def row_key(token_ids, padding_mask, first):
+    """What a row's prefix states depend on: its ids and mask before its
+    first virtual token (`first`), as bytes."""
+    return (
+        np.asarray(token_ids[:first], "int32").tobytes()
+        + np.asarray(padding_mask[:first], "int8").tobytes()
+    )
+
+
+class FrozenPrefixCache:
+    """Each training row's frozen-prefix states, kept across epochs.
+
+    A row's hidden states and keys/values before its first virtual token
+    depend only on the tokens there (the backbone is frozen and computes
+    as at inference), so a row seen again reuses them: a step then runs
+    only the positions from its batch's split point on. Rows are found by
+    content (`row_key`), so any input pipeline (arrays, `tf.data`,
+    `LengthBucketedDataset`, shuffling) finds them.
+
+    Each row stores as many positions as its first batch ran before the
+    split; a later batch that splits further runs the missing positions
+    forward (no backward) and stores them too.
+
+    Args:
+        max_bytes: int >= 1. The most memory the stored states may take.
+            Rows beyond it are not stored (they run their prefix forward
+            every step, still without a backward pass); a warning says so
+            once.
+    """
+
+    def __init__(self, max_bytes):
+        if (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, int)
+            or max_bytes < 1
+        ):
+            raise ValueError(
+                "`frozen_prefix_cache_bytes` must be an int >= 1 (bytes). "
+                f"Received: frozen_prefix_cache_bytes={max_bytes!r}"
+            )
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.rows = {}
+        self.hits = 0
+        self.misses = 0
+        self._axes = None
+        self._warned = False
+
+    def axes(self, find):
+        if self._axes is None:
+            self._axes = find()
+        return self._axes
+
+    def lookup(self, keys, split, empty_cache):
+        """`(stored, prefix, cache)`: how many leading positions every row
+        has stored (at most `split`; 0 if any row has none), their hidden
+        states `(batch, stored, dim)` and the cache with them filled in."""
+        entries = [self.rows.get(key) for key in keys]
+        if any(entry is None for entry in entries):
+            self.misses += sum(entry is None for entry in entries)
+            self.hits += sum(entry is not None for entry in entries)
+            return 0, None, empty_cache
+        self.hits += len(entries)
+        stored = min(split, min(entry[0] for entry in entries))
+        prefix = ops.concatenate([e[1][None, :stored] for e in entries], 0)
+
+        def fill(empty, axis, *rows):
+            values = ops.concatenate(
+                [_positions(row, axis - 1, 0, stored)[None] for row in rows], 0
+            )
+            start = [0] * len(empty.shape)
+            return ops.slice_update(empty, start, ops.cast(values, empty.dtype))
+
+        cache = tree.map_structure_up_to(
+            empty_cache,
+            fill,
+            empty_cache,
+            self._axes,
+            *[entry[2] for entry in entries],
+        )
+        return stored, prefix, cache
+
+    def store(self, keys, split, prefix, cache, axes):
+        """Keeps each row's first `split` positions (if longer than what
+        it has, and within the budget)."""
+        for row, key in enumerate(keys):
+            old = self.rows.get(key)
+            if old is not None and old[0] >= split:
+                continue
+
+            def keep(axis, x, row=row):
+                # A copy: a view would keep the whole batch's tensor alive.
+                return ops.copy(_positions(x[row], axis - 1, 0, split))
+
+            states = tree.map_structure_up_to(axes, keep, axes, cache)
+            entry = (split, ops.copy(prefix[row, :split]), states)
+            size = sum(_bytes(x) for x in tree.flatten((entry[1], states)))
+            freed = 0 if old is None else old[3]
+            if self.bytes - freed + size > self.max_bytes:
+                self._warn_full()
+                continue
+            self.rows[key] = entry + (size,)
+            self.bytes += size - freed
+
+    def _warn_full(self):
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"The frozen-prefix cache is full ({len(self.rows)} rows, "
+            f"{self.bytes / 2**20:.1f} MiB of frozen_prefix_cache_bytes="
+            f"{self.max_bytes}): rows beyond it run their prefix forward "
+            "at every step (still without a backward pass).",
+            stacklevel=2,
+        )
+
+
+def run_shared_context(
+    causal_lm_class,
+    backbone,
+    context,
+    context_mask,
+    rest,
+    rest_mask,
+    training,
+    split=None,
+):
+    """Hidden states of contexts run once and of several continuations of
+    each (multiple-choice scoring), equal to running every continuation
+    after its context in full.
+
+    Args:
+        causal_lm_class: the family's keras-hub `CausalLM` class.
+        backbone: the keras-hub decoder backbone.
+        context: `(groups, n, hidden_dim)` spliced embeddings of the
+            contexts, all of length `n` (no padding after them).
+        context_mask: `(groups, n)`, the contexts' padding mask.
+        rest: `(groups * copies, r, hidden_dim)` embeddings of the
+            continuations, each context's `copies` in a row.
+        rest_mask: `(groups * copies, r)`, their padding mask.
+        training: the backbone's training mode.
+        split: `None` or an int in `[1, n)`: the contexts' positions
+            before it run as constants (a frozen prefix).
+
+    Returns `(context_states, rest_states)`: `(groups, n, hidden_dim)` and
+    `(groups * copies, r, hidden_dim)`.
+    """
+    view = _DecoderView(backbone, training)
+    methods = causal_lm_class
+    groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
+    copies = ops.shape(rest_mask)[0] // groups
+    r = ops.shape(rest_mask)[1]
+    cache = _empty_cache(methods, view, ops.zeros((groups, n + r), "int32"))
+
+    def run(embeddings, start, cache):
+        view.token_embedding.embeddings = embeddings
+        ids = ops.zeros(ops.shape(embeddings)[:2], "int32")
+        _, hidden, cache = methods.call_with_cache(
+            view, token_ids=ids, cache=cache, cache_update_index=start
+        )
+        return hidden, cache
+
+    # The context's own queries never see the continuation's keys (they
+    # come later), so those can be anything.
+    view.key_mask = ops.concatenate(
+        [context_mask, ops.ones((groups, r), context_mask.dtype)], 1
+    )
+    if split:
+        prefix, cache = run(context[:, :split], 0, cache)
+        prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
+        hidden, cache = run(context[:, split:], split, cache)
+        context_states = ops.concatenate([prefix, hidden], 1)
+    else:
+        context_states, cache = run(context, 0, cache)
+    cache = tree.map_structure(lambda x: ops.repeat(x, copies, axis=0), cache)
+    view.key_mask = ops.concatenate(
+        [ops.repeat(context_mask, copies, axis=0), rest_mask], 1
+    )
+    rest_states, _ = run(rest, n, cache)
+    return context_states, rest_states

@@ -221,6 +221,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         # Training steps run the text before the first virtual token as
         # constants, where they can (`keras_ptuning.frozen_prefix`).
         self.frozen_prefix = True
+        # A `frozen_prefix.FrozenPrefixCache` while a `fit` keeps one.
+        self.frozen_prefix_cache = None
         self._split = split
 
     def call(self, inputs, training=None, mask=None, **kwargs):
@@ -251,7 +253,10 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             and not self.backbone.trainable_weights
         )
 
-    def _call_split(self, inputs, split):
+    def embed_inputs(self, inputs, training=None):
+        """The spliced embeddings the backbone's body runs on (real and
+        virtual tokens, the backbone's token-embedding output) and the
+        sequence inputs that go with them (`padding_mask`, ...)."""
         injection = self.prompt_injection
         token_ids = inputs["token_ids"]
         embeddings = self._split.embed_tokens(
@@ -260,13 +265,25 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         sequence_inputs = {
             name: inputs[name] for name in self._split.input_names[1:]
         }
-        embeddings, sequence_inputs = injection(
+        return injection(
             embeddings,
             sequence_inputs,
-            token_ids=token_ids,
+            token_ids=token_ids if self.uses_slots else None,
             task_id=inputs.get(TASK_ID),
-            training=True,
+            training=training,
         )
+
+    def _call_split(self, inputs, split):
+        token_ids = inputs["token_ids"]
+        embeddings, sequence_inputs = self.embed_inputs(inputs, training=True)
+        cache = self.frozen_prefix_cache
+        keys = None
+        if cache is not None:
+            keys = frozen_prefix.row_keys(
+                ops.convert_to_numpy(token_ids),
+                ops.convert_to_numpy(inputs["padding_mask"]),
+                self.placeholder_id,
+            )
         return frozen_prefix.run_split(
             self.causal_lm_class,
             self.backbone,
@@ -274,6 +291,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             sequence_inputs["padding_mask"],
             split,
             training=self.backbone_dropout,
+            prefix_cache=cache,
+            row_keys=keys,
         )
 
     @classmethod

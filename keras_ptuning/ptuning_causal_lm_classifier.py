@@ -6,10 +6,12 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_ptuning import frozen_prefix
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import causal_lm_class
 from keras_ptuning.choice_template import CHOICE_INPUTS
 from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.keras_internals import lora_config
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_task import PTuningTask
@@ -254,11 +256,13 @@ class PTuningCausalLMClassifier(
     def call(self, inputs, training=None):
         token_ids = inputs["token_ids"]
         batch, rows, length = ops.shape(token_ids)
-        sequence = {
-            name: ops.reshape(inputs[name], (batch * rows, length))
-            for name in backbone_input_names(self.backbone)
-        }
-        hidden = self.backbone(sequence, training=training)
+        hidden = self._shared_context_states(inputs, training)
+        if hidden is None:
+            sequence = {
+                name: ops.reshape(inputs[name], (batch * rows, length))
+                for name in backbone_input_names(self.backbone)
+            }
+            hidden = self.backbone(sequence, training=training)
         hidden = ops.reshape(hidden, (batch, rows * length, -1))
         return choice_scores(
             hidden,
@@ -268,6 +272,88 @@ class PTuningCausalLMClassifier(
             inputs["choice_mask"],
             self.score_reduction,
         )
+
+    def _shared_context_states(self, inputs, training):
+        """The backbone's states for every row, each example's shared
+        context run once (`frozen_prefix.run_shared_context`), or `None`
+        where that cannot run: one row per example, traced inputs (XLA's
+        shapes are static), TensorFlow training (no gradient for the cache
+        update), a family without cached decoding, a multi-task prompt, or
+        prompt slots after the shared part."""
+        token_ids = concrete_numpy(inputs["token_ids"])
+        mask = concrete_numpy(inputs["padding_mask"])
+        if token_ids is None or mask is None or token_ids.shape[1] < 2:
+            return None
+        if training and keras.config.backend() == "tensorflow":
+            return None
+        ptuning = self.backbone if self.has_prompt else None
+        decoder = ptuning.backbone if ptuning is not None else self.backbone
+        if not frozen_prefix.supports(decoder, causal_lm_class(decoder)):
+            return None
+        if ptuning is not None and ptuning.is_multi_task:
+            return None
+        batch, rows, length = token_ids.shape
+        same = np.all(token_ids == token_ids[:, :1], axis=1) & np.all(
+            mask == mask[:, :1], axis=1
+        )
+        shared = np.where(same.all(axis=1), length, np.argmin(same, axis=1))
+        if shared.min() < 1 or shared.max() >= length:
+            return None
+        if ptuning is not None and ptuning.uses_slots:
+            in_context = [
+                np.sum(token_ids[b, 0, : shared[b]] == ptuning.placeholder_id)
+                for b in range(batch)
+            ]
+            if min(in_context) < ptuning.num_virtual_tokens:
+                return None
+        backbone_training = bool(training) and (
+            ptuning is None or ptuning.backbone_dropout
+        )
+        pieces, order = [], []
+        for n in np.unique(shared):
+            examples = np.flatnonzero(shared == n)
+            context_ids = token_ids[examples, 0, :n]
+            context = {
+                "token_ids": context_ids,
+                "padding_mask": mask[examples, 0, :n],
+            }
+            rest_ids = token_ids[examples, :, n:].reshape(-1, length - n)
+            rest_mask = mask[examples, :, n:].reshape(-1, length - n)
+            split = None
+            if ptuning is not None:
+                embeddings, sequence = ptuning.embed_inputs(
+                    context, training=training
+                )
+                context_mask = sequence["padding_mask"]
+                if training and ptuning._splits_frozen_prefix():
+                    split = frozen_prefix.split_point(
+                        ops.convert_to_tensor(context_ids),
+                        ptuning.placeholder_id,
+                    )
+            else:
+                embeddings = decoder.token_embedding(context_ids)
+                context_mask = ops.convert_to_tensor(context["padding_mask"])
+            context_states, rest_states = frozen_prefix.run_shared_context(
+                causal_lm_class(decoder),
+                decoder,
+                embeddings,
+                context_mask,
+                decoder.token_embedding(rest_ids),
+                ops.convert_to_tensor(rest_mask),
+                backbone_training,
+                split=split,
+            )
+            # Prepended virtual tokens are not the rows' positions.
+            context_states = context_states[:, -n:]
+            pieces.append(
+                ops.concatenate(
+                    [ops.repeat(context_states, rows, axis=0), rest_states], 1
+                )
+            )
+            order.append((examples[:, None] * rows + np.arange(rows)).ravel())
+        states = ops.concatenate(pieces, 0)
+        inverse = np.argsort(np.concatenate(order))
+        return ops.take(states, ops.convert_to_tensor(inverse), axis=0)
 
     def compile(
         self,
@@ -321,7 +407,7 @@ class PTuningCausalLMClassifier(
             return validation_data
         return self._ready(*validation_data)
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def _fit(self, x=None, y=None, *args, **kwargs):
         if "validation_data" in kwargs:
             kwargs["validation_data"] = self._ready_validation(
                 kwargs["validation_data"]

@@ -1,10 +1,13 @@
 """`PTuningTask`: what every P-tuning task model adds to its keras-hub task."""
 
+import warnings
+
 import keras
 import keras_hub
 
 from keras_ptuning import keras_internals
 from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.frozen_prefix import FrozenPrefixCache
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
 from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
@@ -285,7 +288,71 @@ class PTuningTask:
             or model_ready
         )
 
-    def fit(self, x=None, *args, **kwargs):
+    def fit(self, x=None, *args, frozen_prefix_cache_bytes=None, **kwargs):
+        """Trains the model, as `keras.Model.fit` does.
+
+        Args:
+            frozen_prefix_cache_bytes: `None` (default) or an int: a
+                memory budget in bytes for keeping each training row's
+                frozen prefix (its states before its first virtual token)
+                from its first step to the end of this call, so that later
+                epochs run only the positions after it (a decoder with
+                prompt slots and a frozen backbone; see
+                `keras_ptuning.frozen_prefix.FrozenPrefixCache`). Rows
+                beyond the budget run their prefix forward every step, and
+                a warning says so. Refused with `backbone_dropout=True`: a
+                kept prefix would reuse one dropout draw in every epoch.
+                Where steps cannot split (TensorFlow, JAX under `jit`) it
+                has no effect, and a warning says so.
+            *args, **kwargs: `keras.Model.fit`'s.
+        """
+        if frozen_prefix_cache_bytes is None:
+            return self._fit(x, *args, **kwargs)
+        backbone = self._frozen_prefix_backbone(frozen_prefix_cache_bytes)
+        backbone.frozen_prefix_cache = FrozenPrefixCache(
+            frozen_prefix_cache_bytes
+        )
+        try:
+            return self._fit(x, *args, **kwargs)
+        finally:
+            self.last_frozen_prefix_cache = backbone.frozen_prefix_cache
+            self.last_frozen_prefix_cache.rows = {}
+            backbone.frozen_prefix_cache = None
+
+    def _frozen_prefix_backbone(self, max_bytes):
+        FrozenPrefixCache(max_bytes)  # Checks the budget.
+        backbone = self.backbone
+        if not isinstance(backbone, PTuningBackbone) or not (
+            backbone._splits_frozen_prefix()
+        ):
+            raise ValueError(
+                "`frozen_prefix_cache_bytes` needs a p-tuned decoder with "
+                "prompt slots (placeholder_id) whose backbone is frozen (no "
+                "LoRA) and `frozen_prefix=True`: only there is the text "
+                "before the first virtual token frozen. Received: "
+                f"frozen_prefix_cache_bytes={max_bytes} for "
+                f"{type(self).__name__} on {type(backbone).__name__}"
+            )
+        if backbone.backbone_dropout:
+            raise ValueError(
+                "`frozen_prefix_cache_bytes` with backbone_dropout=True "
+                "would reuse one dropout draw of each row's prefix in every "
+                "epoch. Build the PTuningBackbone with backbone_dropout="
+                f"False. Received: frozen_prefix_cache_bytes={max_bytes}"
+            )
+        backend = keras.config.backend()
+        if backend == "tensorflow" or (
+            backend == "jax" and not self.run_eagerly
+        ):
+            warnings.warn(
+                "`frozen_prefix_cache_bytes` has no effect here: "
+                f"{backend}'s compiled steps cannot split the sequence "
+                "(see keras_ptuning.frozen_prefix); they run it whole.",
+                stacklevel=3,
+            )
+        return backbone
+
+    def _fit(self, x=None, *args, **kwargs):
         self._check_array_inputs(x)
         if self._straight_to_keras(x):
             return keras.Model.fit(self, x, *args, **kwargs)

@@ -11,6 +11,7 @@ from keras_ptuning import PTuningBackbone
 from keras_ptuning import frozen_prefix
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
+from tests.support import run_on_one_backend
 from tests.support import to_numpy
 
 NUM_TOKENS = 3
@@ -126,3 +127,223 @@ def test_a_split_step_equals_the_whole_sequence(family, placement):
     model.frozen_prefix = True
     split_outputs = to_numpy(model(inputs, training=True))[real]
     np.testing.assert_allclose(split_outputs, outputs, atol=1e-5, rtol=1e-5)
+
+
+def _lm(family="llama", **kwargs):
+    from keras_ptuning import PTuningCausalLM
+
+    backbone = FAMILIES[family]()
+    backbone_kwargs = {"placeholder_id": SLOT}
+    backbone_kwargs.update(kwargs)
+    ptuning = PTuningBackbone(
+        backbone, PromptEncoderConfig(NUM_TOKENS), **backbone_kwargs
+    )
+    model = PTuningCausalLM(ptuning)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model
+
+
+def _lm_data(rows=6, length=12, seed=0):
+    """Rows with their first slot at 2..5, some right- and left-padded;
+    next-token targets weighted after the first slot."""
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(1, 60, (rows, length)).astype("int32")
+    padding_mask = np.ones((rows, length), "int32")
+    for row in range(rows):
+        first = 2 + row % 4
+        token_ids[row, [first, first + 2, first + 4]] = SLOT
+        if row % 3 == 1:
+            padding_mask[row, -2:] = 0
+        elif row % 3 == 2:
+            padding_mask[row, :1] = 0
+    targets = np.maximum(np.roll(token_ids, -1, axis=1), 0)
+    weights = np.zeros((rows, length), "float32")
+    weights[:, 6:-1] = 1.0
+    x = {"token_ids": token_ids, "padding_mask": padding_mask}
+    return x, targets, weights
+
+
+@run_on_one_backend(
+    "torch", "the cache applies to PyTorch's (eager) steps only"
+)
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_a_fit_with_the_prefix_cache_trains_as_without(family):
+    x, y, weights = _lm_data()
+    plain = _lm(family)
+    initial = plain.get_weights()
+    fit = dict(batch_size=3, epochs=3, shuffle=True, verbose=0)
+    keras.utils.set_random_seed(5)
+    plain.fit(x, y, sample_weight=weights, **fit)
+
+    cached = _lm(family)
+    cached.set_weights(initial)
+    keras.utils.set_random_seed(5)
+    history = cached.fit(
+        x, y, sample_weight=weights, frozen_prefix_cache_bytes=2**30, **fit
+    )
+    stats = cached.last_frozen_prefix_cache
+    # Every row stored in the first epoch, found in the next two.
+    assert stats.misses == 6 and stats.hits == 12
+    assert cached.backbone.frozen_prefix_cache is None
+    assert len(history.history["loss"]) == 3
+    for a, b in zip(cached.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+    # A budget for no row: nothing is kept, a warning says so, and the
+    # training is the same.
+    small = _lm(family)
+    small.set_weights(initial)
+    keras.utils.set_random_seed(5)
+    with pytest.warns(UserWarning, match="frozen-prefix cache is full"):
+        small.fit(
+            x, y, sample_weight=weights, frozen_prefix_cache_bytes=1, **fit
+        )
+    assert small.last_frozen_prefix_cache.bytes == 0
+    for a, b in zip(small.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_prefix_cache_is_refused_where_nothing_is_frozen_or_it_would_lie():
+    x, y, weights = _lm_data(rows=2)
+    with pytest.raises(ValueError, match="prompt slots"):
+        _lm(placeholder_id=None).fit(
+            {
+                "token_ids": np.maximum(x["token_ids"], 0),
+                **{"padding_mask": x["padding_mask"]},
+            },
+            y,
+            frozen_prefix_cache_bytes=2**20,
+        )
+    with pytest.raises(ValueError, match="one dropout draw"):
+        _lm(backbone_dropout=True).fit(x, y, frozen_prefix_cache_bytes=2**20)
+    with pytest.raises(ValueError, match="frozen_prefix_cache_bytes=0"):
+        _lm().fit(x, y, frozen_prefix_cache_bytes=0)
+    if keras.config.backend() != "torch":
+        with pytest.warns(UserWarning, match="has no effect here"):
+            _lm().fit(
+                x, y, epochs=1, verbose=0, frozen_prefix_cache_bytes=2**20
+            )
+
+
+def _choice_inputs(placement):
+    """Two-choice inputs laid out as a `ChoiceTemplate` lays them: each
+    row is the example's context (lengths 5, 7, 5, with the 3 slots in
+    it), then one choice (2 or 3 tokens), right-padded to 12."""
+    contexts = [
+        [7, SLOT, 8, SLOT, SLOT],
+        [9, 10, 11, SLOT, 12, SLOT, SLOT],
+        [13, 14, SLOT, SLOT, SLOT],
+    ]
+    choices = [
+        [[20, 21], [22, 23, 24]],
+        [[25, 26, 27], [28, 29]],
+        [[30, 31], [32, 33]],
+    ]
+    length, width = 12, 3
+    token_ids = np.zeros((3, 2, length), "int32")
+    padding_mask = np.zeros((3, 2, length), "int32")
+    positions = np.zeros((3, 2, width), "int32")
+    ids = np.zeros((3, 2, width), "int32")
+    choice_mask = np.zeros((3, 2, width), "int32")
+    for b, context in enumerate(contexts):
+        if placement == "plain":
+            context = [30 + t if t == SLOT else t for t in context]
+        n = len(context)
+        for c, choice in enumerate(choices[b]):
+            row = context + choice
+            token_ids[b, c, : len(row)] = row
+            padding_mask[b, c, : len(row)] = 1
+            k = len(choice)
+            positions[b, c, :k] = c * length + n - 1 + np.arange(k)
+            ids[b, c, :k] = choice
+            choice_mask[b, c, :k] = 1
+    return {
+        "token_ids": token_ids,
+        "padding_mask": padding_mask,
+        "choice_positions": positions,
+        "choice_ids": ids,
+        "choice_mask": choice_mask,
+    }
+
+
+def _classifier(family, placement):
+    from keras_ptuning import PTuningCausalLMClassifier
+
+    backbone = FAMILIES[family]()
+    if placement == "plain":
+        return PTuningCausalLMClassifier(backbone)
+    return PTuningCausalLMClassifier(
+        backbone,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        placeholder_id=SLOT,
+    )
+
+
+def _score_gradients(model, inputs):
+    """Choice scores (inference) and the gradients of a cross-entropy over
+    them (training mode), in the backend's autodiff."""
+    labels = ops.convert_to_tensor(np.array([0, 1, 1], "int32"))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+    scores = to_numpy(model(inputs))
+    backend = keras.config.backend()
+    if not variables:
+        return scores, []
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(inputs, training=True))
+        gradients = tape.gradient(loss, variables)
+    elif backend == "jax":
+        import jax
+
+        def value(trainable):
+            outputs, _ = model.stateless_call(
+                trainable,
+                [v.value for v in model.non_trainable_variables],
+                inputs,
+                training=True,
+            )
+            return loss_fn(labels, outputs)
+
+        gradients = jax.grad(value)([v.value for v in variables])
+    else:
+        for v in variables:
+            v.value.grad = None
+        loss_fn(labels, model(inputs, training=True)).backward()
+        gradients = [v.value.grad for v in variables]
+    return scores, [to_numpy(g) for g in gradients]
+
+
+# On JAX one case (68 s for four op by op).
+@pytest.mark.parametrize(
+    "placement", ["slots"] if ON_JAX else ["slots", "plain"]
+)
+@pytest.mark.parametrize("family", ["gemma3"] if ON_JAX else sorted(CAUSAL))
+def test_multiple_choice_runs_each_context_once_with_the_same_scores(
+    family, placement, monkeypatch
+):
+    from keras_ptuning import PTuningCausalLMClassifier
+
+    model = _classifier(family, placement)
+    inputs = _choice_inputs(placement)
+    calls = []
+    run = frozen_prefix.run_shared_context
+    monkeypatch.setattr(
+        frozen_prefix,
+        "run_shared_context",
+        lambda *a, **k: calls.append(1) or run(*a, **k),
+    )
+    shared_scores, shared_gradients = _score_gradients(model, inputs)
+    # Two context lengths: two groups per call, eager calls only.
+    assert len(calls) >= 2
+    monkeypatch.setattr(
+        PTuningCausalLMClassifier, "_shared_context_states", lambda *a: None
+    )
+    scores, gradients = _score_gradients(model, inputs)
+    np.testing.assert_allclose(shared_scores, scores, atol=1e-5, rtol=1e-5)
+    assert len(shared_gradients) == len(gradients)
+    for shared, whole in zip(shared_gradients, gradients):
+        scale = np.abs(whole).max()
+        np.testing.assert_allclose(shared, whole, atol=1e-4 * scale, rtol=1e-4)
