@@ -186,6 +186,14 @@ def parse_args(argv=None):
         default=None,
         help="cap the supervised training set (full setting)",
     )
+    parser.add_argument(
+        "--frozen-prefix-cache-mib",
+        type=int,
+        default=4096,
+        help="memory for keeping each training example's frozen prefix "
+        "across epochs (PyTorch; 0: run it every step, still without a "
+        "backward pass)",
+    )
     parser.add_argument("--restart", action="store_true")
     args = parser.parse_args(argv)
     args.tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
@@ -499,15 +507,36 @@ class Runner:
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
         history = [self.score(model, key, choices, "select")["accuracy"]]
         best_weights = [np.array(v) for v in model.trainable_variables]
-        losses = []
-        for _ in range(args.epochs):
-            fit = keras.Model.fit(model, train, epochs=1, verbose=0)
-            losses.append(float(fit.history["loss"][-1]))
-            history.append(
-                self.score(model, key, choices, "select")["accuracy"]
-            )
-            if history[-1] > max(history[:-1]):
-                best_weights = [np.array(v) for v in model.trainable_variables]
+        score = self.score
+
+        class SelectOnDev32(keras.callbacks.Callback):
+            """Scores dev32 after each epoch, keeping the best weights."""
+
+            def on_epoch_end(self, epoch, logs=None):
+                nonlocal best_weights
+                history.append(score(model, key, choices, "select")["accuracy"])
+                if history[-1] > max(history[:-1]):
+                    best_weights = [
+                        np.array(v) for v in model.trainable_variables
+                    ]
+
+        # The text before the first virtual token is computed once (its
+        # keys and values kept for the later epochs) where it can be.
+        cache_bytes = None
+        if (
+            args.frozen_prefix_cache_mib
+            and keras.config.backend() == "torch"
+            and getattr(model.backbone, "splits_frozen_prefix", False)
+        ):
+            cache_bytes = args.frozen_prefix_cache_mib * 2**20
+        fit = model.fit(
+            train,
+            epochs=args.epochs,
+            verbose=0,
+            callbacks=[SelectOnDev32()],
+            frozen_prefix_cache_bytes=cache_bytes,
+        )
+        losses = [float(loss) for loss in fit.history["loss"]]
         for variable, value in zip(model.trainable_variables, best_weights):
             variable.assign(value)
         result = self.score(model, key, choices, "val")

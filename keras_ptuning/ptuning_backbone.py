@@ -228,7 +228,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     def call(self, inputs, training=None, mask=None, **kwargs):
         if not training:
             return super().call(inputs, training=training, mask=mask, **kwargs)
-        if self._splits_frozen_prefix():
+        if self.splits_frozen_prefix:
             split = frozen_prefix.split_point(
                 inputs["token_ids"], self.placeholder_id
             )
@@ -241,7 +241,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 return super().call(inputs, training=False, mask=mask, **kwargs)
         return super().call(inputs, training=True, mask=mask, **kwargs)
 
-    def _splits_frozen_prefix(self):
+    @property
+    def splits_frozen_prefix(self):
         """Whether training steps run the text before the first virtual
         token as constants (`keras_ptuning.frozen_prefix`): a decoder with
         slots, every backbone weight frozen (no LoRA)."""

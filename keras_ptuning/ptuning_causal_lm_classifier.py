@@ -325,7 +325,7 @@ class PTuningCausalLMClassifier(
                     context, training=training
                 )
                 context_mask = sequence["padding_mask"]
-                if training and ptuning._splits_frozen_prefix():
+                if training and ptuning.splits_frozen_prefix:
                     split = frozen_prefix.split_point(
                         ops.convert_to_tensor(context_ids),
                         ptuning.placeholder_id,

@@ -323,7 +323,7 @@ class PTuningTask:
         FrozenPrefixCache(max_bytes)  # Checks the budget.
         backbone = self.backbone
         if not isinstance(backbone, PTuningBackbone) or not (
-            backbone._splits_frozen_prefix()
+            backbone.splits_frozen_prefix
         ):
             raise ValueError(
                 "`frozen_prefix_cache_bytes` needs a p-tuned decoder with "
