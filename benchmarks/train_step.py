@@ -81,6 +81,21 @@ on next-token targets weighted by the padding mask, and `peft` is
 targets (`labels`, padding at -100). Both train the same number of
 parameters (asserted). `floor` and `plain` exist for MiniLM only.
 
+`--model smollm2-boolq` times a BoolQ-like template on SmolLM2: each row
+is `--prefix-length` real tokens (a passage and question, 120), the
+`--num-virtual-tokens` at slots, and `--suffix-length` real tokens (10)
+whose next-token losses train it (no padding): `ptuned` is
+`PTuningCausalLM(placeholder_id=...)` with its defaults, which runs the
+text before the slots without a backward pass (`keras_ptuning.frozen_prefix`);
+`cached` also keeps each row's prefix from its first step on, as
+`fit(frozen_prefix_cache_bytes=)` does (emptied after the warm-up, so the
+first round of `NUM_BATCHES` steps is a first epoch and the later rounds
+are later epochs); `whole` runs the whole sequence backward (before issue
+33); `peft` is PEFT's `CAUSAL_LM` P-tuning on the same real tokens (it can
+only prepend), the same suffix scored. Run it with `--steps-per-round 4`
+(one epoch a round); the table adds each variant's first round and the
+median of its later rounds.
+
 `--fit` also times `ptuned` trained by `fit` against `train_on_batch` on
 the same batches (see `measure_fit`): seconds per step and the fixed cost
 of each `fit` call, for keras-hub's `model.fit` (arrays through `tf.data`)
@@ -94,6 +109,8 @@ with XLA (JAX, TensorFlow) or `torch.compile` (PyTorch).
         --rounds 1 --steps-per-round 2 --variants ptuned floor
     KERAS_BACKEND=torch python benchmarks/train_step.py --fresh-processes \\
         --variants ptuned plain --rounds 2 --steps-per-round 8 --skip-memory
+    KERAS_BACKEND=torch python benchmarks/train_step.py \\
+        --model smollm2-boolq --batch-size 8 --rounds 3 --steps-per-round 4
     KERAS_BACKEND=jax python benchmarks/train_step.py --model smollm2 \\
         --batch-size 8 --rounds 3 --steps-per-round 3
 """
