@@ -44,13 +44,17 @@ import json  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
+# keras_ptuning first: it loads TensorFlow without its start-up noise.
+import keras_ptuning  # noqa: E402
+
+# isort: split
+
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-import keras_ptuning  # noqa: E402
 from keras_ptuning.presets import minilm_preset_dir  # noqa: E402
 
 TOY_SENTENCES = [

@@ -45,11 +45,15 @@ import json
 import os
 import time
 
+# keras_ptuning first: it loads TensorFlow without its start-up noise.
+import keras_ptuning
+
+# isort: split
+
 import keras
 import keras_hub
 import numpy as np
 
-import keras_ptuning
 from keras_ptuning import presets
 from keras_ptuning.datasets import load_lama
 from keras_ptuning.ptuning_next_token_lm import last_token_states

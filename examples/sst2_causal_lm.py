@@ -33,12 +33,16 @@ import json
 import os
 import time
 
+# keras_ptuning first: it loads TensorFlow without its start-up noise.
+import keras_ptuning
+
+# isort: split
+
 import keras
 import keras_hub
 import numpy as np
 from keras import ops
 
-import keras_ptuning
 from keras_ptuning import presets
 from keras_ptuning.datasets import load_sst2
 

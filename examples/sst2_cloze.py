@@ -31,11 +31,15 @@ import json
 import os
 import sys
 
+# keras_ptuning first: it loads TensorFlow without its start-up noise.
+import keras_ptuning
+
+# isort: split
+
 import keras
 import keras_hub
 import numpy as np
 
-import keras_ptuning
 from keras_ptuning.datasets import load_sst2
 from keras_ptuning.presets import minilm_preset_dir
 

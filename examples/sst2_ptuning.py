@@ -29,12 +29,16 @@ import os
 import sys
 import time
 
+# keras_ptuning first: it loads TensorFlow without its start-up noise.
+import keras_ptuning
+
+# isort: split
+
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
-import keras_ptuning
 from keras_ptuning.datasets import load_sst2
 from keras_ptuning.presets import minilm_preset_dir
 

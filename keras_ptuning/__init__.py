@@ -1,5 +1,10 @@
 """keras-ptuning: P-tuning for frozen keras-hub backbones, any backend."""
 
+# First, before anything loads TensorFlow (keras-hub does on every backend).
+from keras_ptuning import quiet_startup  # noqa: F401
+
+# isort: split
+
 from keras_ptuning import distribution
 from keras_ptuning import keras_hub_fixes
 from keras_ptuning.choice_template import ChoiceTemplate
