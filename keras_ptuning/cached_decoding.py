@@ -28,7 +28,8 @@ longer sequence as it is:
   prefills the padding too. Past the first segment a shared prefix is
   behind the decoding position, so the steps embed real tokens only and
   skip the virtual-token lookup. More segments cost tracing and compile
-  time (2-4x keras-hub's first `generate` call on JAX and TensorFlow).
+  time: the first `generate` call traces every segment (measured in
+  `docs/results.md`).
 
 Segments need the sampler's plain loop (greedy, top-k, top-p, random).
 Samplers with their own loop (beam, contrastive) decode in one segment, as

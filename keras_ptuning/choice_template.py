@@ -98,6 +98,9 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
 
     Example:
     ```python
+    from keras_ptuning.presets import smollm2_preset_dir
+
+    tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(smollm2_preset_dir())
     template = keras_ptuning.PromptTemplate(
         '{premise} [P:"Question:"] {hypothesis}? [P:"Answer:"]',
         tokenizer,

@@ -88,9 +88,10 @@ def layout_map(
 
     Example:
     ```python
-    mesh = keras.distribution.DeviceMesh(
-        (2, 4), ("batch", "model"), keras.distribution.list_devices()
-    )
+    devices = keras.distribution.list_devices()
+    model_shards = 4 if len(devices) % 4 == 0 else 1
+    shape = (len(devices) // model_shards, model_shards)  # 8 devices: (2, 4)
+    mesh = keras.distribution.DeviceMesh(shape, ("batch", "model"), devices)
     layout_map = keras_ptuning.distribution.layout_map(
         keras_hub.models.GemmaBackbone, mesh
     )
@@ -104,6 +105,11 @@ def layout_map(
         num_classes=2,
         prompt_config=keras_ptuning.PromptEncoderConfig(20),
     )
+    x = {  # token ids, e.g. from `keras_hub.models.GemmaTokenizer`
+        "token_ids": np.random.randint(1, 1000, (64, 128)),
+        "padding_mask": np.ones((64, 128), "int32"),
+    }
+    y = np.random.randint(0, 2, (64,))
     model.fit(x, y, batch_size=32)  # batch over "batch", weights over "model"
     ```
     """

@@ -107,9 +107,16 @@ def export_saved_model(
 
     Example:
     ```python
+    import tensorflow as tf
+
+    classifier = keras_ptuning.PTuningTextClassifier.from_preset(
+        "bert_base_en_uncased", num_classes=2, num_virtual_tokens=20
+    )
     keras_ptuning.export_saved_model(classifier, "exported/sst2")
     served = tf.saved_model.load("exported/sst2").signatures["serving_default"]
-    served(token_ids=..., segment_ids=..., padding_mask=...)["probabilities"]
+    inputs = classifier.preprocessor(["A gripping, funny film."])
+    inputs = {name: tf.cast(x, "int32") for name, x in inputs.items()}
+    served(**inputs)["probabilities"]  # (1, 2)
     ```
     """
     if not isinstance(model, EXPORTABLE):

@@ -68,11 +68,18 @@ class LengthBucketedDataset(keras.utils.PyDataset):
 
     Example:
     ```python
+    sentences = ["a gripping, funny film", "a dull mess", "pure joy", "meh"]
+    labels = np.array([1, 0, 1, 0])
     preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
         "bert_tiny_en_uncased", sequence_length=64
     )
     x = keras.tree.map_structure(np.asarray, preprocessor(sentences))
     train = keras_ptuning.LengthBucketedDataset(x, labels, batch_size=32)
+    model = keras_ptuning.PTuningTextClassifier(
+        keras_hub.models.BertBackbone.from_preset("bert_tiny_en_uncased"),
+        num_classes=2,
+        prompt_config=keras_ptuning.PromptEncoderConfig(20),
+    )
     model.fit(train, epochs=3)  # a P-tuning task model takes it as is
     ```
     """

@@ -130,6 +130,8 @@ def smollm2_preset_dir(format="keras_hub", cache_dir=None):
     Example:
 
     ```python
+    from keras_ptuning.presets import smollm2_preset_dir
+
     causal_lm = keras_hub.models.CausalLM.from_preset(smollm2_preset_dir())
     causal_lm.generate("The capital of France is", max_length=10)
     ```
@@ -153,6 +155,8 @@ def gemma3_preset_dir(format="keras_hub", cache_dir=None):
     Example:
 
     ```python
+    from keras_ptuning.presets import gemma3_preset_dir
+
     causal_lm = keras_hub.models.CausalLM.from_preset(gemma3_preset_dir())
     causal_lm.generate("Paris is the capital of", max_length=10)
     ```
@@ -268,8 +272,8 @@ def _backbone_overrides(config):
     """Config entries keras-hub's converters drop, as backbone arguments.
 
     keras-hub 0.32's Llama converter ignores `rms_norm_eps` and keeps the
-    backbone's default 1e-6; SmolLM2 uses 1e-5, which moves its logits by
-    up to 2e-2 (4e-5 with the right epsilon).
+    backbone's default 1e-6; SmolLM2 uses 1e-5, so its logits only match
+    transformers' with the checkpoint's epsilon passed here.
     """
     if config.get("model_type") == "llama" and "rms_norm_eps" in config:
         return {"layer_norm_epsilon": config["rms_norm_eps"]}

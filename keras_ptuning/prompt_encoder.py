@@ -46,10 +46,15 @@ class PromptEncoder(keras.layers.Layer):
         config: a `keras_ptuning.PromptEncoderConfig` (or its dict) with
             `token_dim` set. Alternatively pass the config's fields as keyword
             arguments.
-        num_virtual_tokens, token_dim, encoder_reparameterization_type,
-        encoder_hidden_size, encoder_num_layers, encoder_dropout,
-        prompt_init: the
-            fields of `PromptEncoderConfig`, used when `config` is `None`.
+        num_virtual_tokens: keyword-only, as are the six below: the
+            `PromptEncoderConfig` field of the same name, used when
+            `config` is `None`.
+        token_dim: see `num_virtual_tokens`.
+        encoder_reparameterization_type: see `num_virtual_tokens`.
+        encoder_hidden_size: see `num_virtual_tokens`.
+        encoder_num_layers: see `num_virtual_tokens`.
+        encoder_dropout: see `num_virtual_tokens`.
+        prompt_init: see `num_virtual_tokens`.
         **kwargs: standard `keras.layers.Layer` arguments (`name`, ...).
 
     Example:

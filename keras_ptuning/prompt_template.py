@@ -244,7 +244,11 @@ class PromptTemplate(keras_hub.models.Preprocessor):
 
     Example:
     ```python
-    tokenizer = keras_hub.tokenizers.BertTokenizer.from_preset(model_dir)
+    from keras_ptuning.presets import minilm_preset_dir
+
+    tokenizer = keras_hub.tokenizers.BertTokenizer.from_preset(
+        minilm_preset_dir()
+    )
     template = keras_ptuning.PromptTemplate(
         "{sentence} [P:4] It was [MASK] .", tokenizer, sequence_length=64
     )

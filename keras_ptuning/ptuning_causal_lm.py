@@ -48,7 +48,7 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         task_names: `None` or a list of task names: one prompt encoder per
             task and a `task_id` input `(batch,)` (`generate` too); see
             `PTuningBackbone`.
-        **kwargs: standard `keras.Model` arguments.
+        **kw: standard `keras.Model` arguments.
 
     Example:
     ```python

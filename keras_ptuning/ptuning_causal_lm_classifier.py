@@ -108,7 +108,9 @@ class PTuningCausalLMClassifier(
 
     Example:
     ```python
-    causal_lm = keras_hub.models.CausalLM.from_preset(preset)
+    from keras_ptuning.presets import smollm2_preset_dir
+
+    causal_lm = keras_hub.models.CausalLM.from_preset(smollm2_preset_dir())
     template = keras_ptuning.PromptTemplate(
         '{premise} [P:"Question:"] {hypothesis}? [P:"Answer:"]',
         causal_lm.preprocessor.tokenizer,
@@ -119,8 +121,12 @@ class PTuningCausalLMClassifier(
     model = keras_ptuning.PTuningCausalLMClassifier(
         causal_lm.backbone, preprocessor=choices
     )
-    model.fit({"premise": [...], "hypothesis": [...]}, [0, 1], epochs=10)
-    model.predict({"premise": [...], "hypothesis": [...]}).argmax(-1)
+    x = {
+        "premise": ["A man sleeps on a bench.", "A dog runs in the park."],
+        "hypothesis": ["A man sleeps", "A cat runs"],
+    }
+    model.fit(x, [0, 1], epochs=10)  # class 0: " yes", class 1: " no"
+    model.predict(x).argmax(-1)
     ```
     """
 

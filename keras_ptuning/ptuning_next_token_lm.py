@@ -67,7 +67,9 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
 
     Example:
     ```python
-    causal_lm = keras_hub.models.CausalLM.from_preset(preset)
+    from keras_ptuning.presets import smollm2_preset_dir
+
+    causal_lm = keras_hub.models.CausalLM.from_preset(smollm2_preset_dir())
     template = keras_ptuning.PromptTemplate(
         "[P:3] {subject} [P:3] is the capital of [P:3]",
         causal_lm.preprocessor.tokenizer,

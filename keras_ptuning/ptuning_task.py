@@ -100,7 +100,8 @@ class PTuningTask:
         classifier = keras_ptuning.PTuningTextClassifier.from_preset(
             "bert_base_en_uncased", num_classes=2, num_virtual_tokens=20
         )
-        classifier.fit(sentences, labels)
+        sentences = ["a gripping, funny film", "a dull mess"]
+        classifier.fit(sentences, [1, 0])
         ```
         """
         task_cls = keras_internals.preset_task_class(preset)
@@ -304,7 +305,8 @@ class PTuningTask:
                 kept prefix would reuse one dropout draw in every epoch.
                 Where steps cannot split (TensorFlow, JAX under `jit`) it
                 has no effect, and a warning says so.
-            *args, **kwargs: `keras.Model.fit`'s.
+            *args: `keras.Model.fit`'s positional arguments.
+            **kwargs: `keras.Model.fit`'s keyword arguments.
         """
         if frozen_prefix_cache_bytes is None:
             return self._fit(x, *args, **kwargs)

@@ -48,10 +48,9 @@ class PTuningTextClassifier(
             for prepended virtual tokens.
         activation: `None`, a string or callable applied to the logits.
             `None` (default) returns logits.
-        dropout: float. Dropout before the `Dense` head. Defaults to 0.0:
-            the frozen backbone keeps its own dropout in training, and over
-            3 seeds at PEFT's settings (README, `benchmarks/sst2_parity.py`)
-            a further 0.1 on the pooled output lowered dev accuracy.
+        dropout: float. Dropout before the `Dense` head. Defaults to 0.0
+            (no dropout on the pooled output; see the results page,
+            `docs/results.md`, for how dropout there compared on SST-2).
         pooling: `None` or what the head reads: `"mean"` (the mean over the
             non-padding tokens), `"last"` (the last non-padding token),
             `"first"` (the first position: `[CLS]`, `<s>`), or `"pooled"`
@@ -61,9 +60,8 @@ class PTuningTextClassifier(
             first virtual token, as in HF and PEFT); with prompt slots,
             `"mean"` includes the slots' hidden states.
             Defaults to `"last"` for decoder-only backbones and `"mean"`
-            for encoders: over 3 seeds at PEFT's settings the mean gained
-            3-7 points over BERT's pooler on SST-2 (README,
-            `benchmarks/sst2_parity.py`).
+            for encoders (see `docs/results.md` for the mean against
+            BERT's pooler on SST-2).
             `keras_ptuning.hf_pooling(backbone)` is HF's readout, needed
             to exchange a head with PEFT.
         placeholder_id: `None` (prepend the virtual tokens) or the int that
@@ -76,6 +74,9 @@ class PTuningTextClassifier(
 
     Example:
     ```python
+    from keras_ptuning.presets import minilm_preset_dir
+
+    model_dir = minilm_preset_dir()  # all-MiniLM-L6-v2, offline
     backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
         model_dir, sequence_length=64
