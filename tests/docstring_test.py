@@ -7,16 +7,15 @@ block imports itself), in a temporary working directory. The docstrings
 name real presets (`"bert_base_en"`, `minilm_preset_dir()`, ...), which
 cannot be downloaded or converted here: for the test only, each resolves to
 a tiny random preset saved in a temporary folder, and no other keras-hub
-preset name resolves at all (nothing is downloaded). Shapes written in
+preset name resolves at all (nothing is downloaded; see
+`tests/preset_substitutes.py`, shared with the README's test). Shapes written in
 comments are those of the real presets; the blocks' own `assert`s are
 checked. Docstrings written as doctests (`>>>`) run as `doctest` runs them.
 """
 
-import contextlib
 import doctest
 import importlib
 import inspect
-import linecache
 import pkgutil
 import re
 
@@ -27,39 +26,16 @@ import pytest
 
 import keras_ptuning
 from keras_ptuning import presets
-from tests.backbones import _ENCODER
-from tests.backbones import _ROPE
-from tests.support import bert_tokenizer
-from tests.support import byte_level_llama3_tokenizer
+from tests.preset_substitutes import BUILTIN_SUBSTITUTES
+from tests.preset_substitutes import LOCAL_SUBSTITUTES
+from tests.preset_substitutes import build_tiny_presets
+from tests.preset_substitutes import run_example
+from tests.preset_substitutes import tiny_presets_in_place
 from tests.support import run_on_one_backend
-from tests.support import sentencepiece_proto
 
 # Blocks that cannot run in the test, by id, with the reason. Keep empty
 # where possible: an excluded example is an unchecked claim.
 EXCLUDED = {}
-
-# The keras-hub preset names the examples use -> the tiny preset standing in
-# for them (a family the name's `from_preset` calls accept).
-BUILTIN_SUBSTITUTES = {
-    "bert_tiny_en_uncased": "bert",
-    "bert_base_en": "bert",
-    "bert_base_en_uncased": "bert",
-    "gpt2_base_en": "gpt2",
-    "gemma_2b_en": "gemma",
-}
-# keras_ptuning.presets' offline checkpoints -> their tiny stand-ins. The
-# decoder examples use only the API every keras-hub decoder shares
-# (`CausalLM.from_preset`, its tokenizer and backbone), so SmolLM2 (Llama 3)
-# stands in as a tiny Gemma 3 too: the trace of keras-hub's byte-level BPE
-# takes ~3 s on 2 cores for every template and dataset, SentencePiece's
-# 0.1 s (measured: 8 s against 2 s for `PTuningNextTokenLM`'s example).
-LOCAL_SUBSTITUTES = {
-    "minilm_preset_dir": "bert",
-    "smollm2_preset_dir": "gemma3",
-    "gemma3_preset_dir": "gemma3",
-}
-# Words the decoder examples score or predict as one token each.
-DECODER_WORDS = ["yes", "no", "France", "Italy", "is", "the", "capital", "of"]
 
 _EXAMPLE = re.compile(
     r"^(?P<indent>[ ]*)Examples?:[ ]*\n(?:[ ]*\n)*"
@@ -162,110 +138,10 @@ def test_substituted_presets_are_real_keras_hub_presets():
         assert callable(getattr(presets, name))
 
 
-def _save(task, path):
-    task.save_to_preset(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_presets(tmp_path_factory):
-    """`{family: folder}`: tiny random presets (task, tokenizer and
-    preprocessor; the backbone alone for Gemma)."""
-    root = tmp_path_factory.mktemp("tiny_presets")
-    folders = {}
-    # Enough positions for the examples' sequences and 20 virtual tokens.
-    bert = keras_hub.models.BertBackbone(
-        **{**_ENCODER, "max_sequence_length": 128}
-    )
-    folders["bert"] = _save(
-        keras_hub.models.BertMaskedLM(
-            bert,
-            keras_hub.models.BertMaskedLMPreprocessor(
-                bert_tokenizer(), sequence_length=32
-            ),
-        ),
-        str(root / "bert"),
-    )
-    # GPT-2's byte-level BPE: every byte, so any text.
-    byte_level = byte_level_llama3_tokenizer([" the"])
-    gpt2_tokenizer = keras_hub.models.GPT2Tokenizer(
-        vocabulary=byte_level.vocabulary, merges=byte_level.merges
-    )
-    gpt2 = keras_hub.models.GPT2Backbone(
-        **{
-            **_ENCODER,
-            "vocabulary_size": gpt2_tokenizer.vocabulary_size(),
-            "max_sequence_length": 256,
-        }
-    )
-    folders["gpt2"] = _save(
-        keras_hub.models.GPT2CausalLM(
-            gpt2,
-            keras_hub.models.GPT2CausalLMPreprocessor(
-                gpt2_tokenizer, sequence_length=32
-            ),
-        ),
-        str(root / "gpt2"),
-    )
-    # Gemma 3's SentencePiece (no dummy prefix, byte fallback, so any text)
-    # with the examples' label and target words as single tokens.
-    gemma3_tokenizer = keras_hub.models.Gemma3Tokenizer(
-        proto=sentencepiece_proto(
-            [" ".join(DECODER_WORDS)],
-            4 + 256 + len(DECODER_WORDS),
-            bos_piece="<bos>",
-            eos_piece="<eos>",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
-            byte_fallback=True,
-        ),
-        has_vision_tokens=False,
-    )
-    gemma3 = keras_hub.models.Gemma3Backbone(
-        **{**_ROPE, "vocabulary_size": gemma3_tokenizer.vocabulary_size()},
-        head_dim=8,
-        image_size=16,
-        sliding_window_size=8,
-    )
-    folders["gemma3"] = _save(
-        keras_hub.models.Gemma3CausalLM(
-            backbone=gemma3,
-            preprocessor=keras_hub.models.Gemma3CausalLMPreprocessor(
-                tokenizer=gemma3_tokenizer, sequence_length=32
-            ),
-        ),
-        str(root / "gemma3"),
-    )
-    # The distribution example feeds token ids below 1000.
-    gemma = keras_hub.models.GemmaBackbone(
-        **{**_ROPE, "vocabulary_size": 1000}, head_dim=8
-    )
-    folders["gemma"] = _save(gemma, str(root / "gemma"))
-    return folders
-
-
-@contextlib.contextmanager
-def _tiny_presets_in_place(monkeypatch, folders, workdir):
-    """The examples' presets resolve to `folders`, files land in `workdir`,
-    and a distribution the example sets is removed afterwards."""
-    from keras_hub.src.utils import preset_utils
-
-    builtin = {
-        name: {"kaggle_handle": folders[family], "metadata": {}}
-        for name, family in BUILTIN_SUBSTITUTES.items()
-    }
-    # Only the substitutes: any other preset name fails, never downloads.
-    monkeypatch.setattr(preset_utils, "BUILTIN_PRESETS", builtin)
-    for name, family in LOCAL_SUBSTITUTES.items():
-        monkeypatch.setattr(
-            presets, name, lambda *a, _p=folders[family], **k: _p
-        )
-    monkeypatch.chdir(workdir)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(None)
+    """`{family: folder}`: the tiny presets standing in for the real ones."""
+    return build_tiny_presets(tmp_path_factory.mktemp("tiny_presets"))
 
 
 @run_on_one_backend(
@@ -275,7 +151,6 @@ def _tiny_presets_in_place(monkeypatch, folders, workdir):
 )
 @pytest.mark.parametrize("block_id", sorted(set(EXAMPLES) - set(EXCLUDED)))
 def test_docstring_example_runs(block_id, tiny_presets, monkeypatch, tmp_path):
-    code = EXAMPLES[block_id]
     namespace = {
         "keras": keras,
         "keras_hub": keras_hub,
@@ -283,11 +158,8 @@ def test_docstring_example_runs(block_id, tiny_presets, monkeypatch, tmp_path):
         "np": np,
         "numpy": np,
     }
-    filename = f"<{block_id} example>"
-    # Tracebacks then show the example's lines.
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), "")
-    with _tiny_presets_in_place(monkeypatch, tiny_presets, tmp_path):
-        exec(compile(code, filename, "exec"), namespace)
+    with tiny_presets_in_place(monkeypatch, tiny_presets, tmp_path):
+        run_example(EXAMPLES[block_id], f"{block_id} example", namespace)
 
 
 @pytest.mark.parametrize("name", sorted(DOCTESTS))
