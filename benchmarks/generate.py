@@ -145,11 +145,15 @@ def bench(name, args):
     backbone = BACKBONES[name]()
     ptuned = keras_ptuning.PTuningCausalLM(
         backbone,
-        keras_ptuning.PromptEncoderConfig(args.num_virtual_tokens),
+        prompt_config=keras_ptuning.PromptEncoderConfig(
+            args.num_virtual_tokens
+        ),
     )
     one_segment = keras_ptuning.PTuningCausalLM(
         backbone,
-        keras_ptuning.PromptEncoderConfig(args.num_virtual_tokens),
+        prompt_config=keras_ptuning.PromptEncoderConfig(
+            args.num_virtual_tokens
+        ),
     )
     one_segment.set_weights(ptuned.get_weights())
     plain = ptuned.backbone.causal_lm_class(

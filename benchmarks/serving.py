@@ -98,7 +98,7 @@ def _models(args):
     classifier = keras_ptuning.PTuningTextClassifier(
         keras_hub.models.BertBackbone.from_preset(minilm),
         2,
-        config,
+        prompt_config=config,
         preprocessor=keras_hub.models.TextClassifierPreprocessor.from_preset(
             minilm, sequence_length=args.sequence_length
         ),
@@ -106,7 +106,7 @@ def _models(args):
     smollm2 = presets.smollm2_preset_dir()
     causal_lm = keras_ptuning.PTuningCausalLM(
         keras_hub.models.Backbone.from_preset(smollm2),
-        config,
+        prompt_config=config,
         preprocessor=keras_hub.models.CausalLMPreprocessor.from_preset(
             smollm2, sequence_length=args.sequence_length
         ),

@@ -478,7 +478,7 @@ def causal_model(args, variant="ptuned"):
 
     slots = args.model == "smollm2-boolq"
     model = keras_ptuning.PTuningCausalLM(
-        backbone, config, placeholder_id=SLOT if slots else None
+        backbone, prompt_config=config, placeholder_id=SLOT if slots else None
     )
     model.backbone.frozen_prefix = variant != "whole"
     if variant == "cached":

@@ -317,8 +317,8 @@ class PromptTrainer:
         )
         self.model = keras_ptuning.PTuningNextTokenLM(
             backbone,
-            config,
             preprocessor=template,
+            prompt_config=config,
             task_names=task_names,
         )
         self.model.compile(

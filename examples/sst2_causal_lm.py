@@ -327,7 +327,7 @@ def main():
     )
     model = keras_ptuning.PTuningCausalLM(
         causal_lm.backbone,
-        config,
+        prompt_config=config,
         placeholder_id=PLACEHOLDER if slots else None,
     )
     text_start = None

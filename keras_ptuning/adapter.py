@@ -135,12 +135,92 @@ def _placement(placeholder_id):
     return "prepended prompt" if placeholder_id is None else "prompt slots"
 
 
+ADAPTER_FORMATS = ("keras", "peft")
+
+
+def _check_format(format):
+    if not isinstance(format, str) or format not in ADAPTER_FORMATS:
+        raise ValueError(
+            f"`format` must be one of {ADAPTER_FORMATS}. Received: "
+            f"format={format!r}"
+        )
+
+
+def _refuse_peft_options(**options):
+    for name, value in options.items():
+        if value is not None:
+            raise ValueError(
+                f"`{name}` is for PEFT adapters (format='peft'). Received: "
+                f"{name}={value!r} with format='keras'"
+            )
+
+
+def _is_directory(filepath):
+    return isinstance(filepath, (str, os.PathLike)) and os.path.isdir(filepath)
+
+
 class AdapterMixin:
-    """`save_adapter` / `load_adapter` for the P-tuning models.
+    """`save_adapter` / `load_adapter` (this library's adapter files and
+    PEFT's directories) and `export` (a TensorFlow SavedModel) for the
+    P-tuning models.
 
     Models provide `_ptuning_backbone()` (their `PTuningBackbone`) and
     `_head_variables()` (a dict of name to trainable head variable).
     """
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        *,
+        overwrite=False,
+        include_preprocessing=False,
+        max_length=None,
+    ):
+        """Exports the model as a TensorFlow SavedModel, from any backend.
+
+        `keras.Model.export` traces the model's `call` with the backend's
+        own exporter, which cannot trace a P-tuning model on JAX or
+        PyTorch; this runs `keras_ptuning.export_saved_model` instead (its
+        signatures, raw text in with `include_preprocessing=True`, and
+        `generate` for a causal LM).
+
+        Args:
+            filepath: str. The SavedModel directory to write.
+            format: `"tf_saved_model"`, the only format offered.
+            verbose: ignored (Keras' argument; the export prints nothing).
+            input_signature: must be `None`: the signatures are the model's
+                input names, see `keras_ptuning.export_saved_model`.
+            overwrite: bool. Replace `filepath` (a directory) if it exists.
+                Defaults to `False`.
+            include_preprocessing: bool. Signatures take raw text through
+                the model's preprocessor.
+            max_length: `None` or int. The `generate` signature's length
+                (a `PTuningCausalLM` exported with raw text).
+        """
+        from keras_ptuning.export import export_saved_model
+
+        if format != "tf_saved_model":
+            raise ValueError(
+                "P-tuning models export as TensorFlow SavedModels only "
+                "(`keras_ptuning.export_saved_model`). Received: "
+                f"format={format!r}"
+            )
+        if input_signature is not None:
+            raise ValueError(
+                "The exported signatures are the model's own inputs (see "
+                "`keras_ptuning.export_saved_model`); `input_signature` "
+                f"must be None. Received: input_signature={input_signature!r}"
+            )
+        export_saved_model(
+            self,
+            filepath,
+            overwrite=overwrite,
+            include_preprocessing=include_preprocessing,
+            max_length=max_length,
+        )
 
     def _ptuning_backbone(self):
         return self.backbone
@@ -152,15 +232,66 @@ class AdapterMixin:
         """What the task head reads (a classifier's `pooling`), or None."""
         return None
 
-    def save_adapter(self, filepath, include_encoder=False, overwrite=True):
-        """Writes the trained prompt (and head) to an HDF5 adapter file.
+    def save_adapter(
+        self,
+        filepath,
+        include_encoder=False,
+        overwrite=None,
+        *,
+        format="keras",
+        base_model_name_or_path=None,
+        transformers_version=None,
+    ):
+        """Writes what P-tuning trained (the prompt, and the head) as an
+        adapter: this library's HDF5 file, or a PEFT adapter directory.
 
         Args:
-            filepath: str. Where to write; `.adapter.h5` is the convention.
+            filepath: str. Where to write: a file (`format="keras"`;
+                `.adapter.h5` is the convention) or a directory
+                (`format="peft"`).
             include_encoder: bool. Also keep the prompt encoder's weights, so
-                that a model loading the adapter can resume training.
-            overwrite: bool. Whether an existing file may be replaced.
+                that a model loading the adapter can resume training
+                (`format="keras"` only: PEFT keeps the collapsed prompt).
+            overwrite: `None` or bool. Whether an existing file or adapter
+                directory may be replaced. `None` (default) is each
+                format's own default: `True` for a file, as Keras' savers,
+                `False` for a PEFT directory (replacing one deletes it).
+            format: `"keras"` (default) or `"peft"`: a directory that
+                `peft.PeftModel.from_pretrained` loads into the HF model of
+                the same checkpoint (`keras_ptuning.save_peft_adapter`).
+            base_model_name_or_path: `format="peft"` only: the HF name or
+                path recorded in `adapter_config.json`.
+            transformers_version: `format="peft"` only (Gemma prompts; see
+                `keras_ptuning.save_peft_adapter`).
         """
+        _check_format(format)
+        if format == "peft":
+            from keras_ptuning.peft_interop import save_peft_adapter
+
+            if include_encoder is not False:
+                raise ValueError(
+                    "A PEFT adapter holds the collapsed prompt only; the "
+                    "prompt encoder's weights go in format='keras'. "
+                    f"Received: include_encoder={include_encoder!r} with "
+                    "format='peft'"
+                )
+            save_peft_adapter(
+                self,
+                filepath,
+                base_model_name_or_path,
+                overwrite=False if overwrite is None else overwrite,
+                transformers_version=transformers_version,
+            )
+            return
+        _refuse_peft_options(
+            base_model_name_or_path=base_model_name_or_path,
+            transformers_version=transformers_version,
+        )
+        self._save_keras_adapter(
+            filepath, include_encoder, True if overwrite is None else overwrite
+        )
+
+    def _save_keras_adapter(self, filepath, include_encoder, overwrite):
         _check_path(filepath)
         _check_bool("include_encoder", include_encoder)
         _check_bool("overwrite", overwrite)
@@ -234,7 +365,35 @@ class AdapterMixin:
             if os.path.exists(temporary):
                 os.remove(temporary)
 
-    def load_adapter(self, filepath):
+    def load_adapter(self, filepath, format=None, *, transformers_version=None):
+        """Restores an adapter written by `save_adapter` (either format) or
+        by PEFT, on any backend.
+
+        Args:
+            filepath: str. The adapter: a file (`format="keras"`) or a PEFT
+                adapter directory (`format="peft"`).
+            format: `None` (default: a directory is a PEFT adapter, a file
+                this library's), `"keras"` or `"peft"`
+                (`keras_ptuning.load_peft_adapter`: the collapsed prompt and
+                the head, into a model that prepends its prompt).
+            transformers_version: `format="peft"` only: the transformers
+                version that trained a Gemma or Gemma 2 adapter (see
+                `keras_ptuning.load_peft_adapter`).
+        """
+        if format is None:
+            format = "peft" if _is_directory(filepath) else "keras"
+        _check_format(format)
+        if format == "peft":
+            from keras_ptuning.peft_interop import load_peft_adapter
+
+            load_peft_adapter(
+                self, filepath, transformers_version=transformers_version
+            )
+            return
+        _refuse_peft_options(transformers_version=transformers_version)
+        self._load_keras_adapter(filepath)
+
+    def _load_keras_adapter(self, filepath):
         """Restores an adapter written by `save_adapter`, on any backend.
 
         The model must be built on the same backbone (the same class and

@@ -12,6 +12,7 @@ from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.ptuning_task import keras_hub_argument_order
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -36,11 +37,11 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
 
     Args:
         backbone: a keras-hub decoder-only backbone (or a `PTuningBackbone`).
+        preprocessor: `None` or a keras-hub `CausalLMPreprocessor`. With one,
+            `fit` and `generate` take raw strings.
         prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
             Only for a plain backbone: a `PTuningBackbone` brings its own
             (one that differs is refused).
-        preprocessor: `None` or a keras-hub `CausalLMPreprocessor`. With one,
-            `fit` and `generate` take raw strings.
         placeholder_id: `None` (default: prepend the virtual tokens) or the
             int that marks their slots in `token_ids` (see
             `PTuningBackbone`). With slots, `generate` takes token ids whose
@@ -58,8 +59,8 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     )
     lm = keras_ptuning.PTuningCausalLM(
         backbone,
-        keras_ptuning.PromptEncoderConfig(num_virtual_tokens=20),
         preprocessor=preprocessor,
+        prompt_config=keras_ptuning.PromptEncoderConfig(num_virtual_tokens=20),
     )
     lm.fit(["The quick brown fox jumped."], epochs=3)
     lm.compile(sampler="greedy")
@@ -75,13 +76,16 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
     def __init__(
         self,
         backbone,
-        prompt_config=None,
         preprocessor=None,
+        prompt_config=None,
         placeholder_id=None,
         task_names=None,
         **kw,
     ):
         check_model_kwargs(kw, type(self).__name__)
+        preprocessor, prompt_config = keras_hub_argument_order(
+            type(self).__name__, preprocessor, prompt_config
+        )
         backbone = PTuningBackbone.wrap(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )

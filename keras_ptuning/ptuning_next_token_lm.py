@@ -12,6 +12,7 @@ from keras_ptuning.prompt_template import PromptTemplate
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.ptuning_task import keras_hub_argument_order
 from keras_ptuning.vocabulary import check_top_k
 from keras_ptuning.vocabulary import single_token_id
 from keras_ptuning.vocabulary import top_k_tokens
@@ -52,12 +53,12 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
 
     Args:
         backbone: a keras-hub decoder-only backbone (or a `PTuningBackbone`).
-        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
-            May be `None` with a `PromptTemplate` preprocessor (its slot
-            count) or a `PTuningBackbone`.
         preprocessor: `None` or a `keras_ptuning.PromptTemplate` without
             `[MASK]` and with `add_end_token=False` (the prediction follows
             the template's last token). With one, the model takes raw text.
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            May be `None` with a `PromptTemplate` preprocessor (its slot
+            count) or a `PTuningBackbone`.
         placeholder_id: `None` or the int that marks virtual-token slots in
             `token_ids`; a `PromptTemplate` preprocessor sets it. `None`
             with no template prepends the virtual tokens.
@@ -93,13 +94,16 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     def __init__(
         self,
         backbone,
-        prompt_config=None,
         preprocessor=None,
+        prompt_config=None,
         placeholder_id=None,
         task_names=None,
         **kwargs,
     ):
         check_model_kwargs(kwargs, type(self).__name__)
+        preprocessor, prompt_config = keras_hub_argument_order(
+            type(self).__name__, preprocessor, prompt_config
+        )
         if preprocessor is not None:
             _check_template(preprocessor)
         backbone = PTuningBackbone.wrap(

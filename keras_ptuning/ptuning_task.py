@@ -20,6 +20,32 @@ def _prompt_template(preprocessor):
     return preprocessor
 
 
+def keras_hub_argument_order(task_name, preprocessor, prompt_config):
+    """`(preprocessor, prompt_config)` of a task built with keras-hub's
+    argument order (`preprocessor` right after the backbone, or after
+    `num_classes`); the order before it (`prompt_config` first) still
+    works for one release, with a `DeprecationWarning`.
+
+    The two are told apart by type: a `PromptEncoderConfig` (or its dict)
+    where the preprocessor goes, or a keras-hub preprocessor where the
+    config goes.
+    """
+    config_first = isinstance(preprocessor, PromptEncoderConfig) or (
+        isinstance(preprocessor, dict) and "num_virtual_tokens" in preprocessor
+    )
+    if config_first or isinstance(prompt_config, keras_hub.models.Preprocessor):
+        warnings.warn(
+            f"{task_name} takes `preprocessor` before `prompt_config` now, "
+            "as keras-hub's tasks do; the old positional order is read as "
+            "before, for this release only. Pass them as keywords "
+            "(`preprocessor=..., prompt_config=...`).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return prompt_config, preprocessor
+    return preprocessor, prompt_config
+
+
 class PTuningTask:
     """Mixin for the P-tuning task models, before their keras-hub task class.
 

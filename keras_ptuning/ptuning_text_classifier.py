@@ -14,6 +14,7 @@ from keras_ptuning.ptuning_backbone import TASK_ID
 from keras_ptuning.ptuning_backbone import PTuningBackbone
 from keras_ptuning.ptuning_backbone import model_inputs
 from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.ptuning_task import keras_hub_argument_order
 from keras_ptuning.task_heads import TaskHeads
 from keras_ptuning.task_heads import head_kernel_initializer
 
@@ -38,14 +39,14 @@ class PTuningTextClassifier(
     Args:
         backbone: a keras-hub text backbone (or a `PTuningBackbone`).
         num_classes: int. The number of classes.
-        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
-            Only for a plain backbone: a `PTuningBackbone` brings its own
-            (one that differs is refused). May be
-            `None` with a `PromptTemplate` preprocessor (its slot count).
         preprocessor: `None`, a keras-hub `TextClassifierPreprocessor` or a
             `keras_ptuning.PromptTemplate`. With one, `fit`/`evaluate`/
             `predict` take raw strings. Its `sequence_length` must leave room
             for prepended virtual tokens.
+        prompt_config: a `keras_ptuning.PromptEncoderConfig` (or its dict).
+            Only for a plain backbone: a `PTuningBackbone` brings its own
+            (one that differs is refused). May be
+            `None` with a `PromptTemplate` preprocessor (its slot count).
         activation: `None`, a string or callable applied to the logits.
             `None` (default) returns logits.
         dropout: float. Dropout before the `Dense` head. Defaults to 0.0
@@ -101,8 +102,8 @@ class PTuningTextClassifier(
         self,
         backbone,
         num_classes,
-        prompt_config=None,
         preprocessor=None,
+        prompt_config=None,
         activation=None,
         dropout=0.0,
         pooling=None,
@@ -111,6 +112,9 @@ class PTuningTextClassifier(
         **kwargs,
     ):
         check_model_kwargs(kwargs, type(self).__name__)
+        preprocessor, prompt_config = keras_hub_argument_order(
+            type(self).__name__, preprocessor, prompt_config
+        )
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(
                 f"`pooling` must be None or one of {POOLING_MODES}. "

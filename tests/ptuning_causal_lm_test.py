@@ -296,7 +296,7 @@ def test_fit_and_generate_strings_with_preprocessor():
     backbone = FAMILIES["gpt2"]()
     lm = PTuningCausalLM(
         backbone,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         preprocessor=_tiny_gpt2_preprocessor(8),
     )
     encoder_ids = {
@@ -319,7 +319,7 @@ def test_fit_and_generate_strings_with_preprocessor():
     with pytest.raises(ValueError, match="sequence_length=30"):
         PTuningCausalLM(
             backbone,
-            PromptEncoderConfig(NUM_TOKENS),
+            prompt_config=PromptEncoderConfig(NUM_TOKENS),
             preprocessor=_tiny_gpt2_preprocessor(30),
         )
 

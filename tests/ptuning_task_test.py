@@ -39,3 +39,47 @@ def test_unknown_keyword_arguments_are_refused(kind):
         BUILDERS[kind](pooling_mode="last")
     model = BUILDERS[kind](name=f"my_{kind}")
     assert model.name == f"my_{kind}"
+
+
+def _preprocessors():
+    from tests.support import bert_tokenizer
+    from tests.support import gpt2_tokenizer
+
+    return {
+        PTuningTextClassifier: keras_hub.models.BertTextClassifierPreprocessor(
+            bert_tokenizer(), sequence_length=8
+        ),
+        PTuningCausalLM: keras_hub.models.GPT2CausalLMPreprocessor(
+            gpt2_tokenizer(), sequence_length=8
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal_lm"])
+def test_keras_hub_argument_order_and_the_old_one_with_a_warning(kind):
+    """`preprocessor` comes right after the backbone (after `num_classes`
+    for a classifier), as in keras-hub; the old order (`prompt_config`
+    first) still builds the same model, with a `DeprecationWarning`."""
+    import warnings
+
+    cls = PTuningTextClassifier if kind == "classifier" else PTuningCausalLM
+    preprocessor = _preprocessors()[cls]
+    family = "bert" if kind == "classifier" else "gpt2"
+    leading = (2,) if kind == "classifier" else ()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        model = cls(FAMILIES[family](), *leading, preprocessor, CONFIG)
+    assert model.preprocessor is preprocessor
+    assert model.backbone.num_virtual_tokens == CONFIG.num_virtual_tokens
+
+    with pytest.warns(DeprecationWarning, match="preprocessor` before"):
+        old = cls(FAMILIES[family](), *leading, CONFIG, preprocessor)
+    assert old.preprocessor is preprocessor
+    assert old.backbone.num_virtual_tokens == CONFIG.num_virtual_tokens
+    with pytest.warns(DeprecationWarning, match="preprocessor` before"):
+        old = cls(
+            FAMILIES[family](), *leading, PromptEncoderConfig(3).to_dict()
+        )
+    assert old.preprocessor is None
+    assert old.backbone.num_virtual_tokens == 3

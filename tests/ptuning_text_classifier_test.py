@@ -274,7 +274,7 @@ def test_raw_strings_with_preprocessor():
     model = PTuningTextClassifier(
         FAMILIES["bert"](),
         2,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         preprocessor=_tiny_preprocessor(8),
     )
     x = ["the film was good", "the plot was dull", "a great film", "bad plot"]
@@ -304,7 +304,7 @@ def test_preprocessor_must_leave_room_for_virtual_tokens():
         PTuningTextClassifier(
             FAMILIES["bert"](),
             2,
-            PromptEncoderConfig(NUM_TOKENS),
+            prompt_config=PromptEncoderConfig(NUM_TOKENS),
             preprocessor=_tiny_preprocessor(too_long),
         )
 
@@ -353,7 +353,10 @@ def test_classifier_takes_raw_text_through_the_template(family):
     assert probabilities.shape == (2, 2)
     with pytest.raises(ValueError, match="has 3 slots, but .* makes"):
         PTuningTextClassifier(
-            FAMILIES[family](), 2, PromptEncoderConfig(4), preprocessor=template
+            FAMILIES[family](),
+            2,
+            prompt_config=PromptEncoderConfig(4),
+            preprocessor=template,
         )
     with pytest.raises(ValueError, match="writes .*mask_positions"):
         PTuningTextClassifier(

@@ -49,7 +49,7 @@ def _models():
     classifier = PTuningTextClassifier(
         FAMILIES["bert"](),
         3,
-        PromptEncoderConfig(3),
+        prompt_config=PromptEncoderConfig(3),
         preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
             bert_tokenizer(), sequence_length=10
         ),
@@ -66,7 +66,7 @@ def _models():
     multi_task = PTuningTextClassifier(
         FAMILIES["bert"](),
         2,
-        PromptEncoderConfig(2),
+        prompt_config=PromptEncoderConfig(2),
         placeholder_id=-1,
         task_names=["a", "b"],
         preprocessor=PromptTemplate(
@@ -86,7 +86,9 @@ def _models():
     decoder, tokenizer = _decoder_and_tokenizer()
     causal_lm = PTuningCausalLM(
         decoder,
-        PromptEncoderConfig(3, encoder_hidden_size=ENCODER_HIDDEN_SIZE),
+        prompt_config=PromptEncoderConfig(
+            3, encoder_hidden_size=ENCODER_HIDDEN_SIZE
+        ),
         preprocessor=keras_hub.models.Llama3CausalLMPreprocessor(
             tokenizer, sequence_length=10
         ),
