@@ -280,12 +280,13 @@ class PTuningCausalLMClassifier(
         )
 
     def _shared_context_states(self, inputs, training):
-        """The backbone's states for every row, each example's shared
-        context run once (`frozen_prefix.run_shared_context`), or `None`
-        where that cannot run: one row per example, traced inputs (XLA's
-        shapes are static), TensorFlow training (no gradient for the cache
-        update), a family without cached decoding, a multi-task prompt, or
-        prompt slots after the shared part."""
+        """The backbone's states for every row, the positions each example
+        shares across its rows run once for the batch
+        (`frozen_prefix.run_shared_context`: as many as the example that
+        shares the fewest), or `None` where that cannot run: one row per
+        example, traced inputs (XLA's shapes are static), TensorFlow
+        training (no gradient for the cache update), a family without
+        cached decoding, or a multi-task prompt."""
         token_ids = concrete_numpy(inputs["token_ids"])
         mask = concrete_numpy(inputs["padding_mask"])
         if token_ids is None or mask is None or token_ids.shape[1] < 2:
@@ -303,63 +304,52 @@ class PTuningCausalLMClassifier(
             mask == mask[:, :1], axis=1
         )
         shared = np.where(same.all(axis=1), length, np.argmin(same, axis=1))
-        if shared.min() < 1 or shared.max() >= length:
+        # One call for the whole batch: the positions every example shares
+        # across its rows (the shortest example's shared part) run once,
+        # everything after them per row. Grouping examples by their own
+        # shared length would cost a call per length, more than it saves.
+        n = int(shared.min())
+        if n < 1 or n >= length:
             return None
-        if ptuning is not None and ptuning.uses_slots:
-            in_context = [
-                np.sum(token_ids[b, 0, : shared[b]] == ptuning.placeholder_id)
-                for b in range(batch)
-            ]
-            if min(in_context) < ptuning.num_virtual_tokens:
-                return None
         backbone_training = bool(training) and (
             ptuning is None or ptuning.backbone_dropout
         )
-        pieces, order = [], []
-        for n in np.unique(shared):
-            examples = np.flatnonzero(shared == n)
-            context_ids = token_ids[examples, 0, :n]
-            context = {
-                "token_ids": context_ids,
-                "padding_mask": mask[examples, 0, :n],
-            }
-            rest_ids = token_ids[examples, :, n:].reshape(-1, length - n)
-            rest_mask = mask[examples, :, n:].reshape(-1, length - n)
-            split = None
-            if ptuning is not None:
-                embeddings, sequence = ptuning.embed_inputs(
-                    context, training=training
+        # Every row embedded (the prompt spliced in at its slots, which may
+        # lie on either side of `n`, or prepended), then split: each
+        # example's first row gives the shared context.
+        flat = {
+            "token_ids": token_ids.reshape(-1, length),
+            "padding_mask": mask.reshape(-1, length),
+        }
+        split = None
+        if ptuning is not None:
+            embeddings, sequence = ptuning.embed_inputs(flat, training=training)
+            flat_mask = sequence["padding_mask"]
+            if training and ptuning.splits_frozen_prefix:
+                split = frozen_prefix.split_point(
+                    ops.convert_to_tensor(token_ids[:, 0, :n]),
+                    ptuning.placeholder_id,
                 )
-                context_mask = sequence["padding_mask"]
-                if training and ptuning.splits_frozen_prefix:
-                    split = frozen_prefix.split_point(
-                        ops.convert_to_tensor(context_ids),
-                        ptuning.placeholder_id,
-                    )
-            else:
-                embeddings = decoder.token_embedding(context_ids)
-                context_mask = ops.convert_to_tensor(context["padding_mask"])
-            context_states, rest_states = frozen_prefix.run_shared_context(
-                causal_lm_class(decoder),
-                decoder,
-                embeddings,
-                context_mask,
-                decoder.token_embedding(rest_ids),
-                ops.convert_to_tensor(rest_mask),
-                backbone_training,
-                split=split,
-            )
-            # Prepended virtual tokens are not the rows' positions.
-            context_states = context_states[:, -n:]
-            pieces.append(
-                ops.concatenate(
-                    [ops.repeat(context_states, rows, axis=0), rest_states], 1
-                )
-            )
-            order.append((examples[:, None] * rows + np.arange(rows)).ravel())
-        states = ops.concatenate(pieces, 0)
-        inverse = np.argsort(np.concatenate(order))
-        return ops.take(states, ops.convert_to_tensor(inverse), axis=0)
+        else:
+            embeddings = decoder.token_embedding(flat["token_ids"])
+            flat_mask = ops.convert_to_tensor(flat["padding_mask"])
+        # Prepended virtual tokens come before the rows' own positions.
+        offset = int(ops.shape(embeddings)[1]) - length
+        first_rows = ops.convert_to_tensor(np.arange(batch) * rows)
+        context_states, rest_states = frozen_prefix.run_shared_context(
+            causal_lm_class(decoder),
+            decoder,
+            ops.take(embeddings, first_rows, axis=0)[:, : offset + n],
+            ops.take(flat_mask, first_rows, axis=0)[:, : offset + n],
+            embeddings[:, offset + n :],
+            flat_mask[:, offset + n :],
+            backbone_training,
+            split=split,
+        )
+        return ops.concatenate(
+            [ops.repeat(context_states[:, offset:], rows, axis=0), rest_states],
+            1,
+        )
 
     def compile(
         self,

@@ -336,8 +336,13 @@ def test_multiple_choice_runs_each_context_once_with_the_same_scores(
         lambda *a, **k: calls.append(1) or run(*a, **k),
     )
     shared_scores, shared_gradients = _score_gradients(model, inputs)
-    # Two context lengths: two groups per call, eager calls only.
-    assert len(calls) >= 2
+    # Contexts of two lengths still run in one call per model call (the
+    # shortest example's 5 positions shared), eager calls only: inference,
+    # and training where the backend can split (not TensorFlow).
+    trains_split = keras.config.backend() != "tensorflow" and bool(
+        model.trainable_variables
+    )
+    assert len(calls) == 1 + trains_split
     monkeypatch.setattr(
         PTuningCausalLMClassifier, "_shared_context_states", lambda *a: None
     )

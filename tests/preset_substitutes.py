@@ -90,20 +90,24 @@ def _gpt2(path):
     return _save(keras_hub.models.GPT2CausalLM(gpt2, preprocessor), path)
 
 
+def _decoder_words_proto():
+    """Gemma's SentencePiece (no dummy prefix, byte fallback, so any text)
+    with `DECODER_WORDS` as single tokens."""
+    return sentencepiece_proto(
+        [" ".join(DECODER_WORDS)],
+        4 + 256 + len(DECODER_WORDS),
+        bos_piece="<bos>",
+        eos_piece="<eos>",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        byte_fallback=True,
+    )
+
+
 def _gemma3(path):
-    # Gemma 3's SentencePiece (no dummy prefix, byte fallback, so any text)
-    # with `DECODER_WORDS` as single tokens.
     tokenizer = keras_hub.models.Gemma3Tokenizer(
-        proto=sentencepiece_proto(
-            [" ".join(DECODER_WORDS)],
-            4 + 256 + len(DECODER_WORDS),
-            bos_piece="<bos>",
-            eos_piece="<eos>",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
-            byte_fallback=True,
-        ),
+        proto=_decoder_words_proto(),
         has_vision_tokens=False,
     )
     gemma3 = keras_hub.models.Gemma3Backbone(
@@ -124,19 +128,7 @@ def _gemma3(path):
 
 
 def _gemma_lm(path):
-    # Gemma's SentencePiece, as Gemma 3's above, and its causal LM.
-    tokenizer = keras_hub.models.GemmaTokenizer(
-        proto=sentencepiece_proto(
-            [" ".join(DECODER_WORDS)],
-            4 + 256 + len(DECODER_WORDS),
-            bos_piece="<bos>",
-            eos_piece="<eos>",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
-            byte_fallback=True,
-        )
-    )
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=_decoder_words_proto())
     gemma = keras_hub.models.GemmaBackbone(
         **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
         head_dim=8,
