@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 
 from keras_ptuning.adapter import AdapterMixin
@@ -299,7 +300,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             )
         return self.preprocessor(inputs)
 
-    def fill_mask(self, inputs, top_k=5):
+    def fill_mask(self, inputs, top_k=5, batch_size=32):
         """The `top_k` most likely vocabulary tokens at each `[MASK]`.
 
         The knowledge-probing use (LAMA): works with or without a
@@ -309,6 +310,8 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             inputs: raw text for the preprocessor (a dict of fields, or the
                 texts of a one-field template), or a dict of model inputs.
             top_k: int >= 1.
+            batch_size: int >= 1. Rows per forward pass (as
+                `PTuningNextTokenLM.predict_top_k`'s).
 
         Returns:
             A dict of numpy arrays of shape `(batch, num_masks, top_k)`:
@@ -316,10 +319,36 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             (`None` for ids past the tokenizer's vocabulary).
         """
         check_top_k(top_k, self.backbone.token_embedding.input_dim)
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or batch_size < 1
+        ):
+            raise ValueError(
+                "`batch_size` must be an int >= 1. Received: "
+                f"batch_size={batch_size!r}"
+            )
         x = self._model_inputs(inputs)
         self.backbone.check_inputs(
             x, self.model_input_names, type(self).__name__
         )
+        rows = int(ops.shape(x["mask_positions"])[0])
+        pieces = [
+            self._top_k_at_masks(
+                {
+                    name: value[start : start + batch_size]
+                    for name, value in x.items()
+                },
+                top_k,
+            )
+            for start in range(0, max(rows, 1), batch_size)
+        ]
+        return {
+            name: np.concatenate([piece[name] for piece in pieces])
+            for name in pieces[0]
+        }
+
+    def _top_k_at_masks(self, x, top_k):
         features = {name: x[name] for name in self.backbone.input_names}
         outputs = self.backbone(features, training=False)
         if isinstance(outputs, dict):

@@ -129,6 +129,16 @@ def test_fill_mask_returns_the_reference_top_k():
     )
     with pytest.raises(ValueError, match="top_k"):
         model.fill_mask({"sentence": SENTENCES}, top_k=0)
+    # In batches of 3 (3 rows, then 1): the same tokens, in row order.
+    batched = model.fill_mask({"sentence": SENTENCES}, top_k=4, batch_size=3)
+    np.testing.assert_array_equal(batched["token_ids"], expected_ids)
+    np.testing.assert_allclose(
+        batched["probabilities"], top["probabilities"], atol=1e-6
+    )
+    assert list(batched["tokens"].reshape(-1)) == expected_tokens
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=f"batch_size={bad!r}"):
+            model.fill_mask({"sentence": SENTENCES}, batch_size=bad)
 
 
 @pytest.mark.compiled  # the traced functions users get
