@@ -53,6 +53,7 @@ __all__ = [
     "lora_rank",
     "outside_object_sharing",
     "preset_loader",
+    "preset_config_class",
     "preset_task_class",
     "run_sampler",
     "runs_plain_loop",
@@ -199,9 +200,15 @@ def preset_task_class(preset):
     """The task class a preset's `task.json` names, or `None` without one."""
     from keras_hub.src.utils import preset_utils
 
-    if not preset_utils.check_file_exists(
-        preset, preset_utils.TASK_CONFIG_FILE
-    ):
+    return preset_config_class(preset, preset_utils.TASK_CONFIG_FILE)
+
+
+def preset_config_class(preset, config_file):
+    """The class a preset's `config_file` (e.g. `preprocessor.json`) names,
+    or `None` without one."""
+    from keras_hub.src.utils import preset_utils
+
+    if not preset_utils.check_file_exists(preset, config_file):
         return None
-    config = preset_utils.load_json(preset, preset_utils.TASK_CONFIG_FILE)
+    config = preset_utils.load_json(preset, config_file)
     return preset_utils.check_config_class(config)

@@ -729,16 +729,49 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         return outputs
 
     @classmethod
-    def from_preset(cls, preset, template, **kwargs):
-        """A template using the tokenizer of a keras-hub preset.
+    def from_preset(
+        cls,
+        preset,
+        template=None,
+        config_file="preprocessor.json",
+        **kwargs,
+    ):
+        """A template from a keras-hub preset, as keras-hub's
+        `Preprocessor.from_preset`: the `PromptTemplate` a preset holds
+        (one written by a p-tuned task's `save_to_preset`) loads back whole;
+        with `template=`, a new template over the preset's tokenizer.
 
         Args:
-            preset: a keras-hub preset name or local preset directory.
-            template: str. The template.
-            **kwargs: the other constructor arguments.
+            preset: a keras-hub preset name, `hf://`/`kaggle://` handle or
+                local preset directory.
+            template: `None` (load the preset's own template) or str, a new
+                template (slots, fields, anchors) over the preset's
+                tokenizer.
+            config_file: the preprocessor's file in the preset.
+            **kwargs: constructor arguments (`sequence_length`, ...),
+                overriding the saved ones.
         """
-        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
-        return cls(template, tokenizer, **kwargs)
+        from keras_ptuning import keras_internals
+
+        if template is not None:
+            if not isinstance(template, str):
+                raise TypeError(
+                    "`template` must be a str or None. Received: template "
+                    f"of type {type(template).__name__}"
+                )
+            tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+            return cls(template, tokenizer, **kwargs)
+        saved = keras_internals.preset_config_class(preset, config_file)
+        if saved is None or not issubclass(saved, cls):
+            found = "none" if saved is None else saved.__name__
+            raise ValueError(
+                f"{preset!r} holds no PromptTemplate in {config_file!r} "
+                f"(found: {found}): pass `template=` to build one over its "
+                "tokenizer. Received: template=None"
+            )
+        return keras_internals.preset_loader(preset).load_preprocessor(
+            cls, config_file, **kwargs
+        )
 
     def get_config(self):
         config = super().get_config()

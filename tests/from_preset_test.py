@@ -154,3 +154,37 @@ def test_from_preset_errors(bert_preset, tmp_path):
         model.predict(SENTENCES, verbose=0),
         atol=1e-6,
     )
+
+
+@run_on_one_backend(
+    "tensorflow",
+    "loading presets is backend-independent; templates are tested on every "
+    "backend in their own file",
+)
+def test_prompt_template_from_preset_as_keras_hub_preprocessors(
+    bert_preset, tmp_path
+):
+    from keras_ptuning import PromptTemplate
+
+    path, _ = bert_preset
+    template = "{sentence} [P:2] it was [MASK] ."
+    # A new template over a base preset's tokenizer.
+    fresh = PromptTemplate.from_preset(path, template, sequence_length=12)
+    assert fresh.template == template and fresh.sequence_length == 12
+    # A base preset's own preprocessor is keras-hub's, not a template.
+    with pytest.raises(ValueError, match="found: BertMaskedLMPreprocessor"):
+        PromptTemplate.from_preset(path)
+    with pytest.raises(TypeError, match="`template` must be a str"):
+        PromptTemplate.from_preset(path, template=3)
+    # The template a p-tuned task saved loads back whole, with overrides.
+    model = PTuningMaskedLM.from_preset(
+        path, template=template, verbalizer={"neg": ["bad"], "pos": ["good"]}
+    )
+    model.save_to_preset(str(tmp_path))
+    loaded = PromptTemplate.from_preset(str(tmp_path))
+    assert loaded.get_config() == model.preprocessor.get_config()
+    inputs = {"sentence": SENTENCES}
+    for name, value in model.preprocessor(inputs).items():
+        np.testing.assert_array_equal(loaded(inputs)[name], value)
+    shorter = PromptTemplate.from_preset(str(tmp_path), sequence_length=10)
+    assert shorter.sequence_length == 10
