@@ -707,15 +707,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                     "The template's fields must have the same number of "
                     f"rows. Received: {_field_sizes(sizes)}"
                 )
-            if self._packing_function is None:
-                # Keras-hub tokenizers run their TensorFlow path in graphs.
-                self._packing_function = tf.function(
-                    functools.partial(self._pack, assert_counts=False),
-                    reduce_retracing=True,
-                )
-            outputs = {
-                k: v.numpy() for k, v in self._packing_function(fields).items()
-            }
+            outputs = {k: v.numpy() for k, v in self._packed(fields).items()}
             if self.placeholder_id >= 0:
                 check_placeholder_counts(
                     outputs["token_ids"],
@@ -727,6 +719,35 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                 for k, v in outputs.items()
             }
         return outputs
+
+    def _packed(self, fields):
+        """`_pack` in a `tf.function` (keras-hub tokenizers run their
+        TensorFlow path in graphs)."""
+        if self._packing_function is None:
+            self._packing_function = tf.function(
+                functools.partial(self._pack, assert_counts=False),
+                reduce_retracing=True,
+            )
+        try:
+            return self._packing_function(fields)
+        except tf.errors.NotFoundError as error:
+            # `keras.utils.set_random_seed` (TensorFlow's `set_seed`) drops
+            # the SentencePiece op's resource that the tokenizer made
+            # eagerly, and every graph then fails to find it: remake it
+            # from the tokenizer's own proto and trace again, once.
+            if "Sentencepiece" not in str(error) or not _remake_sentencepiece(
+                self.tokenizer
+            ):
+                raise
+            self._packing_function = None
+            return self._packed_once(fields)
+
+    def _packed_once(self, fields):
+        self._packing_function = tf.function(
+            functools.partial(self._pack, assert_counts=False),
+            reduce_retracing=True,
+        )
+        return self._packing_function(fields)
 
     @classmethod
     def from_preset(
@@ -788,3 +809,13 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             }
         )
         return config
+
+
+def _remake_sentencepiece(tokenizer):
+    """Rebuilds a keras-hub SentencePiece tokenizer's TensorFlow op from its
+    proto; whether it could."""
+    proto = getattr(tokenizer, "proto", None)
+    if proto is None or not hasattr(tokenizer, "set_proto"):
+        return False
+    tokenizer.set_proto(proto)
+    return True

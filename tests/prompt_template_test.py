@@ -1,5 +1,6 @@
 """`PromptTemplate`: slots, anchors, masks and truncation, per tokenizer."""
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -289,3 +290,22 @@ def test_empty_field_text_gives_no_tokens():
     np.testing.assert_array_equal(
         out["token_ids"], [[-1, 1, -1, 0, 0, 0], [-1, 1, -1, 0, 0, 0]]
     )
+
+
+def test_a_template_keeps_working_after_set_random_seed():
+    """TensorFlow's `set_seed` (`keras.utils.set_random_seed`) drops the
+    SentencePiece op's resource a tokenizer made eagerly; a template traced
+    before (or after) it used to fail with an empty RuntimeError."""
+    from tests.support import sentencepiece_tokenizer
+
+    template = PromptTemplate(
+        '{sentence} [P:"it was"] [MASK]',
+        sentencepiece_tokenizer(),
+        sequence_length=16,
+    )
+    x = {"sentence": ["the movie was great", "it was bad"]}
+    before = template(x)
+    keras.utils.set_random_seed(7)
+    after = template(x)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)
