@@ -720,7 +720,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             }
         return outputs
 
-    def _packed(self, fields):
+    def _packed(self, fields, remade=False):
         """`_pack` in a `tf.function` (keras-hub tokenizers run their
         TensorFlow path in graphs)."""
         if self._packing_function is None:
@@ -735,19 +735,14 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             # the SentencePiece op's resource that the tokenizer made
             # eagerly, and every graph then fails to find it: remake it
             # from the tokenizer's own proto and trace again, once.
-            if "Sentencepiece" not in str(error) or not _remake_sentencepiece(
-                self.tokenizer
+            if (
+                remade
+                or "Sentencepiece" not in str(error)
+                or not _remake_sentencepiece(self.tokenizer)
             ):
                 raise
             self._packing_function = None
-            return self._packed_once(fields)
-
-    def _packed_once(self, fields):
-        self._packing_function = tf.function(
-            functools.partial(self._pack, assert_counts=False),
-            reduce_retracing=True,
-        )
-        return self._packing_function(fields)
+            return self._packed(fields, remade=True)
 
     @classmethod
     def from_preset(
