@@ -27,6 +27,9 @@ What is used, and why:
   enabled, and its rank.
 - `keras_hub.src.utils.preset_utils`: a preset's loader, and the task
   class its `task.json` names (`from_preset` of p-tuned presets).
+- `keras.src.saving.saving_lib.save_weights_only` / `load_weights_only`:
+  one layer's weights in a `.weights.h5` file (a prompt-only preset's
+  `model.weights.h5` holds the prompt layer's alone).
 - `CausalLM._build_cache` and `call_with_cache` (each family's cached
   decoding) and `Sampler.__call__` / `run_loop` with the loop variables
   `(prompt, cache, index, mask)` (`cached_decoding`).
@@ -55,8 +58,10 @@ __all__ = [
     "preset_loader",
     "preset_config_class",
     "preset_task_class",
+    "load_layer_weights",
     "run_sampler",
     "runs_plain_loop",
+    "save_layer_weights",
     "special_token_names",
     "sublayers",
     "tracking_unlocked",
@@ -212,3 +217,21 @@ def preset_config_class(preset, config_file):
         return None
     config = preset_utils.load_json(preset, config_file)
     return preset_utils.check_config_class(config)
+
+
+def save_layer_weights(layer, filepath):
+    """Writes `layer`'s weights (and its sublayers') to a `.weights.h5`
+    file, as `Model.save_weights` does for a model
+    (`keras.src.saving.saving_lib.save_weights_only`, which takes any
+    layer)."""
+    from keras.src.saving import saving_lib
+
+    saving_lib.save_weights_only(layer, filepath)
+
+
+def load_layer_weights(layer, filepath):
+    """Reads what `save_layer_weights` wrote into `layer`
+    (`saving_lib.load_weights_only`)."""
+    from keras.src.saving import saving_lib
+
+    saving_lib.load_weights_only(layer, filepath)

@@ -1,5 +1,7 @@
 """`PTuningBackbone`: a frozen keras-hub backbone with virtual tokens."""
 
+import json
+
 import keras
 import keras_hub
 import numpy as np
@@ -7,6 +9,7 @@ from keras import ops
 
 from keras_ptuning import frozen_prefix
 from keras_ptuning import keras_internals
+from keras_ptuning import prompt_presets
 from keras_ptuning.adapter import AdapterMixin
 from keras_ptuning.backbone_split import BackboneSplit
 from keras_ptuning.input_validation import check_inputs
@@ -130,7 +133,11 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 "`backbone_dropout` must be a bool. Received: "
                 f"backbone_dropout={backbone_dropout!r}"
             )
-        if isinstance(backbone, dict):
+        base_preset = None
+        if prompt_presets.is_base_reference(backbone):
+            base_preset = backbone[prompt_presets.BASE_PRESET]
+            backbone = prompt_presets.load_base_backbone(backbone)
+        elif isinstance(backbone, dict):
             backbone = keras.layers.deserialize(backbone)
         split = BackboneSplit(backbone)
         check_placeholder_id(placeholder_id)
@@ -181,6 +188,12 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.prompt_encoder = prompt_encoder
         self.prompt_injection = injection
         self.token_embedding = backbone.token_embedding
+        # The base preset the frozen backbone came from, where it was
+        # loaded from a prompt-only preset's reference.
+        self.base_preset = base_preset
+        # JSON of the reference while a prompt-only preset is written
+        # (`keras_ptuning.prompt_presets`).
+        self.writing_base_reference = None
 
         # === Functional model ===
         input_names = list(split.input_names)
@@ -654,6 +667,51 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                     f"{task_id.tolist()}"
                 )
 
+    def save_to_preset(self, preset_dir, max_shard_size=10, base_preset=None):
+        """Saves the backbone to a keras-hub preset directory.
+
+        Args:
+            preset_dir: the directory.
+            max_shard_size: int or float, the largest weights file in GB
+                (keras-hub's `Backbone.save_to_preset`).
+            base_preset: `None` (default: the whole backbone, frozen
+                weights included) or str, the keras-hub preset name,
+                `hf://`/`kaggle://` handle or directory the frozen backbone
+                was loaded from: a prompt-only preset, kilobytes, that
+                `from_preset` resolves by loading the base (see
+                `keras_ptuning.prompt_presets`).
+        """
+        if base_preset is None:
+            return super().save_to_preset(
+                preset_dir, max_shard_size=max_shard_size
+            )
+        prompt_presets.save_prompt_preset(
+            lambda directory: super(PTuningBackbone, self).save_to_preset(
+                directory, max_shard_size=max_shard_size
+            ),
+            self,
+            preset_dir,
+            base_preset,
+            self,
+        )
+
+    def save_weights(self, filepath, *args, **kwargs):
+        if self.writing_base_reference is not None:
+            prompt_presets.save_prompt_weights(
+                self, filepath, json.loads(self.writing_base_reference)
+            )
+            return
+        super().save_weights(filepath, *args, **kwargs)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """As `keras.Model.load_weights`; a prompt-only preset's
+        `model.weights.h5` sets the prompt alone, after checking that the
+        frozen backbone is the base it was trained on."""
+        if prompt_presets.is_prompt_weights_file(filepath):
+            prompt_presets.load_prompt_weights(self, filepath)
+            return
+        super().load_weights(filepath, *args, **kwargs)
+
     def __call__(self, inputs, *args, **kwargs):
         # Before Keras standardizes the inputs, so errors name our limits.
         self.check_inputs(inputs)
@@ -662,9 +720,13 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     def get_config(self):
         # Not chained to `Backbone.get_config`: its `trainable` and `dtype`
         # are not ours to set (the backbone is frozen, the dtype its own).
+        if self.writing_base_reference is not None:
+            backbone = json.loads(self.writing_base_reference)
+        else:
+            backbone = keras.layers.serialize(self.backbone)
         return {
             "name": self.name,
-            "backbone": keras.layers.serialize(self.backbone),
+            "backbone": backbone,
             "prompt_config": self.prompt_config.to_dict(),
             "prompt_source": self.prompt_source,
             "placeholder_id": self.placeholder_id,

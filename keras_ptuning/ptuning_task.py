@@ -6,6 +6,7 @@ import keras
 import keras_hub
 
 from keras_ptuning import keras_internals
+from keras_ptuning import prompt_presets
 from keras_ptuning.choice_template import ChoiceTemplate
 from keras_ptuning.frozen_prefix import FrozenPrefixCache
 from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
@@ -174,6 +175,61 @@ class PTuningTask:
             sequence_length,
             kwargs,
         )
+
+    def save_to_preset(self, preset_dir, max_shard_size=10, base_preset=None):
+        """Saves the task to a keras-hub preset directory.
+
+        `from_preset(preset_dir)` (this class's, or keras-hub's `Task`,
+        `CausalLM`, `TextClassifier`...) loads it back on any backend.
+
+        Args:
+            preset_dir: the directory.
+            max_shard_size: int or float, the largest weights file in GB
+                (keras-hub's `Task.save_to_preset`).
+            base_preset: `None` (default: a whole preset, the frozen
+                backbone's weights included) or str, the keras-hub preset
+                name, `hf://`/`kaggle://` handle or directory the frozen
+                backbone was loaded from: a prompt-only preset of
+                kilobytes, holding the prompt, the head, the configs
+                (template, verbalizer) and that handle, for
+                `keras_hub.upload_preset`. Loading it loads the base preset
+                and refuses one of another class, architecture or
+                checkpoint (see `keras_ptuning.prompt_presets`).
+
+        Example:
+        ```python
+        classifier = keras_ptuning.PTuningTextClassifier.from_preset(
+            "bert_base_en_uncased", num_classes=2, num_virtual_tokens=20
+        )
+        classifier.save_to_preset(
+            "my_prompt", base_preset="bert_base_en_uncased"
+        )
+        keras_ptuning.PTuningTextClassifier.from_preset("my_prompt")
+        ```
+        """
+        if base_preset is None:
+            return super().save_to_preset(
+                preset_dir, max_shard_size=max_shard_size
+            )
+        prompt_presets.save_prompt_preset(
+            lambda directory: super(PTuningTask, self).save_to_preset(
+                directory, max_shard_size=max_shard_size
+            ),
+            self._ptuning_backbone(),
+            preset_dir,
+            base_preset,
+            self,
+        )
+
+    @classmethod
+    def from_config(cls, config):
+        task = super().from_config(config)
+        backbone = task.backbone
+        base = getattr(backbone, "base_preset", None)
+        if base is not None and task.preprocessor is not None:
+            # A prompt-only preset holds no vocabulary: the base has it.
+            prompt_presets.read_assets_from_base(task.preprocessor, base)
+        return task
 
     # Arguments of the `PromptTemplate` a `template=` builds.
     preset_template_kwargs = {}

@@ -1,6 +1,7 @@
 """One link of the cross-backend `.keras` chain in `saving_test.py`.
 
-Step 0 builds, trains and saves a classifier (and its adapter) with its
+Step 0 builds, trains and saves a classifier (and its adapter, its preset
+and its prompt-only preset over a base preset of its backbone) with its
 predictions, a cloze model with prompt slots and its `PromptTemplate`, and
 every model of the round-trip matrix (`tests/round_trip_models.py`);
 each later step loads the previous step's files on its own backend, checks
@@ -61,6 +62,8 @@ if step == 0:
         model.predict(inputs, verbose=0),
     )
     model.save_adapter(os.path.join(directory, "classifier.adapter.h5"))
+    # The base preset a prompt-only preset of the classifier refers to.
+    model.backbone.backbone.save_to_preset(os.path.join(directory, "base"))
     cloze = PTuningMaskedLM(
         keras_hub.models.BertMaskedLM(FAMILIES["bert"]()),
         verbalizer={"negative": ["bad"], "positive": ["good", "great"]},
@@ -96,6 +99,14 @@ else:
     np.testing.assert_allclose(
         fresh.predict(inputs, verbose=0), expected, atol=1e-5
     )
+    # The whole preset and the prompt-only one the last step wrote.
+    for preset in ("preset", "prompt_preset"):
+        loaded = PTuningTextClassifier.from_preset(
+            os.path.join(directory, f"{preset}_{step - 1}")
+        )
+        np.testing.assert_allclose(
+            loaded.predict(inputs, verbose=0), expected, atol=1e-5
+        )
     cloze = keras.saving.load_model(
         os.path.join(directory, f"cloze_{step - 1}.keras")
     )
@@ -129,5 +140,10 @@ for kind, state in CHAIN_MODELS:
         chained.save(_chain_file(kind, state, step))
 if step < last:
     model.save(os.path.join(directory, f"model_{step}.keras"))
+    model.save_to_preset(os.path.join(directory, f"preset_{step}"))
+    model.save_to_preset(
+        os.path.join(directory, f"prompt_preset_{step}"),
+        base_preset=os.path.join(directory, "base"),
+    )
     cloze.save(os.path.join(directory, f"cloze_{step}.keras"))
 print(f"ok {backend}")

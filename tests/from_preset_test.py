@@ -1,11 +1,17 @@
 """`from_preset` on every task: from a base keras-hub preset (tiny ones,
 saved here) as keras-hub's own tasks do, and the errors."""
 
+import json
+import os
+
+import h5py
+import keras
 import keras_hub
 import numpy as np
 import pytest
 
 from keras_ptuning import PromptEncoderConfig
+from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningCausalLMClassifier
 from keras_ptuning import PTuningMaskedLM
@@ -188,3 +194,118 @@ def test_prompt_template_from_preset_as_keras_hub_preprocessors(
         np.testing.assert_array_equal(loaded(inputs)[name], value)
     shorter = PromptTemplate.from_preset(str(tmp_path), sequence_length=10)
     assert shorter.sequence_length == 10
+
+
+def _files(directory):
+    return {
+        os.path.relpath(os.path.join(root, name), directory): os.path.getsize(
+            os.path.join(root, name)
+        )
+        for root, _, names in os.walk(directory)
+        for name in names
+    }
+
+
+def _point_at(preset, base):
+    """Makes a prompt-only preset name another base (as a user's typo or a
+    moved checkpoint would)."""
+    for name, keys in (
+        ("config.json", ("config", "backbone")),
+        ("task.json", ("config", "backbone", "config", "backbone")),
+    ):
+        path = os.path.join(preset, name)
+        with open(path) as f:
+            config = json.load(f)
+        entry = config
+        for key in keys:
+            entry = entry[key]
+        entry["base_preset"] = base
+        with open(path, "w") as f:
+            json.dump(config, f)
+
+
+def test_prompt_only_presets(bert_preset, llama3_preset, tmp_path):
+    """`save_to_preset(dir, base_preset=)` writes kilobytes (no backbone
+    weights, no vocabulary) in keras-hub's preset files, which load back
+    through our and keras-hub's `from_preset` with the same predictions,
+    refusing another base."""
+    path, _ = bert_preset
+    model = PTuningTextClassifier.from_preset(
+        path, num_classes=2, num_virtual_tokens=3
+    )
+    model.fit(SENTENCES, np.array([1, 0]), epochs=1, verbose=0)
+    expected = model.predict(SENTENCES, verbose=0)
+    small = str(tmp_path / "small")
+    model.save_to_preset(small, base_preset=path)
+    files = _files(small)
+    # What `keras_hub.upload_preset` requires is there; the backbone's
+    # weights and the tokenizer's vocabulary are not.
+    assert {"config.json", "model.weights.h5", "task.json"} <= set(files)
+    assert not any(name.startswith("assets") for name in files)
+    # The weights file holds the prompt layer's variables, nothing else.
+    with h5py.File(os.path.join(small, "model.weights.h5"), "r") as f:
+        stored = []
+        f.visititems(
+            lambda name, item: (
+                stored.append(item.shape)
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+    prompt_weights = model.backbone.prompt_injection.weights
+    assert sorted(stored) == sorted(tuple(v.shape) for v in prompt_weights)
+    for cls in (PTuningTextClassifier, keras_hub.models.TextClassifier):
+        loaded = cls.from_preset(small)
+        assert type(loaded) is PTuningTextClassifier
+        np.testing.assert_allclose(
+            loaded.predict(SENTENCES, verbose=0), expected, atol=1e-6
+        )
+    backbone = keras_hub.models.Backbone.from_preset(small)
+    assert backbone.base_preset == os.path.abspath(path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(backbone.prompt_table()),
+        keras.ops.convert_to_numpy(model.backbone.prompt_table()),
+    )
+    # A decoder with a prompt template: the template comes back whole, its
+    # vocabulary from the base.
+    llama_path, _ = llama3_preset
+    classifier = PTuningCausalLMClassifier.from_preset(
+        llama_path,
+        template="{text} [P:2] answer:",
+        choices={"no": " no", "yes": " yes"},
+    )
+    classifier.save_to_preset(str(tmp_path / "lm"), base_preset=llama_path)
+    loaded = PTuningCausalLMClassifier.from_preset(str(tmp_path / "lm"))
+    np.testing.assert_allclose(
+        loaded.predict({"text": SENTENCES}, verbose=0),
+        classifier.predict({"text": SENTENCES}, verbose=0),
+        atol=1e-6,
+    )
+    # Another checkpoint of the same architecture, another class.
+    other = str(tmp_path / "other")
+    keras_hub.models.BertBackbone(**_ENCODER).save_to_preset(other)
+    _point_at(small, other)
+    with pytest.raises(ValueError, match="another checkpoint"):
+        PTuningTextClassifier.from_preset(small)
+    _point_at(small, llama_path)
+    with pytest.raises(ValueError, match="trained on a BertBackbone"):
+        PTuningTextClassifier.from_preset(small)
+    # The prompt weights alone refuse a model on another backbone.
+    other_model = PTuningBackbone(
+        keras_hub.models.Backbone.from_preset(other), PromptEncoderConfig(3)
+    )
+    with pytest.raises(ValueError, match="another checkpoint"):
+        other_model.load_weights(os.path.join(small, "model.weights.h5"))
+
+
+def test_prompt_only_preset_errors(llama3_preset, tmp_path):
+    path, _ = llama3_preset
+    lm = PTuningCausalLM.from_preset(path, num_virtual_tokens=2)
+    target = str(tmp_path / "small")
+    with pytest.raises(TypeError, match="base_preset=3"):
+        lm.save_to_preset(target, base_preset=3)
+    lm.backbone.enable_lora(2)
+    with pytest.raises(ValueError, match="LoRA weights sit in its backbone"):
+        lm.save_to_preset(target, base_preset=path)
+    # Nothing written, and no staging folder left behind.
+    assert os.listdir(str(tmp_path)) == []

@@ -160,3 +160,19 @@ def test_run_sampler_returns_the_final_cache():
     )
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(out)[:, 1:], 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(final), 3.0)
+
+
+def test_layer_weights_round_trip(tmp_path):
+    """`save_weights_only` / `load_weights_only` take one layer (not a
+    model) and write only its variables."""
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    path = str(tmp_path / "dense.weights.h5")
+    keras_internals.save_layer_weights(layer, path)
+    other = keras.layers.Dense(3)
+    other.build((None, 2))
+    keras_internals.load_layer_weights(other, path)
+    for a, b in zip(layer.weights, other.weights):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
