@@ -219,19 +219,19 @@ def preset_config_class(preset, config_file):
     return preset_utils.check_config_class(config)
 
 
-def save_layer_weights(layer, filepath):
-    """Writes `layer`'s weights (and its sublayers') to a `.weights.h5`
-    file, as `Model.save_weights` does for a model
+def save_layer_weights(layer, filepath, skip=()):
+    """Writes `layer`'s weights (and its sublayers', but those in `skip`)
+    to a `.weights.h5` file, as `Model.save_weights` does for a model
     (`keras.src.saving.saving_lib.save_weights_only`, which takes any
     layer)."""
     from keras.src.saving import saving_lib
 
-    saving_lib.save_weights_only(layer, filepath)
+    saving_lib.save_weights_only(layer, filepath, objects_to_skip=list(skip))
 
 
-def load_layer_weights(layer, filepath):
+def load_layer_weights(layer, filepath, skip=()):
     """Reads what `save_layer_weights` wrote into `layer`
     (`saving_lib.load_weights_only`)."""
     from keras.src.saving import saving_lib
 
-    saving_lib.load_weights_only(layer, filepath)
+    saving_lib.load_weights_only(layer, filepath, objects_to_skip=list(skip))

@@ -57,7 +57,7 @@ def embedding_fingerprint(backbone):
     ).tolist()
 
 
-def base_reference(backbone, base_preset):
+def base_reference(backbone, base_preset, include_encoder=False):
     """The reference a prompt-only preset holds for `backbone`."""
     if not isinstance(base_preset, str) or not base_preset:
         raise TypeError(
@@ -72,6 +72,9 @@ def base_reference(backbone, base_preset):
         "backbone_class": type(backbone).__name__,
         "backbone_architecture": backbone_architecture(backbone),
         "fingerprint": embedding_fingerprint(backbone),
+        # Written as the `PTuningBackbone`'s config, so only these keys
+        # (and `base_preset`) may be read back from it.
+        "include_encoder": include_encoder,
     }
 
 
@@ -114,9 +117,13 @@ def is_prompt_weights_file(filepath):
 
 
 def save_prompt_weights(ptuning, filepath, reference):
-    """Writes the prompt layer's weights of a `PTuningBackbone` (encoder,
-    table) and the reference, marked as prompt-only."""
-    keras_internals.save_layer_weights(ptuning.prompt_injection, filepath)
+    """Writes the prompt layer's weights of a `PTuningBackbone` (the table,
+    and the encoder where the reference includes it) and the reference,
+    marked as prompt-only."""
+    skip = [] if reference["include_encoder"] else [ptuning.prompt_encoder]
+    keras_internals.save_layer_weights(
+        ptuning.prompt_injection, filepath, skip=skip
+    )
     with h5py.File(filepath, "a") as f:
         f.attrs[PROMPT_WEIGHTS_MARK] = json.dumps(reference)
 
@@ -127,7 +134,17 @@ def load_prompt_weights(ptuning, filepath):
     with h5py.File(filepath, "r") as f:
         reference = json.loads(f.attrs[PROMPT_WEIGHTS_MARK])
     check_base(reference, ptuning.backbone, f"{os.fspath(filepath)!r}")
-    keras_internals.load_layer_weights(ptuning.prompt_injection, filepath)
+    if not reference["include_encoder"] and ptuning.prompt_source != "table":
+        raise ValueError(
+            f"{os.fspath(filepath)!r} holds the collapsed prompt only "
+            "(include_encoder=False); this model runs its prompt encoder "
+            f"(prompt_source={ptuning.prompt_source!r}). Load it with "
+            "`from_preset`, which builds the model on the table."
+        )
+    skip = [] if reference["include_encoder"] else [ptuning.prompt_encoder]
+    keras_internals.load_layer_weights(
+        ptuning.prompt_injection, filepath, skip=skip
+    )
 
 
 def check_prompt_only(task_or_backbone, ptuning):
@@ -142,13 +159,27 @@ def check_prompt_only(task_or_backbone, ptuning):
         )
 
 
-def save_prompt_preset(save, ptuning, preset_dir, base_preset, owner):
+def save_prompt_preset(
+    save, ptuning, preset_dir, base_preset, include_encoder, owner
+):
     """Runs keras-hub's `save(directory)` (a task's or backbone's
     `save_to_preset`) with `ptuning` written as a reference to
     `base_preset`, into a fresh folder moved into `preset_dir` only once
-    complete; the tokenizer's vocabulary (`assets/`) is left out."""
-    reference = base_reference(ptuning.backbone, base_preset)
+    complete; the tokenizer's vocabulary (`assets/`) is left out. Without
+    the encoder, the prompt is written as its collapsed table and the
+    preset's config runs on it (`prompt_source="table"`)."""
+    if not isinstance(include_encoder, bool):
+        raise TypeError(
+            "`include_encoder` must be a bool. Received: "
+            f"include_encoder={include_encoder!r}"
+        )
+    reference = base_reference(ptuning.backbone, base_preset, include_encoder)
     check_prompt_only(owner, ptuning)
+    if not include_encoder and ptuning.is_multi_task:
+        raise ValueError(
+            "A multi-task prompt has one table per task: save its encoders "
+            "(include_encoder=True). Received: include_encoder=False"
+        )
     if not isinstance(preset_dir, (str, os.PathLike)):
         raise TypeError(
             "`preset_dir` must be a path. Received: preset_dir of type "
@@ -163,6 +194,12 @@ def save_prompt_preset(save, ptuning, preset_dir, base_preset, owner):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".prompt-preset-", dir=parent)
     try:
+        if not include_encoder and ptuning.prompt_source == "encoder":
+            # The table the file holds is the encoder's current output (the
+            # model keeps running its encoder; the table is unused there).
+            ptuning.prompt_injection.prompt_table.assign(
+                keras.ops.cast(ptuning.prompt_table(), "float32")
+            )
         # Read by `PTuningBackbone.get_config` and `save_weights`.
         ptuning.writing_base_reference = json.dumps(reference)
         try:

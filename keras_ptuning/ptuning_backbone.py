@@ -667,7 +667,13 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                     f"{task_id.tolist()}"
                 )
 
-    def save_to_preset(self, preset_dir, max_shard_size=10, base_preset=None):
+    def save_to_preset(
+        self,
+        preset_dir,
+        max_shard_size=10,
+        base_preset=None,
+        include_encoder=False,
+    ):
         """Saves the backbone to a keras-hub preset directory.
 
         Args:
@@ -680,8 +686,19 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 was loaded from: a prompt-only preset, kilobytes, that
                 `from_preset` resolves by loading the base (see
                 `keras_ptuning.prompt_presets`).
+            include_encoder: bool, with `base_preset`: also keep the prompt
+                encoder's weights, so that a model loading the preset can
+                resume training; by default the preset holds the collapsed
+                prompt table and loads on it (`prompt_source="table"`), as
+                `save_adapter` does.
         """
         if base_preset is None:
+            if include_encoder is not False:
+                raise ValueError(
+                    "`include_encoder` is for prompt-only presets "
+                    "(base_preset=); a whole preset keeps everything. "
+                    f"Received: include_encoder={include_encoder!r}"
+                )
             return super().save_to_preset(
                 preset_dir, max_shard_size=max_shard_size
             )
@@ -692,6 +709,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             self,
             preset_dir,
             base_preset,
+            include_encoder,
             self,
         )
 
@@ -720,15 +738,18 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     def get_config(self):
         # Not chained to `Backbone.get_config`: its `trainable` and `dtype`
         # are not ours to set (the backbone is frozen, the dtype its own).
+        prompt_source = self.prompt_source
         if self.writing_base_reference is not None:
             backbone = json.loads(self.writing_base_reference)
+            if not backbone["include_encoder"]:
+                prompt_source = "table"
         else:
             backbone = keras.layers.serialize(self.backbone)
         return {
             "name": self.name,
             "backbone": backbone,
             "prompt_config": self.prompt_config.to_dict(),
-            "prompt_source": self.prompt_source,
+            "prompt_source": prompt_source,
             "placeholder_id": self.placeholder_id,
             "task_names": self.task_names,
             "trainable_tasks": self.trainable_tasks,

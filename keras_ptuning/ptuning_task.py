@@ -176,7 +176,13 @@ class PTuningTask:
             kwargs,
         )
 
-    def save_to_preset(self, preset_dir, max_shard_size=10, base_preset=None):
+    def save_to_preset(
+        self,
+        preset_dir,
+        max_shard_size=10,
+        base_preset=None,
+        include_encoder=False,
+    ):
         """Saves the task to a keras-hub preset directory.
 
         `from_preset(preset_dir)` (this class's, or keras-hub's `Task`,
@@ -195,6 +201,11 @@ class PTuningTask:
                 `keras_hub.upload_preset`. Loading it loads the base preset
                 and refuses one of another class, architecture or
                 checkpoint (see `keras_ptuning.prompt_presets`).
+            include_encoder: bool, with `base_preset`: also keep the prompt
+                encoder's weights, so that a model loading the preset can
+                resume training; by default the preset holds the collapsed
+                prompt table and loads on it (`prompt_source="table"`), as
+                `save_adapter` does.
 
         Example:
         ```python
@@ -208,6 +219,12 @@ class PTuningTask:
         ```
         """
         if base_preset is None:
+            if include_encoder is not False:
+                raise ValueError(
+                    "`include_encoder` is for prompt-only presets "
+                    "(base_preset=); a whole preset keeps everything. "
+                    f"Received: include_encoder={include_encoder!r}"
+                )
             return super().save_to_preset(
                 preset_dir, max_shard_size=max_shard_size
             )
@@ -218,6 +235,7 @@ class PTuningTask:
             self._ptuning_backbone(),
             preset_dir,
             base_preset,
+            include_encoder,
             self,
         )
 

@@ -224,6 +224,19 @@ def _point_at(preset, base):
             json.dump(config, f)
 
 
+def _stored_shapes(weights_file):
+    shapes = []
+    with h5py.File(weights_file, "r") as f:
+        f.visititems(
+            lambda name, item: (
+                shapes.append(item.shape)
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+    return shapes
+
+
 def test_prompt_only_presets(bert_preset, llama3_preset, tmp_path):
     """`save_to_preset(dir, base_preset=)` writes kilobytes (no backbone
     weights, no vocabulary) in keras-hub's preset files, which load back
@@ -242,30 +255,39 @@ def test_prompt_only_presets(bert_preset, llama3_preset, tmp_path):
     # weights and the tokenizer's vocabulary are not.
     assert {"config.json", "model.weights.h5", "task.json"} <= set(files)
     assert not any(name.startswith("assets") for name in files)
-    # The weights file holds the prompt layer's variables, nothing else.
-    with h5py.File(os.path.join(small, "model.weights.h5"), "r") as f:
-        stored = []
-        f.visititems(
-            lambda name, item: (
-                stored.append(item.shape)
-                if isinstance(item, h5py.Dataset)
-                else None
-            )
-        )
-    prompt_weights = model.backbone.prompt_injection.weights
-    assert sorted(stored) == sorted(tuple(v.shape) for v in prompt_weights)
+    # The weights file holds the collapsed prompt table, nothing else: the
+    # loaded model runs on it, as one loading a prompt-only adapter does.
+    assert _stored_shapes(os.path.join(small, "model.weights.h5")) == [
+        (3, model.backbone.hidden_dim)
+    ]
     for cls in (PTuningTextClassifier, keras_hub.models.TextClassifier):
         loaded = cls.from_preset(small)
         assert type(loaded) is PTuningTextClassifier
+        assert loaded.backbone.prompt_source == "table"
         np.testing.assert_allclose(
             loaded.predict(SENTENCES, verbose=0), expected, atol=1e-6
         )
+    assert model.backbone.prompt_source == "encoder"  # saving changed none
     backbone = keras_hub.models.Backbone.from_preset(small)
     assert backbone.base_preset == os.path.abspath(path)
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(
         keras.ops.convert_to_numpy(backbone.prompt_table()),
         keras.ops.convert_to_numpy(model.backbone.prompt_table()),
+        atol=1e-6,
     )
+    # With the encoder, training resumes where it stopped.
+    resumable = str(tmp_path / "resumable")
+    model.save_to_preset(resumable, base_preset=path, include_encoder=True)
+    assert sorted(
+        _stored_shapes(os.path.join(resumable, "model.weights.h5"))
+    ) == sorted(tuple(v.shape) for v in model.backbone.prompt_injection.weights)
+    loaded = PTuningTextClassifier.from_preset(resumable)
+    assert loaded.backbone.prompt_source == "encoder"
+    np.testing.assert_allclose(
+        loaded.predict(SENTENCES, verbose=0), expected, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="include_encoder` is for prompt"):
+        model.save_to_preset(resumable, include_encoder=True)
     # A decoder with a prompt template: the template comes back whole, its
     # vocabulary from the base.
     llama_path, _ = llama3_preset
