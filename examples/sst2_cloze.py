@@ -17,7 +17,7 @@ pretrained (tied to the word embeddings). The script says so when it sees a
 head that looks untrained, and the accuracy it reaches is that of a frozen
 random head; a checkpoint with its MLM head does better.
 
-Writes to `--output-dir`: `model.keras` (strings in, class probabilities
+Writes to `--output-dir`: `model.keras` (strings in, class logits
 out), `adapter.adapter.h5` (the prompt, with its encoder) and
 `results.json`.
 

@@ -42,9 +42,10 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
 
     - With a `verbalizer` (classification): each class has one or more
       label words, and its score is the mean (or max, `score_reduction`) of
-      their logits at the first mask. The model outputs class probabilities
-      (`activation="softmax"`, the default) or the scores
-      (`activation=None`), and `fit`/`evaluate`/`predict` work with integer
+      their logits at the first mask. The model outputs the class scores
+      (logits; `activation=None`, the default, as `PTuningTextClassifier`
+      and keras-hub's classifiers) or class probabilities
+      (`activation="softmax"`), and `fit`/`evaluate`/`predict` work with integer
       class labels.
     - Without (fill-in, the LAMA knowledge-probing use): the model outputs
       vocabulary logits `(batch, num_masks, vocabulary_size)` at the masks,
@@ -66,8 +67,9 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         preprocessor: `None` or a `keras_ptuning.PromptTemplate` whose
             template holds a `[MASK]`. With one, the model takes raw text.
         score_reduction: `"mean"` (default) or `"max"` over a class's words.
-        activation: applied to the class scores; `"softmax"` (default) gives
-            probabilities, `None` the scores. Ignored without a verbalizer.
+        activation: applied to the class scores; `None` (default) gives
+            the scores (logits), `"softmax"` probabilities. Ignored
+            without a verbalizer.
         placeholder_id: `None` or the int that marks virtual-token slots in
             `token_ids`; a `PromptTemplate` preprocessor sets it. `None`
             with no template prepends the virtual tokens.
@@ -128,7 +130,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         verbalizer=None,
         preprocessor=None,
         score_reduction="mean",
-        activation="softmax",
+        activation=None,
         placeholder_id=None,
         backbone=None,
         **kwargs,
@@ -171,7 +173,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             class_names, word_ids = label_word_ids(verbalizer, tokenizer)
             verbalizer_layer = Verbalizer(
                 word_ids,
-                reduction=score_reduction,
+                score_reduction=score_reduction,
                 dtype="float32",
                 name="verbalizer",
             )
@@ -381,6 +383,8 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # Written when probabilities were the default output.
+        config.setdefault("activation", "softmax")
         backbone = config.get("backbone")
         if isinstance(backbone, dict):
             backbone = keras.layers.deserialize(backbone)

@@ -1,6 +1,7 @@
 """`Verbalizer`: class scores from a masked LM's logits at the mask."""
 
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -107,22 +108,48 @@ class Verbalizer(keras.layers.Layer):
 
     Args:
         word_ids: a list, one per class, of lists of vocabulary ids.
-        reduction: `"mean"` (default) or `"max"` over a class's words.
+        score_reduction: `"mean"` (default) or `"max"` over a class's
+            words (the name the tasks use too).
+        reduction: deprecated name of `score_reduction`, read for this
+            release with a `DeprecationWarning`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
     ```python
-    verbalizer = keras_ptuning.Verbalizer([[12, 40], [7]], reduction="max")
+    verbalizer = keras_ptuning.Verbalizer(
+        [[12, 40], [7]], score_reduction="max"
+    )
     verbalizer(np.random.rand(2, 64))  # (2, 2): max(l[12], l[40]), l[7]
     ```
     """
 
-    def __init__(self, word_ids, reduction="mean", **kwargs):
+    def __init__(
+        self, word_ids, score_reduction="mean", reduction=None, **kwargs
+    ):
         super().__init__(**kwargs)
-        if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        name = "score_reduction"
+        if reduction is not None:
+            if score_reduction != "mean":
+                raise ValueError(
+                    "Pass `score_reduction` only (`reduction` is its old "
+                    f"name). Received: score_reduction={score_reduction!r}, "
+                    f"reduction={reduction!r}"
+                )
+            warnings.warn(
+                "`Verbalizer(reduction=)` is `score_reduction=` now, the "
+                "name the tasks use; `reduction` is read for this release "
+                "only.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            name, score_reduction = "reduction", reduction
+        if (
+            not isinstance(score_reduction, str)
+            or score_reduction not in REDUCTIONS
+        ):
             raise ValueError(
-                f"`reduction` must be one of {REDUCTIONS}. Received: "
-                f"reduction={reduction!r}"
+                f"`{name}` must be one of {REDUCTIONS}. Received: "
+                f"{name}={score_reduction!r}"
             )
         if isinstance(word_ids, np.ndarray):
             word_ids = word_ids.tolist()
@@ -142,7 +169,7 @@ class Verbalizer(keras.layers.Layer):
                         f"Received: word_ids={word_ids}"
                     )
         self.word_ids = word_ids
-        self.reduction = reduction
+        self.score_reduction = score_reduction
         width = max(len(ids) for ids in word_ids)
         padded = np.zeros((len(word_ids), width), "int32")
         present = np.zeros((len(word_ids), width), bool)
@@ -156,6 +183,11 @@ class Verbalizer(keras.layers.Layer):
     @property
     def num_classes(self):
         return len(self.word_ids)
+
+    @property
+    def reduction(self):
+        """Deprecated name of `score_reduction`."""
+        return self.score_reduction
 
     def check_vocabulary_size(self, vocabulary_size):
         """Raises if a label word id is outside the vocabulary."""
@@ -171,7 +203,7 @@ class Verbalizer(keras.layers.Layer):
         flat = ops.take(logits, self._padded_ids.reshape(-1), axis=-1)
         scores = ops.reshape(flat, (-1, num_classes, width))
         present = ops.convert_to_tensor(self._present)
-        if self.reduction == "max":
+        if self.score_reduction == "max":
             # Absent words repeat the class's first word: no effect on max.
             scores = ops.where(present, scores, scores[..., :1])
             return ops.max(scores, axis=-1)
@@ -184,5 +216,15 @@ class Verbalizer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"word_ids": self.word_ids, "reduction": self.reduction})
+        config.update(
+            {"word_ids": self.word_ids, "score_reduction": self.score_reduction}
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # Written before `score_reduction` had this name.
+        if "reduction" in config:
+            config["score_reduction"] = config.pop("reduction")
+        return cls(**config)

@@ -544,7 +544,7 @@ def test_verbalizer_word_ids():
     def check(word_ids, reduction):
         outcome = check_property(
             test,
-            lambda: Verbalizer(word_ids, reduction=reduction),
+            lambda: Verbalizer(word_ids, score_reduction=reduction),
             ["word_ids", "verbalizer", "label word", "Label word", "reduction"],
         )
         if not outcome[0]:
@@ -1404,7 +1404,9 @@ ARRAY_ARGUMENTS = {
         prompt_init=np.array(["random", "text"]),
     ),
     "reduction": _calling(
-        Verbalizer, word_ids=[[1], [2]], reduction=np.array(["mean", "max"])
+        Verbalizer,
+        word_ids=[[1], [2]],
+        score_reduction=np.array(["mean", "max"]),
     ),
     "include_encoder": _saving_adapter(include_encoder=np.array([1, 2])),
     "adapter_overwrite": _saving_adapter(overwrite=np.array([1, 2])),

@@ -65,13 +65,23 @@ def _reference_logits(masked_lm, inputs):
         ("roberta", "max"),
     ],
 )
-def test_class_probabilities_equal_the_plain_masked_lm(family, reduction):
+def test_class_scores_equal_the_plain_masked_lm(family, reduction):
+    """Class logits by default, as the classifiers; probabilities with
+    `activation="softmax"`."""
     masked_lm = _masked_lm(family)
     model = PTuningMaskedLM(
         masked_lm,
         verbalizer=VERBALIZER,
         preprocessor=_template(),
         score_reduction=reduction,
+    )
+    probabilities_model = PTuningMaskedLM(
+        masked_lm,
+        verbalizer=VERBALIZER,
+        preprocessor=_template(),
+        score_reduction=reduction,
+        activation="softmax",
+        backbone=model.backbone,
     )
     assert model.class_names == ["negative", "positive"]
     assert model.verbalizer.word_ids == WORD_IDS
@@ -82,9 +92,17 @@ def test_class_probabilities_equal_the_plain_masked_lm(family, reduction):
     scores = np.stack(
         [reduce(logits[:, ids], axis=-1) for ids in WORD_IDS], axis=-1
     )
-    probabilities = model.predict({"sentence": SENTENCES}, verbose=0)
     np.testing.assert_allclose(
-        probabilities, _softmax(scores), atol=1e-5, rtol=1e-4
+        model.predict({"sentence": SENTENCES}, verbose=0),
+        scores,
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        probabilities_model.predict({"sentence": SENTENCES}, verbose=0),
+        _softmax(scores),
+        atol=1e-5,
+        rtol=1e-4,
     )
 
 
@@ -92,12 +110,28 @@ def test_verbalizer_layer_against_numpy():
     logits = np.random.default_rng(0).normal(size=(4, 30)).astype("float32")
     word_ids = [[3, 7, 11], [2], [29, 0]]
     for reduction, reduce in (("mean", np.mean), ("max", np.max)):
-        layer = Verbalizer(word_ids, reduction=reduction)
+        layer = Verbalizer(word_ids, score_reduction=reduction)
         expected = np.stack(
             [reduce(logits[:, ids], -1) for ids in word_ids], -1
         )
         np.testing.assert_allclose(to_numpy(layer(logits)), expected, rtol=1e-6)
     assert Verbalizer.from_config(layer.get_config()).word_ids == word_ids
+
+
+def test_verbalizer_reduction_is_score_reduction():
+    """One name on the layer and the tasks; the old one still reads, with a
+    warning, and configs written with it still load."""
+    with pytest.warns(DeprecationWarning, match="score_reduction"):
+        layer = Verbalizer([[1], [2]], reduction="max")
+    assert layer.score_reduction == "max" == layer.reduction
+    config = dict(layer.get_config())
+    assert config["score_reduction"] == "max" and "reduction" not in config
+    config["reduction"] = config.pop("score_reduction")  # an older file
+    assert Verbalizer.from_config(config).score_reduction == "max"
+    with pytest.raises(ValueError, match="Pass `score_reduction` only"):
+        Verbalizer([[1], [2]], score_reduction="max", reduction="mean")
+    with pytest.raises(ValueError, match="reduction='median'"):
+        Verbalizer([[1], [2]], reduction="median")
 
 
 def test_fill_mask_returns_the_reference_top_k():
