@@ -6,7 +6,7 @@ COPA-style continuation), the context is the same in every row; where the
 inputs are concrete (eager calls: PyTorch, and JAX or TensorFlow outside
 compiled functions) the model runs each context once through the family's
 cached decoding and only the choices after it
-(`keras_ptuning.frozen_prefix.run_shared_context`).
+(`keras_ptuning.backbones.frozen_prefix.run_shared_context`).
 
 On the frozen SmolLM2-135M-Instruct (`keras_ptuning.presets`), with a
 p-tuned prompt of `--num-virtual-tokens` slots in the context, this times

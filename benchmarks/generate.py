@@ -8,8 +8,8 @@ machine) and the median of the per-round ratios, and the first call's time
 (tracing and compiling included).
 
 A third run decodes the p-tuned model in one cache segment, as keras-hub
-decodes (`keras_ptuning.cached_decoding.FIRST_SEGMENT_LENGTH = None`): what
-the segmented cache adds.
+decodes (`keras_ptuning.backbones.cached_decoding.FIRST_SEGMENT_LENGTH =
+None`): what the segmented cache adds.
 
 `smollm2` is the real SmolLM2-135M (`keras_ptuning.presets`). With
 `--peft`, PEFT + transformers' `generate` (PyTorch, whatever the Keras
@@ -36,8 +36,8 @@ import numpy as np
 from keras import ops
 
 import keras_ptuning
-from keras_ptuning import cached_decoding
 from keras_ptuning import presets
+from keras_ptuning.backbones import cached_decoding
 
 BACKBONES = {
     # GPT-2 small (124M parameters), randomly initialised.

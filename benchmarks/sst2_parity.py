@@ -245,8 +245,8 @@ def _linear_probe(backbone, pooling):
     read and initialised as the classifier's."""
     import keras
 
-    from keras_ptuning.pooling import pool
-    from keras_ptuning.task_heads import head_kernel_initializer
+    from keras_ptuning.layers.pooling import pool
+    from keras_ptuning.layers.task_heads import head_kernel_initializer
 
     if pooling not in ("mean", "pooled"):
         raise ValueError(

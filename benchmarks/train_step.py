@@ -86,7 +86,8 @@ is `--prefix-length` real tokens (a passage and question, 120), the
 `--num-virtual-tokens` at slots, and `--suffix-length` real tokens (10)
 whose next-token losses train it (no padding): `ptuned` is
 `PTuningCausalLM(placeholder_id=...)` with its defaults, which runs the
-text before the slots without a backward pass (`keras_ptuning.frozen_prefix`);
+text before the slots without a backward pass
+(`keras_ptuning.backbones.frozen_prefix`);
 `cached` also keeps each row's prefix from its first step on, as
 `fit(frozen_prefix_cache_bytes=)` does (emptied after the warm-up, so the
 first round of `NUM_BATCHES` steps is a first epoch and the later rounds
@@ -382,7 +383,7 @@ def keras_model(variant, args):
     from keras import ops
 
     import keras_ptuning
-    from keras_ptuning import ptuning_backbone
+    from keras_ptuning.backbones import ptuning_backbone
 
     class TrainablePromptTable(keras.layers.Layer):
         """A trainable `(N, D)` prompt with `PromptEncoder`'s interface.
@@ -459,7 +460,7 @@ def causal_model(args, variant="ptuned"):
 
     With `--model smollm2-boolq` the virtual tokens go to the template's
     slots; `ptuned` runs the text before them as constants (the default,
-    `keras_ptuning.frozen_prefix`), `cached` also keeps each row's
+    `keras_ptuning.backbones.frozen_prefix`), `cached` also keeps each row's
     prefix from its first step on (what `fit(frozen_prefix_cache_bytes=)`
     does; emptied after the warm-up, so the first timed round is a first
     epoch), `whole` runs the whole sequence backward as before.
@@ -474,7 +475,7 @@ def causal_model(args, variant="ptuned"):
     config = keras_ptuning.PromptEncoderConfig(
         num_virtual_tokens=args.num_virtual_tokens
     )
-    from keras_ptuning.frozen_prefix import FrozenPrefixCache
+    from keras_ptuning.backbones.frozen_prefix import FrozenPrefixCache
 
     slots = args.model == "smollm2-boolq"
     model = keras_ptuning.PTuningCausalLM(

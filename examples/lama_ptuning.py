@@ -56,8 +56,8 @@ import numpy as np
 
 from keras_ptuning import presets
 from keras_ptuning.datasets import load_lama
-from keras_ptuning.ptuning_next_token_lm import last_token_states
-from keras_ptuning.vocabulary import word_token_ids
+from keras_ptuning.models.ptuning_next_token_lm import last_token_states
+from keras_ptuning.preprocessing.vocabulary import word_token_ids
 
 MODELS = {
     "smollm2": presets.smollm2_preset_dir,

@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 
-from keras_ptuning.keras_internals import in_symbolic_scope
+from keras_ptuning.compat.keras_internals import in_symbolic_scope
 
 # What the Keras models under our models take as keyword arguments. Keras'
 # functional `Model` drops any other keyword silently (a typo such as

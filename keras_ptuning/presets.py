@@ -121,7 +121,7 @@ def smollm2_preset_dir(format="keras_hub", cache_dir=None):
             tokenizer, preprocessor and task, once `keras_ptuning` is
             imported: keras-hub 0.32 does not save SmolLM2's special tokens
             itself, and cannot read the list `keras_ptuning` saves them as
-            without it; see `keras_ptuning.keras_hub_fixes`),
+            without it; see `keras_ptuning.compat.keras_hub_fixes`),
             `"transformers"` for the transformers folder it was converted
             from (`AutoModelForCausalLM.from_pretrained(folder)`).
         cache_dir: str. Where converted checkpoints are kept. Defaults to

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_ptuning
-from keras_ptuning import export as export_module
+from keras_ptuning.saving import export as export_module
 from tests.peft_interop_test import _classifier
 from tests.peft_interop_test import _files
 from tests.support import to_numpy

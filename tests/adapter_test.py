@@ -12,7 +12,7 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning import load_peft_adapter
 from keras_ptuning import save_peft_adapter
-from keras_ptuning.adapter import read_adapter_config
+from keras_ptuning.saving.adapter import read_adapter_config
 from tests.backbones import FAMILIES
 from tests.support import make_inputs
 from tests.support import to_numpy

@@ -45,7 +45,7 @@ def cache_segments(request, monkeypatch):
     The default first segment has 32 real slots; the tests' sequences are
     shorter, so "segments" shrinks it to 1 and the growth to 2 slots.
     """
-    from keras_ptuning import cached_decoding
+    from keras_ptuning.backbones import cached_decoding
 
     if request.param == "one_segment":
         monkeypatch.setattr(cached_decoding, "FIRST_SEGMENT_LENGTH", None)

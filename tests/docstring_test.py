@@ -46,8 +46,8 @@ _EXAMPLE = re.compile(
 
 def _modules():
     yield keras_ptuning
-    for info in pkgutil.iter_modules(keras_ptuning.__path__):
-        yield importlib.import_module(f"keras_ptuning.{info.name}")
+    for info in pkgutil.walk_packages(keras_ptuning.__path__, "keras_ptuning."):
+        yield importlib.import_module(info.name)
 
 
 def _documented(module):

@@ -198,7 +198,7 @@ def test_existing_path_and_bad_arguments(tmp_path):
 
 
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
-    from keras_ptuning import export
+    from keras_ptuning.saving import export
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -233,7 +233,7 @@ def test_round_trip_matrix_models_are_served_by_tensorflow_alone(
 def test_served_class_outputs_are_what_predict_returns(activation):
     """No softmax on top of another activation: a sigmoid classifier
     serves its scores as `predict` gives them, and the argmax as `label`."""
-    from keras_ptuning.export import _serving_outputs
+    from keras_ptuning.saving.export import _serving_outputs
 
     model = PTuningTextClassifier(
         FAMILIES["bert"](), 3, PromptEncoderConfig(2), activation=activation

@@ -1,5 +1,6 @@
 """Training steps that run a decoder's text before the first virtual token
-as constants (`keras_ptuning.frozen_prefix`) against the whole sequence."""
+as constants (`keras_ptuning.backbones.frozen_prefix`) against the whole
+sequence."""
 
 import keras
 import numpy as np
@@ -8,7 +9,7 @@ from keras import ops
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
-from keras_ptuning import frozen_prefix
+from keras_ptuning.backbones import frozen_prefix
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.support import run_on_one_backend

@@ -68,12 +68,12 @@ from keras_ptuning import PTuningBackbone
 from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningTextClassifier
 from keras_ptuning import Verbalizer
-from keras_ptuning import export
 from keras_ptuning import export_saved_model
 from keras_ptuning import load_peft_adapter
 from keras_ptuning import save_peft_adapter
-from keras_ptuning.adapter import read_adapter_config
-from keras_ptuning.verbalizer import label_word_ids
+from keras_ptuning.preprocessing.verbalizer import label_word_ids
+from keras_ptuning.saving import export
+from keras_ptuning.saving.adapter import read_adapter_config
 from tests import fuzz_support as fuzz
 from tests.backbones import FAMILIES
 from tests.fuzz_support import LARGE

@@ -1,4 +1,4 @@
-"""Every private Keras / keras-hub API of `keras_ptuning.keras_internals`
+"""Every private Keras / keras-hub API of `keras_ptuning.compat.keras_internals`
 still exists and still does what keras_ptuning relies on. A release that
 moves one fails here, instead of turning a workaround into a no-op."""
 
@@ -12,7 +12,7 @@ from keras.src.backend.common import global_state
 from keras.src.saving import serialization_lib
 
 import keras_ptuning
-from keras_ptuning import keras_internals
+from keras_ptuning.compat import keras_internals
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.support import byte_level_llama3_tokenizer
@@ -130,7 +130,7 @@ def test_every_decoder_family_has_the_cached_decoding_we_reuse():
     """`generate_step` calls `self._build_cache`, which calls
     `self.call_with_cache`; the sampler's loop variables `(prompt, cache,
     index, mask)` keep the cache at `SAMPLER_LOOP_CACHE`."""
-    from keras_ptuning.backbone_split import causal_lm_class
+    from keras_ptuning.backbones.backbone_split import causal_lm_class
 
     for family in sorted(CAUSAL):
         cls = causal_lm_class(FAMILIES[family]())

@@ -5,7 +5,7 @@ from keras import ops
 from keras_ptuning import LengthBucketedDataset
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningTextClassifier
-from keras_ptuning.length_bucketing import default_bucket_lengths
+from keras_ptuning.preprocessing.length_bucketing import default_bucket_lengths
 from tests.backbones import FAMILIES
 
 

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
-from keras_ptuning.verbalizer import label_word_ids
-from keras_ptuning.vocabulary import spaces_word_starts
-from keras_ptuning.vocabulary import word_token_ids
+from keras_ptuning.preprocessing.verbalizer import label_word_ids
+from keras_ptuning.preprocessing.vocabulary import spaces_word_starts
+from keras_ptuning.preprocessing.vocabulary import word_token_ids
 from tests.support import bert_tokenizer
 from tests.support import gpt2_tokenizer
 from tests.support import run_on_one_backend

@@ -10,8 +10,8 @@ from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningCausalLMClassifier
 from keras_ptuning import export_saved_model
-from keras_ptuning import keras_internals
-from keras_ptuning.backbone_split import causal_lm_class
+from keras_ptuning.backbones.backbone_split import causal_lm_class
+from keras_ptuning.compat import keras_internals
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import fresh_backbone

@@ -5,8 +5,8 @@ import pytest
 
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningCausalLM
-from keras_ptuning import cached_decoding
-from keras_ptuning.cached_decoding import cache_segment_ends
+from keras_ptuning.backbones import cached_decoding
+from keras_ptuning.backbones.cached_decoding import cache_segment_ends
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH

@@ -16,8 +16,8 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningNextTokenLM
 from keras_ptuning import PTuningTextClassifier
-from keras_ptuning import export
 from keras_ptuning import export_saved_model
+from keras_ptuning.saving import export
 from tests.backbones import _ROPE
 from tests.backbones import FAMILIES
 from tests.support import BACKEND

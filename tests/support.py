@@ -316,7 +316,7 @@ def export_from_this_backend(models, directory):
         keras_file = os.path.join(directory, f"{name}.keras")
         model.save(keras_file)
         pairs += [keras_file, paths[name]]
-    run_python(["-m", "keras_ptuning.export", *pairs], "tensorflow")
+    run_python(["-m", "keras_ptuning.saving.export", *pairs], "tensorflow")
     return paths
 
 

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_ptuning.keras_internals import tracking_unlocked
-from keras_ptuning.trainable_tasks import TrainableTasksMixin
+from keras_ptuning.compat.keras_internals import tracking_unlocked
+from keras_ptuning.layers.trainable_tasks import TrainableTasksMixin
 
 # The classifier head's initial kernel: keras-hub's BERT-style text
 # classifiers and HF `*ForSequenceClassification` (what PEFT trains) start

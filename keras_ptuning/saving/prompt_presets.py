@@ -27,9 +27,9 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_ptuning import keras_internals
-from keras_ptuning.adapter import backbone_architecture
-from keras_ptuning.adapter import check_adapter_backbone
+from keras_ptuning.compat import keras_internals
+from keras_ptuning.saving.adapter import backbone_architecture
+from keras_ptuning.saving.adapter import check_adapter_backbone
 
 # The key that tells a reference from a serialized backbone.
 BASE_PRESET = "base_preset"

@@ -6,16 +6,16 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
-from keras_ptuning.prompt_template import PromptTemplate
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_backbone import model_inputs
-from keras_ptuning.ptuning_task import PTuningTask
-from keras_ptuning.ptuning_task import keras_hub_argument_order
-from keras_ptuning.vocabulary import check_top_k
-from keras_ptuning.vocabulary import single_token_id
-from keras_ptuning.vocabulary import top_k_tokens
+from keras_ptuning.models.ptuning_task import PTuningTask
+from keras_ptuning.models.ptuning_task import keras_hub_argument_order
+from keras_ptuning.preprocessing.prompt_template import PromptTemplate
+from keras_ptuning.preprocessing.vocabulary import check_top_k
+from keras_ptuning.preprocessing.vocabulary import single_token_id
+from keras_ptuning.preprocessing.vocabulary import top_k_tokens
+from keras_ptuning.saving.adapter import AdapterMixin
 
 
 def last_token_states(hidden_states, padding_mask):

@@ -8,7 +8,8 @@ hidden states, keys and values that no prompt can change, yet a plain
 training step runs them backward through every layer. Here a training
 step splits the batch's sequence at `P`, the earliest first virtual token
 of its rows: positions `0..P-1` run forward through the family's own
-cached decoding (`call_with_cache`, see `keras_ptuning.cached_decoding`)
+cached decoding (`call_with_cache`, see
+`keras_ptuning.backbones.cached_decoding`)
 and enter the rest as constants (their keys and values in the cache);
 positions `P..L-1` run on that cache, with gradients. The result is
 today's forward pass, position for position: the padding mask masks the
@@ -32,8 +33,8 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_ptuning.compat.keras_internals import build_cache
 from keras_ptuning.input_validation import concrete_numpy
-from keras_ptuning.keras_internals import build_cache
 
 # The padding-mask argument of each family's decoder layer.
 _MASK_ARGUMENTS = ("decoder_padding_mask", "padding_mask")

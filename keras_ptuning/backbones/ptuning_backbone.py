@@ -7,22 +7,24 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_ptuning import frozen_prefix
-from keras_ptuning import keras_internals
-from keras_ptuning import prompt_presets
-from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.backbone_split import BackboneSplit
+from keras_ptuning.backbones import frozen_prefix
+from keras_ptuning.backbones.backbone_split import BackboneSplit
+from keras_ptuning.compat import keras_internals
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
 from keras_ptuning.input_validation import concrete_numpy
-from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
-from keras_ptuning.prompt_encoder import PromptEncoder
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.prompt_injection import PromptInjection
-from keras_ptuning.prompt_placement import TASK_ID
-from keras_ptuning.prompt_placement import check_placeholder_id
-from keras_ptuning.prompt_template import PromptTemplate
+from keras_ptuning.layers.multi_task_prompt_encoder import (
+    MultiTaskPromptEncoder,
+)
+from keras_ptuning.layers.prompt_encoder import PromptEncoder
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.placement.prompt_injection import PromptInjection
+from keras_ptuning.placement.prompt_placement import TASK_ID
+from keras_ptuning.placement.prompt_placement import check_placeholder_id
+from keras_ptuning.preprocessing.prompt_template import PromptTemplate
+from keras_ptuning.saving import prompt_presets
+from keras_ptuning.saving.adapter import AdapterMixin
 
 
 def model_inputs(input_names):
@@ -192,7 +194,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         # loaded from a prompt-only preset's reference.
         self.base_preset = base_preset
         # JSON of the reference while a prompt-only preset is written
-        # (`keras_ptuning.prompt_presets`).
+        # (`keras_ptuning.saving.prompt_presets`).
         self.writing_base_reference = None
 
         # === Functional model ===
@@ -232,7 +234,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         self.max_positions = split.max_positions
         self.backbone_dropout = backbone_dropout
         # Training steps run the text before the first virtual token as
-        # constants, where they can (`keras_ptuning.frozen_prefix`).
+        # constants, where they can (`keras_ptuning.backbones.frozen_prefix`).
         self.frozen_prefix = True
         # A `frozen_prefix.FrozenPrefixCache` while a `fit` keeps one.
         self.frozen_prefix_cache = None
@@ -257,7 +259,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     @property
     def splits_frozen_prefix(self):
         """Whether training steps run the text before the first virtual
-        token as constants (`keras_ptuning.frozen_prefix`): a decoder with
+        token as constants (`keras_ptuning.backbones.frozen_prefix`): a decoder
+        with
         slots, every backbone weight frozen (no LoRA)."""
         return (
             self.frozen_prefix
@@ -430,7 +433,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
 
     @property
     def placement(self):
-        """Where the virtual tokens go (`keras_ptuning.prompt_placement`)."""
+        """Where the virtual tokens go
+        (`keras_ptuning.placement.prompt_placement`)."""
         return self.prompt_injection.placement
 
     @property
@@ -685,7 +689,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 `hf://`/`kaggle://` handle or directory the frozen backbone
                 was loaded from: a prompt-only preset, kilobytes, that
                 `from_preset` resolves by loading the base (see
-                `keras_ptuning.prompt_presets`).
+                `keras_ptuning.saving.prompt_presets`).
             include_encoder: bool, with `base_preset`: also keep the prompt
                 encoder's weights, so that a model loading the preset can
                 resume training; by default the preset holds the collapsed

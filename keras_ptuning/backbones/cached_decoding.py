@@ -42,9 +42,9 @@ import types
 from keras import ops
 from keras import tree
 
-from keras_ptuning.keras_internals import build_cache
-from keras_ptuning.keras_internals import run_sampler
-from keras_ptuning.keras_internals import runs_plain_loop
+from keras_ptuning.compat.keras_internals import build_cache
+from keras_ptuning.compat.keras_internals import run_sampler
+from keras_ptuning.compat.keras_internals import runs_plain_loop
 
 # The cache's first length, the most segments it grows in, and the fewest
 # slots a segment adds (see `cache_segment_ends`).

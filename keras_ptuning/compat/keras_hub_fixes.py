@@ -30,7 +30,7 @@ import functools
 
 import keras_hub
 
-from keras_ptuning.keras_internals import special_token_names
+from keras_ptuning.compat.keras_internals import special_token_names
 
 _FIXED = "_keras_ptuning_fixed"
 

@@ -5,9 +5,13 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
-from keras_ptuning.prompt_placement import prompt_placement
-from keras_ptuning.prompt_sources import prompt_source as make_prompt_source
+from keras_ptuning.layers.multi_task_prompt_encoder import (
+    MultiTaskPromptEncoder,
+)
+from keras_ptuning.placement.prompt_placement import prompt_placement
+from keras_ptuning.placement.prompt_sources import (
+    prompt_source as make_prompt_source,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -42,9 +46,9 @@ class PromptInjection(keras.layers.Layer):
     adapters and exports hold, as PEFT's inference mode).
 
     The two choices are independent and each is one small object: the
-    layer's `placement` (`keras_ptuning.prompt_placement`: prepend or
-    slots) and `source` (`keras_ptuning.prompt_sources`: encoder, table,
-    or one encoder per task). `call` asks the source for the prompts and
+    layer's `placement` (`keras_ptuning.placement.prompt_placement`: prepend or
+    slots) and `source` (`keras_ptuning.placement.prompt_sources`: encoder,
+    table, or one encoder per task). `call` asks the source for the prompts and
     the placement to put them in.
 
     Args:

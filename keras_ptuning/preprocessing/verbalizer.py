@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ptuning.vocabulary import single_token_id
+from keras_ptuning.preprocessing.vocabulary import single_token_id
 
 REDUCTIONS = ("mean", "max")
 # The id table is int32.

@@ -13,7 +13,8 @@ generation, so each placement's code path reads in one class:
   nothing changes length.
 
 Where the prompts come from (one encoder, a collapsed table, one encoder
-per task) is the other, independent choice: `keras_ptuning.prompt_sources`.
+per task) is the other, independent choice:
+`keras_ptuning.placement.prompt_sources`.
 Both give and take prompts as `(flat_table, first)`: row `b`'s virtual
 token `k` is `flat_table[first[b] + k]` (`first` is `0` for one prompt).
 """
@@ -23,7 +24,7 @@ import numbers
 from keras import ops
 from keras import tree
 
-from keras_ptuning.backbone_split import SEQUENCE_INPUT_FILL
+from keras_ptuning.backbones.backbone_split import SEQUENCE_INPUT_FILL
 
 # The default placeholder id of slot placement: no vocabulary uses it.
 DEFAULT_PLACEHOLDER_ID = -1

@@ -3,10 +3,10 @@
 import keras
 from keras import ops
 
-from keras_ptuning.keras_internals import tracking_unlocked
-from keras_ptuning.prompt_encoder import PromptEncoder
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.trainable_tasks import TrainableTasksMixin
+from keras_ptuning.compat.keras_internals import tracking_unlocked
+from keras_ptuning.layers.prompt_encoder import PromptEncoder
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.layers.trainable_tasks import TrainableTasksMixin
 
 
 def check_task_names(task_names):

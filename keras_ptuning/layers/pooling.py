@@ -2,7 +2,7 @@
 
 from keras import ops
 
-from keras_ptuning.backbone_split import causal_lm_class
+from keras_ptuning.backbones.backbone_split import causal_lm_class
 
 # What the head can read: the backbone's pooled output (BERT's pooler),
 # the first position, the last non-padding token, or the mean over the

@@ -63,17 +63,17 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.adapter import float32_numpy
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
 from keras_ptuning.input_validation import directories_to_create
 from keras_ptuning.input_validation import remove_created_directories
-from keras_ptuning.pooling import check_head_pooling
-from keras_ptuning.pooling import hf_pooling
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_causal_lm import PTuningCausalLM
-from keras_ptuning.ptuning_next_token_lm import PTuningNextTokenLM
-from keras_ptuning.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.layers.pooling import check_head_pooling
+from keras_ptuning.layers.pooling import hf_pooling
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.models.ptuning_causal_lm import PTuningCausalLM
+from keras_ptuning.models.ptuning_next_token_lm import PTuningNextTokenLM
+from keras_ptuning.models.ptuning_text_classifier import PTuningTextClassifier
+from keras_ptuning.saving.adapter import AdapterMixin
+from keras_ptuning.saving.adapter import float32_numpy
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"

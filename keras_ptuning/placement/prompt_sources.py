@@ -15,12 +15,14 @@ says which combinations exist:
 Every source gives the prompts as `(flat_table, first)`: row `b`'s virtual
 token `k` is `flat_table[first[b] + k]`, with `first` `0` for one prompt.
 Where the prompts go is the placement's business
-(`keras_ptuning.prompt_placement`).
+(`keras_ptuning.placement.prompt_placement`).
 """
 
 from keras import ops
 
-from keras_ptuning.multi_task_prompt_encoder import MultiTaskPromptEncoder
+from keras_ptuning.layers.multi_task_prompt_encoder import (
+    MultiTaskPromptEncoder,
+)
 
 PROMPT_SOURCES = ("encoder", "table")
 

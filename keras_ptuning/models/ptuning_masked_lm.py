@@ -5,17 +5,17 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import concrete_numpy
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_backbone import model_inputs
-from keras_ptuning.ptuning_task import PTuningTask
-from keras_ptuning.verbalizer import REDUCTIONS
-from keras_ptuning.verbalizer import Verbalizer
-from keras_ptuning.verbalizer import label_word_ids
-from keras_ptuning.vocabulary import check_top_k
-from keras_ptuning.vocabulary import top_k_tokens
+from keras_ptuning.models.ptuning_task import PTuningTask
+from keras_ptuning.preprocessing.verbalizer import REDUCTIONS
+from keras_ptuning.preprocessing.verbalizer import Verbalizer
+from keras_ptuning.preprocessing.verbalizer import label_word_ids
+from keras_ptuning.preprocessing.vocabulary import check_top_k
+from keras_ptuning.preprocessing.vocabulary import top_k_tokens
+from keras_ptuning.saving.adapter import AdapterMixin
 
 
 def _serialize_head_task(masked_lm):

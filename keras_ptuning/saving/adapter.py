@@ -15,11 +15,11 @@ import h5py
 import numpy as np
 from keras import ops
 
-from keras_ptuning.pooling import check_head_pooling
-from keras_ptuning.pooling import hf_pooling
+from keras_ptuning.layers.pooling import check_head_pooling
+from keras_ptuning.layers.pooling import hf_pooling
 from keras_ptuning.version import __version__
 
-ADAPTER_FORMAT = "keras_ptuning.adapter"
+ADAPTER_FORMAT = "keras_ptuning.saving.adapter"
 ADAPTER_FORMAT_VERSION = 1
 
 
@@ -200,7 +200,7 @@ class AdapterMixin:
             max_length: `None` or int. The `generate` signature's length
                 (a `PTuningCausalLM` exported with raw text).
         """
-        from keras_ptuning.export import export_saved_model
+        from keras_ptuning.saving.export import export_saved_model
 
         if format != "tf_saved_model":
             raise ValueError(
@@ -266,7 +266,7 @@ class AdapterMixin:
         """
         _check_format(format)
         if format == "peft":
-            from keras_ptuning.peft_interop import save_peft_adapter
+            from keras_ptuning.saving.peft_interop import save_peft_adapter
 
             if include_encoder is not False:
                 raise ValueError(
@@ -384,7 +384,7 @@ class AdapterMixin:
             format = "peft" if _is_directory(filepath) else "keras"
         _check_format(format)
         if format == "peft":
-            from keras_ptuning.peft_interop import load_peft_adapter
+            from keras_ptuning.saving.peft_interop import load_peft_adapter
 
             load_peft_adapter(
                 self, filepath, transformers_version=transformers_version

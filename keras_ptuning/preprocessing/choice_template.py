@@ -7,7 +7,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_ptuning.prompt_template import PromptTemplate
+from keras_ptuning.preprocessing.prompt_template import PromptTemplate
 
 CHOICE_INPUTS = ("choice_positions", "choice_ids", "choice_mask")
 

@@ -3,20 +3,20 @@
 import keras
 import keras_hub
 
-from keras_ptuning.adapter import AdapterMixin
+from keras_ptuning.backbones.ptuning_backbone import TASK_ID
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
-from keras_ptuning.pooling import POOLING_MODES
-from keras_ptuning.pooling import default_pooling
-from keras_ptuning.pooling import has_pooled_output
-from keras_ptuning.pooling import hf_pooling
-from keras_ptuning.pooling import pool
-from keras_ptuning.ptuning_backbone import TASK_ID
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_backbone import model_inputs
-from keras_ptuning.ptuning_task import PTuningTask
-from keras_ptuning.ptuning_task import keras_hub_argument_order
-from keras_ptuning.task_heads import TaskHeads
-from keras_ptuning.task_heads import head_kernel_initializer
+from keras_ptuning.layers.pooling import POOLING_MODES
+from keras_ptuning.layers.pooling import default_pooling
+from keras_ptuning.layers.pooling import has_pooled_output
+from keras_ptuning.layers.pooling import hf_pooling
+from keras_ptuning.layers.pooling import pool
+from keras_ptuning.layers.task_heads import TaskHeads
+from keras_ptuning.layers.task_heads import head_kernel_initializer
+from keras_ptuning.models.ptuning_task import PTuningTask
+from keras_ptuning.models.ptuning_task import keras_hub_argument_order
+from keras_ptuning.saving.adapter import AdapterMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")

@@ -3,16 +3,16 @@
 import keras
 import keras_hub
 
-from keras_ptuning import cached_decoding
-from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.cached_decoding import CausalLMView
+from keras_ptuning.backbones import cached_decoding
+from keras_ptuning.backbones.cached_decoding import CausalLMView
+from keras_ptuning.backbones.ptuning_backbone import TASK_ID
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
-from keras_ptuning.ptuning_backbone import TASK_ID
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_backbone import model_inputs
-from keras_ptuning.ptuning_task import PTuningTask
-from keras_ptuning.ptuning_task import keras_hub_argument_order
+from keras_ptuning.models.ptuning_task import PTuningTask
+from keras_ptuning.models.ptuning_task import keras_hub_argument_order
+from keras_ptuning.saving.adapter import AdapterMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")

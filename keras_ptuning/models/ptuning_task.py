@@ -5,13 +5,13 @@ import warnings
 import keras
 import keras_hub
 
-from keras_ptuning import keras_internals
-from keras_ptuning import prompt_presets
-from keras_ptuning.choice_template import ChoiceTemplate
-from keras_ptuning.frozen_prefix import FrozenPrefixCache
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.prompt_template import PromptTemplate
-from keras_ptuning.ptuning_backbone import PTuningBackbone
+from keras_ptuning.backbones.frozen_prefix import FrozenPrefixCache
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.compat import keras_internals
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.preprocessing.choice_template import ChoiceTemplate
+from keras_ptuning.preprocessing.prompt_template import PromptTemplate
+from keras_ptuning.saving import prompt_presets
 
 
 def _prompt_template(preprocessor):
@@ -200,7 +200,7 @@ class PTuningTask:
                 (template, verbalizer) and that handle, for
                 `keras_hub.upload_preset`. Loading it loads the base preset
                 and refuses one of another class, architecture or
-                checkpoint (see `keras_ptuning.prompt_presets`).
+                checkpoint (see `keras_ptuning.saving.prompt_presets`).
             include_encoder: bool, with `base_preset`: also keep the prompt
                 encoder's weights, so that a model loading the preset can
                 resume training; by default the preset holds the collapsed
@@ -399,7 +399,7 @@ class PTuningTask:
                 from its first step to the end of this call, so that later
                 epochs run only the positions after it (a decoder with
                 prompt slots and a frozen backbone; see
-                `keras_ptuning.frozen_prefix.FrozenPrefixCache`). Rows
+                `keras_ptuning.backbones.frozen_prefix.FrozenPrefixCache`). Rows
                 beyond the budget run their prefix forward every step, and
                 a warning says so. Refused with `backbone_dropout=True`: a
                 kept prefix would reuse one dropout draw in every epoch.
@@ -449,7 +449,8 @@ class PTuningTask:
             warnings.warn(
                 "`frozen_prefix_cache_bytes` has no effect here: "
                 f"{backend}'s compiled steps cannot split the sequence "
-                "(see keras_ptuning.frozen_prefix); they run it whole.",
+                "(see keras_ptuning.backbones.frozen_prefix); they run it "
+                "whole.",
                 stacklevel=3,
             )
         return backbone

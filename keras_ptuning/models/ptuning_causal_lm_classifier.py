@@ -6,15 +6,15 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_ptuning import frozen_prefix
-from keras_ptuning.adapter import AdapterMixin
-from keras_ptuning.backbone_split import causal_lm_class
-from keras_ptuning.choice_template import CHOICE_INPUTS
-from keras_ptuning.choice_template import ChoiceTemplate
+from keras_ptuning.backbones import frozen_prefix
+from keras_ptuning.backbones.backbone_split import causal_lm_class
+from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
+from keras_ptuning.compat.keras_internals import lora_config
 from keras_ptuning.input_validation import concrete_numpy
-from keras_ptuning.keras_internals import lora_config
-from keras_ptuning.ptuning_backbone import PTuningBackbone
-from keras_ptuning.ptuning_task import PTuningTask
+from keras_ptuning.models.ptuning_task import PTuningTask
+from keras_ptuning.preprocessing.choice_template import CHOICE_INPUTS
+from keras_ptuning.preprocessing.choice_template import ChoiceTemplate
+from keras_ptuning.saving.adapter import AdapterMixin
 
 SCORE_REDUCTIONS = ("mean", "sum")
 

@@ -5,8 +5,8 @@ import math
 import keras
 from keras import ops
 
-from keras_ptuning.keras_internals import outside_object_sharing
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.compat.keras_internals import outside_object_sharing
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
 
 
 def _torch_linear_initializers(fan_in):

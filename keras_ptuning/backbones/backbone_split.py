@@ -19,8 +19,8 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_ptuning.keras_internals import functional_nodes
-from keras_ptuning.keras_internals import sublayers
+from keras_ptuning.compat.keras_internals import functional_nodes
+from keras_ptuning.compat.keras_internals import sublayers
 
 # Inputs aligned with `token_ids` and the value that virtual tokens get.
 SEQUENCE_INPUT_FILL = {"padding_mask": 1, "segment_ids": 0}
@@ -36,7 +36,8 @@ def causal_lm_class(backbone):
     """The keras-hub `CausalLM` class built for this backbone's class, if any.
 
     Its `call_with_cache`, `_build_cache` and `generate_step` hold the
-    family's cached decoding, which `keras_ptuning.cached_decoding` reuses.
+    family's cached decoding, which `keras_ptuning.backbones.cached_decoding`
+    reuses.
     """
     for task_cls in _subclasses(keras_hub.models.CausalLM):
         if task_cls.__module__.startswith("keras_ptuning"):

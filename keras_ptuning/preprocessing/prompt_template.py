@@ -8,12 +8,12 @@ import keras_hub
 import numpy as np
 
 from keras_ptuning.input_validation import check_placeholder_counts
-from keras_ptuning.prompt_encoder_config import PromptEncoderConfig
-from keras_ptuning.prompt_placement import DEFAULT_PLACEHOLDER_ID
-from keras_ptuning.prompt_placement import TASK_ID
-from keras_ptuning.prompt_placement import check_placeholder_id
-from keras_ptuning.vocabulary import check_known
-from keras_ptuning.vocabulary import spaces_word_starts
+from keras_ptuning.layers.prompt_encoder_config import PromptEncoderConfig
+from keras_ptuning.placement.prompt_placement import DEFAULT_PLACEHOLDER_ID
+from keras_ptuning.placement.prompt_placement import TASK_ID
+from keras_ptuning.placement.prompt_placement import check_placeholder_id
+from keras_ptuning.preprocessing.vocabulary import check_known
+from keras_ptuning.preprocessing.vocabulary import spaces_word_starts
 
 try:
     import tensorflow as tf
@@ -767,7 +767,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             **kwargs: constructor arguments (`sequence_length`, ...),
                 overriding the saved ones.
         """
-        from keras_ptuning import keras_internals
+        from keras_ptuning.compat import keras_internals
 
         if template is not None:
             if not isinstance(template, str):

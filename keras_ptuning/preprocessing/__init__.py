@@ -1,0 +1,2 @@
+"""Raw text to model inputs: prompt templates, choice templates, verbalizers,
+vocabulary helpers and length bucketing."""

@@ -1,0 +1,2 @@
+"""Adapters (this library's and PEFT's), SavedModel export and prompt-only
+presets."""
