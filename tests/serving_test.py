@@ -128,6 +128,9 @@ def _expected(model, inputs):
     if isinstance(model, PTuningTextClassifier):
         logits = outputs
         probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
+    elif isinstance(model, PTuningMaskedLM) and model.activation is None:
+        logits = outputs  # class logits, the default
+        probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
     elif isinstance(model, PTuningMaskedLM):
         logits, probabilities = np.log(outputs), outputs
     elif isinstance(model, PTuningNextTokenLM):

@@ -272,6 +272,8 @@ def expected_served_outputs(model, inputs):
     if isinstance(model, PTuningTextClassifier):
         return {"logits": outputs, "probabilities": _softmax(outputs)}
     if isinstance(model, PTuningMaskedLM):
+        if model.activation is None:  # class logits, the default
+            return {"logits": outputs, "probabilities": _softmax(outputs)}
         return {"logits": np.log(outputs), "probabilities": outputs}
     if isinstance(model, PTuningNextTokenLM):
         return {"logits": outputs, "probabilities": _softmax(outputs)}
