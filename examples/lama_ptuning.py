@@ -56,7 +56,7 @@ import numpy as np
 
 from keras_ptuning import presets
 from keras_ptuning.datasets import load_lama
-from keras_ptuning.models.ptuning_next_token_lm import last_token_states
+from keras_ptuning.layers.pooling import last_token_states
 from keras_ptuning.preprocessing.vocabulary import word_token_ids
 
 MODELS = {

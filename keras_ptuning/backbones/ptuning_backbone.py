@@ -143,41 +143,15 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             backbone = keras.layers.deserialize(backbone)
         split = BackboneSplit(backbone)
         check_placeholder_id(placeholder_id)
-        if isinstance(prompt_config, dict):
-            prompt_config = PromptEncoderConfig.from_dict(prompt_config)
-        if not isinstance(prompt_config, PromptEncoderConfig):
-            raise TypeError(
-                "`prompt_config` must be a `keras_ptuning.PromptEncoderConfig` "
-                f"or its dict. Received: prompt_config={prompt_config!r}"
-            )
-        prompt_config = prompt_config.with_token_dim(split.hidden_dim)
-        if (
-            split.max_positions is not None
-            and prompt_config.num_virtual_tokens >= split.max_positions
-            and placeholder_id is None
-        ):
-            raise ValueError(
-                f"`num_virtual_tokens` must leave room for real tokens in the "
-                f"backbone's {split.max_positions} positions. Received: "
-                f"num_virtual_tokens={prompt_config.num_virtual_tokens}"
-            )
+        prompt_config = _checked_prompt_config(
+            prompt_config, split, placeholder_id
+        )
         backbone.trainable = False
 
         # === Layers ===
-        if task_names is None and trainable_tasks is not None:
-            raise ValueError(
-                "`trainable_tasks` needs a multi-task model (task_names). "
-                f"Received: trainable_tasks={trainable_tasks!r}"
-            )
-        if task_names is None:
-            prompt_encoder = PromptEncoder(prompt_config, name="prompt_encoder")
-        else:
-            prompt_encoder = MultiTaskPromptEncoder(
-                prompt_config,
-                list(task_names),
-                trainable_tasks=trainable_tasks,
-                name="prompt_encoder",
-            )
+        prompt_encoder = _prompt_encoder(
+            prompt_config, task_names, trainable_tasks
+        )
         injection = PromptInjection(
             prompt_encoder,
             max_positions=split.max_positions,
@@ -778,3 +752,45 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         if lora_rank is not None:
             model.enable_lora(lora_rank, target_layer_names)
         return model
+
+
+def _checked_prompt_config(prompt_config, split, placeholder_id):
+    """`prompt_config` as a `PromptEncoderConfig` with the backbone's
+    hidden size, refused where a prepended prompt would leave no position
+    for real tokens."""
+    if isinstance(prompt_config, dict):
+        prompt_config = PromptEncoderConfig.from_dict(prompt_config)
+    if not isinstance(prompt_config, PromptEncoderConfig):
+        raise TypeError(
+            "`prompt_config` must be a `keras_ptuning.PromptEncoderConfig` "
+            f"or its dict. Received: prompt_config={prompt_config!r}"
+        )
+    prompt_config = prompt_config.with_token_dim(split.hidden_dim)
+    if (
+        split.max_positions is not None
+        and prompt_config.num_virtual_tokens >= split.max_positions
+        and placeholder_id is None
+    ):
+        raise ValueError(
+            f"`num_virtual_tokens` must leave room for real tokens in the "
+            f"backbone's {split.max_positions} positions. Received: "
+            f"num_virtual_tokens={prompt_config.num_virtual_tokens}"
+        )
+    return prompt_config
+
+
+def _prompt_encoder(prompt_config, task_names, trainable_tasks):
+    """One `PromptEncoder`, or a `MultiTaskPromptEncoder` for `task_names`."""
+    if task_names is None and trainable_tasks is not None:
+        raise ValueError(
+            "`trainable_tasks` needs a multi-task model (task_names). "
+            f"Received: trainable_tasks={trainable_tasks!r}"
+        )
+    if task_names is None:
+        return PromptEncoder(prompt_config, name="prompt_encoder")
+    return MultiTaskPromptEncoder(
+        prompt_config,
+        list(task_names),
+        trainable_tasks=trainable_tasks,
+        name="prompt_encoder",
+    )

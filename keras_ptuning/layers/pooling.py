@@ -85,7 +85,7 @@ def pool(outputs, padding_mask, pooling):
     if pooling == "first":
         return sequence[:, 0, :]
     if pooling == "last":
-        return _last_real_token(sequence, padding_mask)
+        return last_token_states(sequence, padding_mask)
     return _mean_over_real_tokens(sequence, padding_mask)
 
 
@@ -105,13 +105,16 @@ def _is_causal(backbone):
     return is_causal
 
 
-def _last_real_token(sequence_output, padding_mask):
-    """Hidden state of each row's last non-padding token (HF's choice)."""
+def last_token_states(hidden_states, padding_mask):
+    """The hidden state of each row's last real token, `(batch, hidden)`
+    (HF's choice for decoder heads, and where a decoder predicts the next
+    token). Finds the last true position of `padding_mask`, so rows may be
+    padded on either side."""
     mask = ops.cast(padding_mask, "int32")
     positions = ops.cumsum(ops.ones_like(mask), axis=1) - 1
     last = ops.max(mask * positions, axis=1)
     index = ops.reshape(last, (-1, 1, 1))
-    return ops.take_along_axis(sequence_output, index, axis=1)[:, 0, :]
+    return ops.take_along_axis(hidden_states, index, axis=1)[:, 0, :]
 
 
 def _mean_over_real_tokens(sequence_output, padding_mask):

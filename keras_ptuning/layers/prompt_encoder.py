@@ -102,7 +102,6 @@ class PromptEncoder(keras.layers.Layer):
         self.prompt_config = config
         num_tokens = config.num_virtual_tokens
         dim = config.token_dim
-        hidden = config.hidden_size
         self.embedding = keras.layers.Embedding(
             num_tokens,
             dim,
@@ -111,66 +110,10 @@ class PromptEncoder(keras.layers.Layer):
             dtype="float32",
             name="embedding",
         )
-        self.encoder_layers = []
         if config.encoder_reparameterization_type == "MLP":
-            width = dim
-            for i in range(config.encoder_num_layers):
-                self.encoder_layers.append(
-                    keras.layers.Dense(
-                        hidden,
-                        activation="relu",
-                        dtype="float32",
-                        name=f"mlp_dense_{i}",
-                        **_torch_linear_initializers(width),
-                    )
-                )
-                if config.encoder_dropout > 0:
-                    self.encoder_layers.append(
-                        keras.layers.Dropout(
-                            config.encoder_dropout,
-                            dtype="float32",
-                            name=f"mlp_dropout_{i}",
-                        )
-                    )
-                width = hidden
-            head_width = hidden
+            self.encoder_layers, head_width = _mlp_layers(config)
         else:
-            for i in range(config.encoder_num_layers):
-                if i > 0 and config.encoder_dropout > 0:
-                    self.encoder_layers.append(
-                        keras.layers.Dropout(
-                            config.encoder_dropout,
-                            dtype="float32",
-                            name=f"lstm_dropout_{i}",
-                        )
-                    )
-                limit = 1.0 / math.sqrt(hidden)
-                uniform = keras.initializers.RandomUniform(-limit, limit)
-                lstm = keras.layers.LSTM(
-                    hidden,
-                    return_sequences=True,
-                    kernel_initializer=uniform,
-                    recurrent_initializer=uniform,
-                    bias_initializer=uniform,
-                    unit_forget_bias=False,
-                    dtype="float32",
-                    name=f"lstm_{i}",
-                )
-                with outside_object_sharing():
-                    bidirectional = keras.layers.Bidirectional(
-                        lstm, dtype="float32", name=f"bidirectional_lstm_{i}"
-                    )
-                self.encoder_layers.append(bidirectional)
-            self.encoder_layers.append(
-                keras.layers.Dense(
-                    2 * hidden,
-                    activation="relu",
-                    dtype="float32",
-                    name="mlp_head_dense_0",
-                    **_torch_linear_initializers(2 * hidden),
-                )
-            )
-            head_width = 2 * hidden
+            self.encoder_layers, head_width = _lstm_layers(config)
         output_initializers = _torch_linear_initializers(head_width)
         if self.starts_from_text:
             # The prompt starts exactly at `base_table`: the encoder's
@@ -284,3 +227,73 @@ class PromptEncoder(keras.layers.Layer):
         config.pop("dtype", None)
         config.update(self.prompt_config.to_dict())
         return config
+
+
+def _mlp_layers(config):
+    """PEFT's MLP encoder: `encoder_num_layers` ReLU layers of the hidden
+    size (each followed by dropout, where set), and the width they leave."""
+    layers, width = [], config.token_dim
+    for i in range(config.encoder_num_layers):
+        layers.append(
+            keras.layers.Dense(
+                config.hidden_size,
+                activation="relu",
+                dtype="float32",
+                name=f"mlp_dense_{i}",
+                **_torch_linear_initializers(width),
+            )
+        )
+        if config.encoder_dropout > 0:
+            layers.append(
+                keras.layers.Dropout(
+                    config.encoder_dropout,
+                    dtype="float32",
+                    name=f"mlp_dropout_{i}",
+                )
+            )
+        width = config.hidden_size
+    return layers, config.hidden_size
+
+
+def _lstm_layers(config):
+    """PEFT's LSTM encoder: `encoder_num_layers` bidirectional LSTM layers
+    (dropout between them, as `torch.nn.LSTM`) and a ReLU layer of twice
+    the hidden size, and the width they leave."""
+    hidden = config.hidden_size
+    layers = []
+    for i in range(config.encoder_num_layers):
+        if i > 0 and config.encoder_dropout > 0:
+            layers.append(
+                keras.layers.Dropout(
+                    config.encoder_dropout,
+                    dtype="float32",
+                    name=f"lstm_dropout_{i}",
+                )
+            )
+        limit = 1.0 / math.sqrt(hidden)
+        uniform = keras.initializers.RandomUniform(-limit, limit)
+        lstm = keras.layers.LSTM(
+            hidden,
+            return_sequences=True,
+            kernel_initializer=uniform,
+            recurrent_initializer=uniform,
+            bias_initializer=uniform,
+            unit_forget_bias=False,
+            dtype="float32",
+            name=f"lstm_{i}",
+        )
+        with outside_object_sharing():
+            bidirectional = keras.layers.Bidirectional(
+                lstm, dtype="float32", name=f"bidirectional_lstm_{i}"
+            )
+        layers.append(bidirectional)
+    layers.append(
+        keras.layers.Dense(
+            2 * hidden,
+            activation="relu",
+            dtype="float32",
+            name="mlp_head_dense_0",
+            **_torch_linear_initializers(2 * hidden),
+        )
+    )
+    return layers, 2 * hidden

@@ -86,11 +86,14 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         preprocessor, prompt_config = keras_hub_argument_order(
             type(self).__name__, preprocessor, prompt_config
         )
-        backbone = PTuningBackbone.wrap(
-            backbone, prompt_config, placeholder_id, preprocessor, task_names
+        backbone = self._wrap_backbone(
+            backbone,
+            prompt_config,
+            placeholder_id,
+            preprocessor,
+            task_names,
+            decoder=True,
         )
-        backbone.check_decoder(type(self).__name__)
-        backbone.check_preprocessor(preprocessor)
 
         # === Layers ===
         self.backbone = backbone
@@ -110,8 +113,6 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         but `optimizer="auto"` is `Adam(1e-3)`: only the prompt encoder
         trains, from scratch.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def generate(self, inputs, *args, **kwargs):

@@ -197,11 +197,9 @@ class PTuningCausalLMClassifier(
             if template is not None:
                 template.match_inputs(backbone_input_names(backbone))
         else:
-            backbone = PTuningBackbone.wrap(
-                backbone, prompt_config, placeholder_id, template
+            backbone = self._wrap_backbone(
+                backbone, prompt_config, placeholder_id, template, decoder=True
             )
-            backbone.check_decoder(type(self).__name__)
-            backbone.check_preprocessor(template)
 
         # A subclassed model: its layers are tracked once it is initialised.
         super().__init__(**kwargs)
@@ -364,8 +362,6 @@ class PTuningCausalLMClassifier(
         `"auto"`: `Adam(1e-3)`, sparse categorical cross-entropy from the
         choice scores (a softmax over the choices), and accuracy.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics == "auto":

@@ -266,8 +266,6 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         `MaskedLM`'s loss on token ids with weighted accuracy. Any argument
         overrides.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
         classes = self.verbalizer is not None
         if loss == "auto":
             from_logits = not (
@@ -291,16 +289,6 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             weighted_metrics=weighted_metrics,
             **kwargs,
         )
-
-    def _model_inputs(self, inputs):
-        if isinstance(inputs, dict) and "token_ids" in inputs:
-            return inputs
-        if self.preprocessor is None:
-            raise ValueError(
-                "This model has no preprocessor: pass a dict of "
-                f"{self.model_input_names}. Received: {type(inputs).__name__}"
-            )
-        return self.preprocessor(inputs)
 
     def fill_mask(self, inputs, top_k=5, batch_size=32):
         """The `top_k` most likely vocabulary tokens at each `[MASK]`.

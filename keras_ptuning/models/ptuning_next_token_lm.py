@@ -9,6 +9,7 @@ from keras import ops
 from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
 from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
+from keras_ptuning.layers.pooling import last_token_states
 from keras_ptuning.models.ptuning_task import PTuningTask
 from keras_ptuning.models.ptuning_task import keras_hub_argument_order
 from keras_ptuning.preprocessing.prompt_template import PromptTemplate
@@ -16,18 +17,6 @@ from keras_ptuning.preprocessing.vocabulary import check_top_k
 from keras_ptuning.preprocessing.vocabulary import single_token_id
 from keras_ptuning.preprocessing.vocabulary import top_k_tokens
 from keras_ptuning.saving.adapter import AdapterMixin
-
-
-def last_token_states(hidden_states, padding_mask):
-    """The hidden state of each row's last real token, `(batch, hidden)`.
-
-    Finds the last true position of `padding_mask`, so rows may be padded
-    on either side.
-    """
-    positions = ops.cumsum(ops.ones_like(padding_mask, dtype="int32"), 1) - 1
-    last = ops.max(ops.where(padding_mask, positions, -1), axis=1)
-    last = ops.maximum(last, 0)
-    return ops.take_along_axis(hidden_states, last[:, None, None], axis=1)[:, 0]
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
@@ -106,11 +95,14 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         )
         if preprocessor is not None:
             _check_template(preprocessor)
-        backbone = PTuningBackbone.wrap(
-            backbone, prompt_config, placeholder_id, preprocessor, task_names
+        backbone = self._wrap_backbone(
+            backbone,
+            prompt_config,
+            placeholder_id,
+            preprocessor,
+            task_names,
+            decoder=True,
         )
-        backbone.check_decoder(type(self).__name__)
-        backbone.check_preprocessor(preprocessor)
 
         # === Layers ===
         self.backbone = backbone
@@ -140,8 +132,6 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
         the loss is (as keras-hub's `CausalLM`: rows of sample weight 0,
         such as padding rows, do not count).
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
@@ -191,16 +181,6 @@ class PTuningNextTokenLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
                 )
             ids.append(single_token_id(word, tokenizer, "target word"))
         return np.asarray(ids, "int32")
-
-    def _model_inputs(self, inputs):
-        if isinstance(inputs, dict) and "token_ids" in inputs:
-            return inputs
-        if self.preprocessor is None:
-            raise ValueError(
-                "This model has no preprocessor: pass a dict of "
-                f"{self.model_input_names}. Received: {type(inputs).__name__}"
-            )
-        return self.preprocessor(inputs)
 
     def predict_top_k(self, inputs, top_k=5, batch_size=32):
         """The `top_k` most likely next tokens over the whole vocabulary.

@@ -13,6 +13,9 @@ from keras_ptuning.preprocessing.choice_template import ChoiceTemplate
 from keras_ptuning.preprocessing.prompt_template import PromptTemplate
 from keras_ptuning.saving import prompt_presets
 
+# `optimizer="auto"`: `Adam` at this rate, for every task.
+AUTO_LEARNING_RATE = 1e-3
+
 
 def _prompt_template(preprocessor):
     """A `ChoiceTemplate`'s `PromptTemplate`, else the preprocessor."""
@@ -343,9 +346,45 @@ class PTuningTask:
         self._set_trainable_task_heads(names)
         self._reset_after_prompt_change()
 
-    def compile(self, *args, jit_compile="auto", **kwargs):
+    def compile(self, optimizer="auto", *args, jit_compile="auto", **kwargs):
+        # Every task's `"auto"` optimizer: only the prompt encoder (and a
+        # head) train, from scratch, at a larger rate than fine-tuning's.
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(AUTO_LEARNING_RATE)
         self._jit_compile_argument = jit_compile
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
+        super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
+
+    def _model_inputs(self, inputs):
+        """`inputs` as model inputs: a dict holding `token_ids` as it is,
+        anything else through the preprocessor."""
+        if isinstance(inputs, dict) and "token_ids" in inputs:
+            return inputs
+        if self.preprocessor is None:
+            raise ValueError(
+                "This model has no preprocessor: pass a dict of "
+                f"{self.model_input_names}. Received: {type(inputs).__name__}"
+            )
+        return self.preprocessor(inputs)
+
+    def _wrap_backbone(
+        self,
+        backbone,
+        prompt_config,
+        placeholder_id,
+        preprocessor,
+        task_names=None,
+        decoder=False,
+    ):
+        """`backbone` as a `PTuningBackbone` (`PTuningBackbone.wrap`),
+        checked to be a decoder where the task needs one and to match the
+        preprocessor's inputs."""
+        backbone = PTuningBackbone.wrap(
+            backbone, prompt_config, placeholder_id, preprocessor, task_names
+        )
+        if decoder:
+            backbone.check_decoder(type(self).__name__)
+        backbone.check_preprocessor(preprocessor)
+        return backbone
 
     def get_compile_config(self):
         config = super().get_compile_config()

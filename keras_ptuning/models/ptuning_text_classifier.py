@@ -120,7 +120,7 @@ class PTuningTextClassifier(
                 f"`pooling` must be None or one of {POOLING_MODES}. "
                 f"Received: pooling={pooling!r}"
             )
-        backbone = PTuningBackbone.wrap(
+        backbone = self._wrap_backbone(
             backbone, prompt_config, placeholder_id, preprocessor, task_names
         )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
@@ -141,7 +141,6 @@ class PTuningTextClassifier(
                 f"(BERT); {type(backbone.backbone).__name__} has none. Use "
                 f"one of {POOLING_MODES[1:]}. Received: pooling={pooling!r}"
             )
-        backbone.check_preprocessor(preprocessor)
 
         # === Layers ===
         self.backbone = backbone
@@ -209,8 +208,6 @@ class PTuningTextClassifier(
         sparse categorical cross-entropy (from logits unless `activation` is
         softmax), and sparse categorical accuracy. Any argument overrides.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kw)
 
     def get_config(self):

@@ -119,33 +119,9 @@ def export_saved_model(
     served(**inputs)["probabilities"]  # (1, 2)
     ```
     """
-    if not isinstance(model, EXPORTABLE):
-        raise TypeError(
-            "`model` must be a PTuningTextClassifier, PTuningCausalLM, "
-            "PTuningMaskedLM, PTuningNextTokenLM or PTuningBackbone. "
-            "Received: model of type "
-            f"{type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(f"`model` must be built. Received: {model.name}")
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise TypeError(f"`path` must be a directory path. Received: {path!r}")
-    path = os.path.abspath(os.fspath(path))
-    if not isinstance(overwrite, bool):
-        raise TypeError(
-            f"`overwrite` must be a bool. Received: overwrite={overwrite!r}"
-        )
+    path = _checked_export_arguments(model, path, overwrite)
     max_length = check_text_export(model, include_preprocessing, max_length)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValueError(
-            "`path` exists and is not a directory; a SavedModel is a "
-            f"directory. Received: path={path!r}"
-        )
-    if os.path.exists(path) and not overwrite:
-        raise ValueError(
-            f"`path` exists; pass overwrite=True to replace it. Received: "
-            f"path={path!r}"
-        )
+    _check_export_target(path, overwrite)
     parent = os.path.dirname(path)
     missing = directories_to_create(parent, "path", path)
     try:
@@ -172,6 +148,43 @@ def export_saved_model(
         if not exported:
             remove_created_directories(missing)
     return path
+
+
+def _checked_export_arguments(model, path, overwrite):
+    """Refuses a model that cannot be exported and a malformed `path` or
+    `overwrite`; returns `path`, absolute."""
+    if not isinstance(model, EXPORTABLE):
+        raise TypeError(
+            "`model` must be a PTuningTextClassifier, PTuningCausalLM, "
+            "PTuningMaskedLM, PTuningNextTokenLM or PTuningBackbone. "
+            "Received: model of type "
+            f"{type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(f"`model` must be built. Received: {model.name}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"`path` must be a directory path. Received: {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    if not isinstance(overwrite, bool):
+        raise TypeError(
+            f"`overwrite` must be a bool. Received: overwrite={overwrite!r}"
+        )
+    return path
+
+
+def _check_export_target(path, overwrite):
+    """Refuses a `path` that is a file, or an existing one without
+    `overwrite`."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(
+            "`path` exists and is not a directory; a SavedModel is a "
+            f"directory. Received: path={path!r}"
+        )
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(
+            f"`path` exists; pass overwrite=True to replace it. Received: "
+            f"path={path!r}"
+        )
 
 
 def check_text_export(model, include_preprocessing, max_length):

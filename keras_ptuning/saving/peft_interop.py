@@ -462,18 +462,7 @@ def load_peft_adapter(
         raise TypeError(
             f"`directory` must be a path. Received: directory={directory!r}"
         )
-    config = _read_config(directory)
-    if config.get("peft_type") != "P_TUNING":
-        raise ValueError(
-            "Only PEFT P-tuning adapters can be loaded. Received: "
-            f"peft_type={config.get('peft_type')!r}"
-        )
-    if config.get("num_transformer_submodules", 1) != 1:
-        raise ValueError(
-            "Only decoder-only or encoder-only adapters "
-            "(num_transformer_submodules=1) are supported. Received: "
-            f"num_transformer_submodules={config['num_transformer_submodules']}"
-        )
+    config = _read_p_tuning_config(directory)
     tensors = _read_tensors(directory)
     if "prompt_embeddings" not in tensors:
         raise ValueError(
@@ -500,6 +489,45 @@ def load_peft_adapter(
             f"backbone. Received: {type(model_or_backbone).__name__}"
         )
     ptuning = model._ptuning_backbone()
+    wants_head = _check_target(
+        model, ptuning, config, head_name, head, directory
+    )
+    convention = _loaded_convention(
+        ptuning.backbone, config, transformers_version, directory
+    )
+    prompt_table = prompt_table / _peft_prompt_scale(
+        ptuning.backbone, convention
+    )
+    model.set_trained_weights(
+        prompt_table,
+        head if wants_head else None,
+        source=f"the PEFT adapter in {directory!r}",
+    )
+    return model
+
+
+def _read_p_tuning_config(directory):
+    """`adapter_config.json` of a PEFT P-tuning adapter with one
+    transformer submodule, refused otherwise."""
+    config = _read_config(directory)
+    if config.get("peft_type") != "P_TUNING":
+        raise ValueError(
+            "Only PEFT P-tuning adapters can be loaded. Received: "
+            f"peft_type={config.get('peft_type')!r}"
+        )
+    if config.get("num_transformer_submodules", 1) != 1:
+        raise ValueError(
+            "Only decoder-only or encoder-only adapters "
+            "(num_transformer_submodules=1) are supported. Received: "
+            f"num_transformer_submodules={config['num_transformer_submodules']}"
+        )
+    return config
+
+
+def _check_target(model, ptuning, config, head_name, head, directory):
+    """Refuses a model the adapter cannot go into (prompt slots, no place
+    for the adapter's head, another readout); returns whether the model
+    takes the head."""
     if ptuning.uses_slots:
         raise ValueError(
             f"The PEFT adapter in {directory!r} prepends its virtual tokens "
@@ -520,18 +548,7 @@ def load_peft_adapter(
             "model_or_backbone.pooling",
             f"the PEFT adapter in {directory!r}",
         )
-    convention = _loaded_convention(
-        ptuning.backbone, config, transformers_version, directory
-    )
-    prompt_table = prompt_table / _peft_prompt_scale(
-        ptuning.backbone, convention
-    )
-    model.set_trained_weights(
-        prompt_table,
-        head if wants_head else None,
-        source=f"the PEFT adapter in {directory!r}",
-    )
-    return model
+    return wants_head
 
 
 def _remove_created(missing):
