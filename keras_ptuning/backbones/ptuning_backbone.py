@@ -670,17 +670,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
                 prompt table and loads on it (`prompt_source="table"`), as
                 `save_adapter` does.
         """
-        if base_preset is None:
-            if include_encoder is not False:
-                raise ValueError(
-                    "`include_encoder` is for prompt-only presets "
-                    "(base_preset=); a whole preset keeps everything. "
-                    f"Received: include_encoder={include_encoder!r}"
-                )
-            return super().save_to_preset(
-                preset_dir, max_shard_size=max_shard_size
-            )
-        prompt_presets.save_prompt_preset(
+        prompt_presets.save_to_preset(
             lambda directory: super(PTuningBackbone, self).save_to_preset(
                 directory, max_shard_size=max_shard_size
             ),
@@ -688,7 +678,6 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             preset_dir,
             base_preset,
             include_encoder,
-            self,
         )
 
     def save_weights(self, filepath, *args, **kwargs):

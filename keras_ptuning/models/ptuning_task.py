@@ -221,25 +221,14 @@ class PTuningTask:
         keras_ptuning.PTuningTextClassifier.from_preset("my_prompt")
         ```
         """
-        if base_preset is None:
-            if include_encoder is not False:
-                raise ValueError(
-                    "`include_encoder` is for prompt-only presets "
-                    "(base_preset=); a whole preset keeps everything. "
-                    f"Received: include_encoder={include_encoder!r}"
-                )
-            return super().save_to_preset(
-                preset_dir, max_shard_size=max_shard_size
-            )
-        prompt_presets.save_prompt_preset(
+        prompt_presets.save_to_preset(
             lambda directory: super(PTuningTask, self).save_to_preset(
                 directory, max_shard_size=max_shard_size
             ),
-            self._ptuning_backbone(),
+            self,
             preset_dir,
             base_preset,
             include_encoder,
-            self,
         )
 
     @classmethod

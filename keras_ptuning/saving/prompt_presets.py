@@ -159,6 +159,28 @@ def check_prompt_only(task_or_backbone, ptuning):
         )
 
 
+def save_to_preset(save, owner, preset_dir, base_preset, include_encoder):
+    """`save_to_preset` of a p-tuned task or `PTuningBackbone` (`owner`):
+    keras-hub's `save(directory)` writes the whole preset, or, with
+    `base_preset`, the prompt-only one (`save_prompt_preset`)."""
+    if base_preset is None:
+        if include_encoder is not False:
+            raise ValueError(
+                "`include_encoder` is for prompt-only presets "
+                "(base_preset=); a whole preset keeps everything. "
+                f"Received: include_encoder={include_encoder!r}"
+            )
+        return save(preset_dir)
+    save_prompt_preset(
+        save,
+        owner._ptuning_backbone(),
+        preset_dir,
+        base_preset,
+        include_encoder,
+        owner,
+    )
+
+
 def save_prompt_preset(
     save, ptuning, preset_dir, base_preset, include_encoder, owner
 ):
