@@ -22,7 +22,9 @@ CONFIG = PromptEncoderConfig(4, encoder_reparameterization_type="LSTM")
 
 def _trained_classifier(pooling=None):
     backbone = FAMILIES["bert"]()
-    model = PTuningTextClassifier(backbone, 3, CONFIG, pooling=pooling)
+    model = PTuningTextClassifier(
+        backbone, 3, prompt_config=CONFIG, pooling=pooling
+    )
     inputs = make_inputs(model.backbone.input_names, batch_size=6, length=5)
     model.fit(inputs, np.arange(6) % 3, batch_size=3, epochs=2, verbose=0)
     return backbone, model, inputs
@@ -48,7 +50,7 @@ def test_adapter_holds_only_prompt_head_and_config(tmp_path):
         )
     assert sorted(names) == ["head/bias", "head/kernel", "prompt_table"]
 
-    fresh = PTuningTextClassifier(backbone, 3, CONFIG)
+    fresh = PTuningTextClassifier(backbone, 3, prompt_config=CONFIG)
     fresh.load_adapter(path)
     assert fresh.backbone.prompt_source == "table"
     np.testing.assert_allclose(
@@ -70,7 +72,7 @@ def test_adapter_with_encoder_resumes_training(tmp_path):
     backbone, model, inputs = _trained_classifier()
     path = str(tmp_path / "resume.adapter.h5")
     model.save_adapter(path, include_encoder=True)
-    fresh = PTuningTextClassifier(backbone, 3, CONFIG)
+    fresh = PTuningTextClassifier(backbone, 3, prompt_config=CONFIG)
     fresh.load_adapter(path)
     assert fresh.backbone.prompt_source == "encoder"
     for a, b in zip(
@@ -91,11 +93,11 @@ def test_adapter_with_encoder_resumes_training(tmp_path):
 
 def test_causal_lm_and_backbone_adapters(tmp_path):
     backbone = FAMILIES["gpt2"]()
-    lm = PTuningCausalLM(backbone, CONFIG)
+    lm = PTuningCausalLM(backbone, prompt_config=CONFIG)
     path = str(tmp_path / "lm.adapter.h5")
     lm.save_adapter(path)
     assert read_adapter_config(path)["head"] == {}
-    other = PTuningCausalLM(backbone, CONFIG)
+    other = PTuningCausalLM(backbone, prompt_config=CONFIG)
     other.load_adapter(path)
     inputs = make_inputs(["token_ids", "padding_mask"], length=5)
     np.testing.assert_allclose(
@@ -122,7 +124,9 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
         (3, CONFIG, "pooled", "trained reading `mean`.*pooling='pooled'"),
     ]
     for classes, config, pooling, message in cases:
-        other = PTuningTextClassifier(bert, classes, config, pooling=pooling)
+        other = PTuningTextClassifier(
+            bert, classes, prompt_config=config, pooling=pooling
+        )
         before = [to_numpy(v) for v in other.weights]
         with pytest.raises(ValueError, match=message):
             other.load_adapter(path)
@@ -136,7 +140,7 @@ def test_mismatches_are_refused_before_any_change(tmp_path):
         intermediate_dim=16,
         max_sequence_length=32,
     )
-    other = PTuningTextClassifier(narrow, 3, CONFIG)
+    other = PTuningTextClassifier(narrow, 3, prompt_config=CONFIG)
     with pytest.raises(ValueError, match="hidden_dim=16.*has hidden_dim=8"):
         other.load_adapter(path)
     wrapper = PTuningBackbone(FAMILIES["bert"](), CONFIG)
@@ -154,7 +158,7 @@ def test_a_classifier_peft_adapter_is_refused_by_a_model_without_head(
     """A SEQ_CLS adapter's head cannot be dropped silently."""
     _, model, _ = _trained_classifier(pooling="pooled")  # HF's readout
     save_peft_adapter(model, str(tmp_path))
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), CONFIG)
+    lm = PTuningCausalLM(FAMILIES["gpt2"](), prompt_config=CONFIG)
     before = [to_numpy(v) for v in lm.weights]
     with pytest.raises(ValueError, match="task_type='SEQ_CLS'.*classifier"):
         load_peft_adapter(lm, str(tmp_path))
@@ -172,7 +176,9 @@ def test_adapter_written_before_the_readout_was_recorded(tmp_path):
         config = json.loads(f.attrs["config"])
         del config["head_pooling"]
         f.attrs["config"] = json.dumps(config)
-    pooled = PTuningTextClassifier(backbone, 3, CONFIG, pooling="pooled")
+    pooled = PTuningTextClassifier(
+        backbone, 3, prompt_config=CONFIG, pooling="pooled"
+    )
     pooled.load_adapter(path)
     np.testing.assert_allclose(
         pooled.predict(inputs, verbose=0),
@@ -180,7 +186,9 @@ def test_adapter_written_before_the_readout_was_recorded(tmp_path):
         atol=1e-5,
     )
     with pytest.raises(ValueError, match="reading `pooled`.*pooling='mean'"):
-        PTuningTextClassifier(backbone, 3, CONFIG).load_adapter(path)
+        PTuningTextClassifier(backbone, 3, prompt_config=CONFIG).load_adapter(
+            path
+        )
 
 
 def test_an_adapter_from_another_backbone_is_refused(tmp_path):
@@ -189,7 +197,9 @@ def test_an_adapter_from_another_backbone_is_refused(tmp_path):
     _, model, _ = _trained_classifier()
     path = str(tmp_path / "bert.adapter.h5")
     model.save_adapter(path)
-    roberta = PTuningTextClassifier(FAMILIES["roberta"](), 3, CONFIG)
+    roberta = PTuningTextClassifier(
+        FAMILIES["roberta"](), 3, prompt_config=CONFIG
+    )
     before = [to_numpy(v) for v in roberta.weights]
     with pytest.raises(ValueError, match="trained on a BertBackbone.*Roberta"):
         roberta.load_adapter(path)
@@ -204,9 +214,13 @@ def test_an_adapter_from_another_backbone_is_refused(tmp_path):
         max_sequence_length=32,
     )
     with pytest.raises(ValueError, match="num_layers=2; this model's has num"):
-        PTuningTextClassifier(deeper, 3, CONFIG).load_adapter(path)
+        PTuningTextClassifier(deeper, 3, prompt_config=CONFIG).load_adapter(
+            path
+        )
     with h5py.File(path, "r+") as f:
         config = json.loads(f.attrs["config"])
         f.attrs["config"] = json.dumps({**config, "format_version": 2})
     with pytest.raises(ValueError, match="format_version=2.*versions 1 to 1"):
-        PTuningTextClassifier(FAMILIES["bert"](), 3, CONFIG).load_adapter(path)
+        PTuningTextClassifier(
+            FAMILIES["bert"](), 3, prompt_config=CONFIG
+        ).load_adapter(path)

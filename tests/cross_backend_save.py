@@ -54,7 +54,9 @@ inputs = make_inputs(["token_ids", "padding_mask", "segment_ids"], length=6)
 if step == 0:
     keras.utils.set_random_seed(7)
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(3, encoder_hidden_size=8)
+        FAMILIES["bert"](),
+        2,
+        prompt_config=PromptEncoderConfig(3, encoder_hidden_size=8),
     )
     model.fit(inputs, np.array([0, 1, 1]), epochs=2, verbose=0)
     np.save(
@@ -93,7 +95,7 @@ else:
     assert model.jit_compile is False, model.jit_compile
     # The adapter alone, into a fresh model on the same (loaded) backbone.
     fresh = PTuningTextClassifier(
-        model.backbone.backbone, 2, model.backbone.prompt_config
+        model.backbone.backbone, 2, prompt_config=model.backbone.prompt_config
     )
     fresh.load_adapter(os.path.join(directory, "classifier.adapter.h5"))
     np.testing.assert_allclose(

@@ -133,7 +133,7 @@ def _mesh():
 @only_on("jax")
 def test_layout_map_of_a_built_model_fits_every_variable():
     model = PTuningTextClassifier(
-        FAMILIES["gemma"](), 2, PromptEncoderConfig(3)
+        FAMILIES["gemma"](), 2, prompt_config=PromptEncoderConfig(3)
     )
     layouts = layout_map(model, _mesh())
     axes = {
@@ -156,7 +156,9 @@ def test_layout_map_of_a_built_model_fits_every_variable():
             assert layout is None, path
 
     # BERT has no family layout: the largest dimension "model" divides.
-    model = PTuningTextClassifier(FAMILIES["bert"](), 2, PromptEncoderConfig(3))
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(3)
+    )
     layouts = layout_map(model.backbone, _mesh())
     for variable in model.weights:
         layout = layouts[variable.path]
@@ -175,7 +177,7 @@ def test_layout_map_of_a_built_model_fits_every_variable():
 def test_layout_map_of_a_class_never_matches_ptuning_variables():
     layouts = layout_map(keras_hub.models.LlamaBackbone, _mesh())
     model = PTuningTextClassifier(
-        FAMILIES["llama"](), 2, PromptEncoderConfig(3)
+        FAMILIES["llama"](), 2, prompt_config=PromptEncoderConfig(3)
     )
     family = keras_hub.models.LlamaBackbone.get_layout_map(_mesh())
     for variable in model.weights:

@@ -30,20 +30,28 @@ from tests.support import to_numpy
 def _models():
     return {
         "classifier_bert": lambda: PTuningTextClassifier(
-            FAMILIES["bert"](), 3, PromptEncoderConfig(4)
+            FAMILIES["bert"](), 3, prompt_config=PromptEncoderConfig(4)
         ),
         "causal_lm_gpt2": lambda: PTuningCausalLM(
             FAMILIES["gpt2"](),
-            PromptEncoderConfig(4, encoder_reparameterization_type="LSTM"),
+            prompt_config=PromptEncoderConfig(
+                4, encoder_reparameterization_type="LSTM"
+            ),
         ),
         "backbone_distil_bert": lambda: PTuningBackbone(
             FAMILIES["distil_bert"](), PromptEncoderConfig(4)
         ),
         "classifier_slots_roberta": lambda: PTuningTextClassifier(
-            FAMILIES["roberta"](), 2, PromptEncoderConfig(3), placeholder_id=-1
+            FAMILIES["roberta"](),
+            2,
+            prompt_config=PromptEncoderConfig(3),
+            placeholder_id=-1,
         ),
         "classifier_multi_task_gpt2": lambda: PTuningTextClassifier(
-            FAMILIES["gpt2"](), 2, PromptEncoderConfig(3), task_names=["a", "b"]
+            FAMILIES["gpt2"](),
+            2,
+            prompt_config=PromptEncoderConfig(3),
+            task_names=["a", "b"],
         ),
         "masked_lm_slots_bert": lambda: PTuningMaskedLM(
             keras_hub.models.BertMaskedLM(FAMILIES["bert"]()),
@@ -57,7 +65,9 @@ def _models():
 def _prompt_table_model():
     # A hidden size of 7 gives encoder shapes no backbone weight has.
     return PTuningTextClassifier(
-        FAMILIES["bert"](), 3, PromptEncoderConfig(4, encoder_hidden_size=7)
+        FAMILIES["bert"](),
+        3,
+        prompt_config=PromptEncoderConfig(4, encoder_hidden_size=7),
     )
 
 
@@ -236,7 +246,10 @@ def test_served_class_outputs_are_what_predict_returns(activation):
     from keras_ptuning.saving.export import _serving_outputs
 
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 3, PromptEncoderConfig(2), activation=activation
+        FAMILIES["bert"](),
+        3,
+        prompt_config=PromptEncoderConfig(2),
+        activation=activation,
     )
     inputs = served_inputs(model, 4, 6, seed=0)
     predicted = model.predict(inputs, verbose=0)

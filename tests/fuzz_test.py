@@ -793,7 +793,7 @@ ADAPTER_CONFIG = PromptEncoderConfig(4, encoder_hidden_size=8)
 
 def _classifier():
     return PTuningTextClassifier(
-        FAMILIES["bert"](), 3, ADAPTER_CONFIG, pooling="pooled"
+        FAMILIES["bert"](), 3, prompt_config=ADAPTER_CONFIG, pooling="pooled"
     )
 
 
@@ -1090,13 +1090,13 @@ def test_peft_save_and_load_paths(peft_case, tmp_path):
     case = peft_case
     counter = iter(range(10**6))
     slot_model = PTuningTextClassifier(
-        FAMILIES["bert"](), 3, ADAPTER_CONFIG, placeholder_id=-1
+        FAMILIES["bert"](), 3, prompt_config=ADAPTER_CONFIG, placeholder_id=-1
     )
     models = {
         "classifier": case.donor,
         "slots": slot_model,
         "mean_pooling": PTuningTextClassifier(
-            FAMILIES["bert"](), 3, ADAPTER_CONFIG, pooling="mean"
+            FAMILIES["bert"](), 3, prompt_config=ADAPTER_CONFIG, pooling="mean"
         ),
         "backbone": FAMILIES["bert"](),
     }
@@ -1169,10 +1169,12 @@ def export_models():
             FAMILIES["distil_bert"](), PromptEncoderConfig(3)
         ),
         "causal_lm": PTuningCausalLM(
-            FAMILIES["gpt2"](), PromptEncoderConfig(2), preprocessor
+            FAMILIES["gpt2"](),
+            prompt_config=PromptEncoderConfig(2),
+            preprocessor=preprocessor,
         ),
         "causal_lm_bare": PTuningCausalLM(
-            FAMILIES["gpt2"](), PromptEncoderConfig(2)
+            FAMILIES["gpt2"](), prompt_config=PromptEncoderConfig(2)
         ),
         "keras_hub_backbone": FAMILIES["bert"](),
         "string": "model.keras",

@@ -117,7 +117,7 @@ def test_preset_task_class(tmp_path):
     backbone.save_to_preset(str(tmp_path / "backbone"))
     assert keras_internals.preset_task_class(str(tmp_path / "backbone")) is None
     classifier = keras_ptuning.PTuningTextClassifier(
-        backbone, 2, keras_ptuning.PromptEncoderConfig(2)
+        backbone, 2, prompt_config=keras_ptuning.PromptEncoderConfig(2)
     )
     classifier.save_to_preset(str(tmp_path / "task"))
     found = keras_internals.preset_task_class(str(tmp_path / "task"))

@@ -12,7 +12,9 @@ from tests.support import to_numpy
 def _float32_twin(model, family):
     """The same classifier (backbone, prompt encoder, head) in float32."""
     keras.config.set_dtype_policy("float32")
-    twin = PTuningTextClassifier(FAMILIES[family](), 2, PromptEncoderConfig(3))
+    twin = PTuningTextClassifier(
+        FAMILIES[family](), 2, prompt_config=PromptEncoderConfig(3)
+    )
     keras.config.set_dtype_policy("mixed_bfloat16")
     for a, b in zip(twin.weights, model.weights):
         assert a.path == b.path
@@ -24,7 +26,9 @@ def test_fit_under_mixed_bfloat16():
     keras.config.set_dtype_policy("mixed_bfloat16")
     for family in ("bert", "llama"):
         backbone = FAMILIES[family]()
-        model = PTuningTextClassifier(backbone, 2, PromptEncoderConfig(3))
+        model = PTuningTextClassifier(
+            backbone, 2, prompt_config=PromptEncoderConfig(3)
+        )
         encoder = model.backbone.prompt_encoder
         assert backbone.compute_dtype == "bfloat16"
         assert encoder.weights and all(

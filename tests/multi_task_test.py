@@ -76,7 +76,10 @@ def test_joint_training_then_adding_a_task_leaves_the_others_bit_identical():
     backbone = FAMILIES["bert"]()
     frozen = backbone_weights(backbone)
     model = PTuningTextClassifier(
-        backbone, 2, PromptEncoderConfig(NUM_TOKENS), task_names=["a", "b"]
+        backbone,
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        task_names=["a", "b"],
     )
     inputs = _inputs(model)
     tables = to_numpy(model.backbone.prompt_table())
@@ -108,7 +111,9 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
     model = PTuningTextClassifier(
         FAMILIES["distil_bert"](),
         2,
-        PromptEncoderConfig(NUM_TOKENS, encoder_reparameterization_type="LSTM"),
+        prompt_config=PromptEncoderConfig(
+            NUM_TOKENS, encoder_reparameterization_type="LSTM"
+        ),
         task_names=["a", "b"],
     )
     model.add_task("c")
@@ -140,7 +145,7 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
 def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
     lm = PTuningCausalLM(
         FAMILIES[family](),
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         task_names=["x", "y"],
     )
     lm.compile(sampler="greedy")
@@ -162,7 +167,10 @@ def test_mixed_task_cached_greedy_equals_uncached_loop(family, cache_segments):
 
 def test_errors():
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(2), task_names=["a", "b"]
+        FAMILIES["bert"](),
+        2,
+        prompt_config=PromptEncoderConfig(2),
+        task_names=["a", "b"],
     )
     inputs = _inputs(model, task_id=[0, 2, 1, 0])
     with pytest.raises(ValueError, match=r"\[0, 2\) .* task_id=\[0, 2, 1, 0\]"):
@@ -182,7 +190,7 @@ def test_errors():
             FAMILIES["bert"](), PromptEncoderConfig(2), task_names=[]
         )
     single = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(2)
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(2)
     )
     with pytest.raises(ValueError, match="needs a multi-task model"):
         single.add_task("a")

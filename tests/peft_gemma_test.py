@@ -143,7 +143,8 @@ def test_peft_prompt_loads_with_peft_logits(models, tmp_path):
 def test_our_prompt_loads_in_peft_with_our_logits(models, tmp_path):
     family, hf_model, backbone = models
     model = PTuningCausalLM(
-        backbone, PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=8)
+        backbone,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=8),
     )
     rng = np.random.default_rng(2)
     model.set_trained_weights(
@@ -175,7 +176,9 @@ def test_our_prompt_loads_in_peft_with_our_logits(models, tmp_path):
 
 
 def _gemma_model(table=None):
-    model = PTuningCausalLM(FAMILIES["gemma"](), PromptEncoderConfig(3))
+    model = PTuningCausalLM(
+        FAMILIES["gemma"](), prompt_config=PromptEncoderConfig(3)
+    )
     if table is not None:
         model.set_trained_weights(table)
     return model
@@ -261,7 +264,7 @@ def test_the_factor_is_keras_hubs_in_the_compute_dtype(tmp_path):
         head_dim=4,
         image_size=16,
     )
-    model = PTuningCausalLM(backbone, PromptEncoderConfig(2))
+    model = PTuningCausalLM(backbone, prompt_config=PromptEncoderConfig(2))
     table = np.ones((2, 3072), "float32")
     model.set_trained_weights(table)
     keras_ptuning.save_peft_adapter(model, str(tmp_path / "peft"))

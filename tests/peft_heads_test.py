@@ -214,7 +214,7 @@ def test_our_head_loads_in_peft_with_our_logits(family, tmp_path):
     model = PTuningTextClassifier(
         backbone,
         NUM_CLASSES,
-        PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=8),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=8),
         pooling=keras_ptuning.hf_pooling(backbone),
     )
     rng = np.random.default_rng(2)
@@ -260,7 +260,7 @@ def test_two_layer_peft_heads_are_refused(family, tensors, tmp_path):
     model = PTuningTextClassifier(
         backbone,
         NUM_CLASSES,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         pooling=keras_ptuning.hf_pooling(backbone),
     )
     before = _weights(model)
@@ -275,7 +275,10 @@ def test_heads_peft_would_read_wrong_are_not_written(family, tmp_path):
     a one-layer head written for them would load in PEFT as part of a head."""
     backbone = FAMILIES[family]()
     model = PTuningTextClassifier(
-        backbone, NUM_CLASSES, PromptEncoderConfig(NUM_TOKENS), pooling="first"
+        backbone,
+        NUM_CLASSES,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        pooling="first",
     )
     directory = tmp_path / "peft"
     with pytest.raises(ValueError, match="two layers.*model.pooling='first'"):
@@ -286,7 +289,9 @@ def test_heads_peft_would_read_wrong_are_not_written(family, tmp_path):
 def test_a_decoder_head_with_a_bias_is_not_written(tmp_path):
     """HF's decoder-only heads (`score`) have no bias; PEFT would drop ours."""
     model = PTuningTextClassifier(
-        FAMILIES["gpt2"](), NUM_CLASSES, PromptEncoderConfig(NUM_TOKENS)
+        FAMILIES["gpt2"](),
+        NUM_CLASSES,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
     )
     head = {name: to_numpy(v) for name, v in model._head_variables().items()}
     head["bias"] = np.array([0.0, 0.5, 0.0], "float32")
@@ -306,12 +311,14 @@ def test_a_head_of_another_family_is_refused(tmp_path):
     bert = PTuningTextClassifier(
         FAMILIES["bert"](),
         NUM_CLASSES,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         pooling="pooled",
     )
     keras_ptuning.save_peft_adapter(bert, str(tmp_path / "bert"))
     gpt2 = PTuningTextClassifier(
-        FAMILIES["gpt2"](), NUM_CLASSES, PromptEncoderConfig(NUM_TOKENS)
+        FAMILIES["gpt2"](),
+        NUM_CLASSES,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
     )
     keras_ptuning.save_peft_adapter(gpt2, str(tmp_path / "gpt2"))
     with pytest.raises(ValueError, match="`classifier` head.*GPT2Backbone"):

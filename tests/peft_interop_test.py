@@ -169,11 +169,16 @@ def test_peft_adapter_loads_with_matching_logits(
     # Loading into an existing model of the wrong size is refused, and so
     # is loading the head into one that reads another output.
     other = PTuningTextClassifier(
-        backbone, 2, PromptEncoderConfig(NUM_TOKENS + 1), pooling="pooled"
+        backbone,
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS + 1),
+        pooling="pooled",
     )
     with pytest.raises(ValueError, match="num_virtual_tokens=5"):
         keras_ptuning.load_peft_adapter(other, directory)
-    mean = PTuningTextClassifier(backbone, 2, PromptEncoderConfig(NUM_TOKENS))
+    mean = PTuningTextClassifier(
+        backbone, 2, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     prompt_before = ops.convert_to_numpy(mean.backbone.prompt_table())
     with pytest.raises(
         ValueError, match="pooling='pooled'.*model_or_backbone.pooling='mean'"
@@ -191,10 +196,13 @@ def test_our_adapter_loads_in_peft(preset, hf_inputs, tmp_path):
     # The default head reads the mean, which HF's BERT head does not.
     with pytest.raises(ValueError, match="model.pooling='mean'"):
         keras_ptuning.save_peft_adapter(
-            PTuningTextClassifier(backbone, 2, config), str(tmp_path / "mean")
+            PTuningTextClassifier(backbone, 2, prompt_config=config),
+            str(tmp_path / "mean"),
         )
     assert not (tmp_path / "mean").exists()
-    model = PTuningTextClassifier(backbone, 2, config, pooling="pooled")
+    model = PTuningTextClassifier(
+        backbone, 2, prompt_config=config, pooling="pooled"
+    )
     inputs = _keras_inputs(hf_inputs)
     model.fit(inputs, np.array([1, 0, 1]), epochs=2, verbose=0)
     directory = str(tmp_path / "ours")
@@ -226,7 +234,7 @@ def _classifier(placeholder_id=None, seed=0):
     model = PTuningTextClassifier(
         FAMILIES["bert"](),
         3,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         pooling="pooled",
         placeholder_id=placeholder_id,
     )

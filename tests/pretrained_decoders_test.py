@@ -196,7 +196,8 @@ def test_our_causal_lm_adapter_loads_in_peft(smollm2, tmp_path):
 
     backbone, hf_model, inputs = smollm2
     model = PTuningCausalLM(
-        backbone, PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32)
+        backbone,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS, encoder_hidden_size=32),
     )
     directory = str(tmp_path / "ours")
     keras_ptuning.save_peft_adapter(model, directory)

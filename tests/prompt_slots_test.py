@@ -99,7 +99,7 @@ def test_wrong_placeholder_counts_are_refused_before_compute():
     model = PTuningTextClassifier(
         FAMILIES["bert"](),
         2,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         placeholder_id=PLACEHOLDER,
     )
     inputs, _ = _with_slots(make_inputs(model.backbone.input_names, length=8))
@@ -161,7 +161,10 @@ def test_fit_trains_the_prompt_only_and_keeps_the_backbone(family):
     backbone = FAMILIES[family]()
     before = backbone_weights(backbone)
     model = PTuningTextClassifier(
-        backbone, 2, PromptEncoderConfig(NUM_TOKENS), placeholder_id=PLACEHOLDER
+        backbone,
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        placeholder_id=PLACEHOLDER,
     )
     inputs, _ = _with_slots(make_inputs(model.backbone.input_names, length=8))
     prompt_before = to_numpy(model.backbone.prompt_table())
@@ -179,7 +182,7 @@ def test_keras_round_trip_adapter_and_peft_refusal(tmp_path):
     model = PTuningTextClassifier(
         FAMILIES["roberta"](),
         2,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         placeholder_id=PLACEHOLDER,
     )
     inputs, _ = _with_slots(make_inputs(model.backbone.input_names, length=8))
@@ -196,7 +199,7 @@ def test_keras_round_trip_adapter_and_peft_refusal(tmp_path):
     fresh = PTuningTextClassifier(
         model.backbone.backbone,
         2,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         placeholder_id=PLACEHOLDER,
     )
     fresh.load_adapter(adapter)
@@ -204,7 +207,9 @@ def test_keras_round_trip_adapter_and_peft_refusal(tmp_path):
         fresh.predict(inputs, verbose=0), expected, atol=1e-5
     )
     prepend = PTuningTextClassifier(
-        model.backbone.backbone, 2, PromptEncoderConfig(NUM_TOKENS)
+        model.backbone.backbone,
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
     )
     with pytest.raises(
         ValueError, match="placeholder_id=-1 \\(prompt slots\\)"
@@ -226,7 +231,7 @@ def test_slot_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     the full p-tuned forward pass on the growing sequence."""
     lm = PTuningCausalLM(
         FAMILIES[family](),
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         placeholder_id=PLACEHOLDER,
     )
     lm.compile(sampler="greedy")
@@ -253,7 +258,9 @@ def test_causal_lm_logits_stay_aligned_with_slots():
     family = sorted(CAUSAL)[0]
     backbone = FAMILIES[family]()
     lm = PTuningCausalLM(
-        backbone, PromptEncoderConfig(NUM_TOKENS), placeholder_id=PLACEHOLDER
+        backbone,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        placeholder_id=PLACEHOLDER,
     )
     make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)

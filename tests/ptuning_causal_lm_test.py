@@ -41,7 +41,9 @@ def family(request):
 
 def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
     backbone = FAMILIES[family]()
-    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        backbone, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     ids, mask = _prompts([6, 4], 6)
@@ -71,7 +73,9 @@ def test_cached_greedy_equals_uncached_argmax_loop(family, cache_segments):
     """Batched prompts of different lengths, right padded as keras-hub does;
     decoded over one cache, and over a cache grown in segments (the longest
     prompt reaches past the first ones, the shortest into the second)."""
-    lm = PTuningCausalLM(FAMILIES[family](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES[family](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     lm.compile(sampler="greedy")
     lengths = [4, 2, 6]
     ids, mask = _prompts(lengths, 10)
@@ -99,7 +103,9 @@ def test_one_row_is_prefilled_in_one_call(batch_size, monkeypatch):
     monkeypatch.setattr(
         cached_decoding.CausalLMView, "compute_shared_prefix", counting_compute
     )
-    lm = PTuningCausalLM(FAMILIES["llama"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["llama"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     lm.compile(sampler="greedy")
     lengths = [4, 2, 6][:batch_size]
     ids, mask = _prompts(lengths, 10)
@@ -117,7 +123,9 @@ def test_empty_prompt_continues_from_the_virtual_tokens(family):
     """With the prompt set to real-token embeddings, generating from nothing
     equals keras-hub's own generate from those real tokens."""
     backbone = FAMILIES[family]()
-    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        backbone, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     lm.compile(sampler="greedy")
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
@@ -169,7 +177,9 @@ def test_keras_hub_samplers_decode_what_keras_hub_decodes(
     exactly what keras-hub's own model decodes from those real tokens (the
     same seeded draws); the deterministic ones also equal greedy."""
     backbone = FAMILIES["gpt2"]()
-    lm = PTuningCausalLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        backbone, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     make_identity_prompt(lm.backbone, VIRTUAL_IDS)
     plain = lm.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     ids, mask = _prompts([2, 3], 9)
@@ -189,7 +199,9 @@ def test_keras_hub_samplers_decode_what_keras_hub_decodes(
 
 
 def test_stop_token_ids_end_generation(cache_segments):
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["gpt2"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     lm.compile(sampler="greedy")
     ids, mask = _prompts([3], 9)
     free = to_numpy(
@@ -232,7 +244,9 @@ def test_plain_loop_samplers_decode_in_segments(sampler, monkeypatch):
         return grow(self, cache, token_ids, *args)
 
     monkeypatch.setattr(cached_decoding.SegmentedSampler, "grow", counting_grow)
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["gpt2"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     lm.compile(sampler=sampler)
     ids, mask = _prompts([2, 3], 13)
     lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
@@ -242,7 +256,9 @@ def test_plain_loop_samplers_decode_in_segments(sampler, monkeypatch):
 
 
 def test_max_length_overflowing_positions_is_refused():
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["gpt2"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     ids, mask = _prompts([2], MAX_SEQUENCE_LENGTH - 1)
     with pytest.raises(
         ValueError, match="3 \\+ 31 = 34 exceeds.*maximum of 32"
@@ -327,7 +343,9 @@ def test_fit_and_generate_strings_with_preprocessor():
 def test_loss_ignores_padding_and_virtual_tokens():
     """evaluate() equals a masked cross-entropy computed here from logits."""
     preprocessor = _tiny_gpt2_preprocessor(8)
-    lm = PTuningCausalLM(FAMILIES["gpt2"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["gpt2"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     x, y, weights = preprocessor(["airplane at airport", " air!"])
     x = {k: to_numpy(v) for k, v in x.items()}
     y, weights = to_numpy(y), to_numpy(weights).astype("float32")
@@ -341,13 +359,17 @@ def test_loss_ignores_padding_and_virtual_tokens():
 
 def test_encoder_backbone_is_refused():
     with pytest.raises(ValueError, match="BertBackbone"):
-        PTuningCausalLM(FAMILIES["bert"](), PromptEncoderConfig(2))
+        PTuningCausalLM(
+            FAMILIES["bert"](), prompt_config=PromptEncoderConfig(2)
+        )
     with pytest.raises(ValueError, match="prompt_config=None"):
         PTuningCausalLM(FAMILIES["gpt2"]())
 
 
 def test_keras_round_trip(tmp_path):
-    lm = PTuningCausalLM(FAMILIES["qwen"](), PromptEncoderConfig(NUM_TOKENS))
+    lm = PTuningCausalLM(
+        FAMILIES["qwen"](), prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     lm.compile(sampler="greedy")
     path = str(tmp_path / "lm.keras")
     lm.save(path)

@@ -52,7 +52,9 @@ def test_logits_are_the_causal_lm_logits_after_the_last_real_token(family):
     """Against keras-hub's own causal LM on the prompt as real tokens, read
     at each row's last real position (rows of different lengths)."""
     backbone = FAMILIES[family]()
-    model = PTuningNextTokenLM(backbone, PromptEncoderConfig(NUM_TOKENS))
+    model = PTuningNextTokenLM(
+        backbone, prompt_config=PromptEncoderConfig(NUM_TOKENS)
+    )
     make_identity_prompt(model.backbone, VIRTUAL_IDS)
     plain = model.backbone.causal_lm_class(backbone=backbone, preprocessor=None)
     inputs = make_inputs(model.model_input_names, batch_size=3, length=6)
@@ -159,7 +161,9 @@ def test_bad_templates_backbones_and_arguments_are_refused():
             FAMILIES["gpt2"](), preprocessor=_template(add_end_token=True)
         )
     with pytest.raises(ValueError, match="decoder-only backbone"):
-        PTuningNextTokenLM(FAMILIES["bert"](), PromptEncoderConfig(2))
+        PTuningNextTokenLM(
+            FAMILIES["bert"](), prompt_config=PromptEncoderConfig(2)
+        )
     model = PTuningNextTokenLM(FAMILIES["gpt2"](), preprocessor=_template())
     with pytest.raises(ValueError, match="top_k.*Received: top_k=0"):
         model.predict_top_k(["the"], top_k=0)

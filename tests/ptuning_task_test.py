@@ -16,11 +16,13 @@ CONFIG = PromptEncoderConfig(2)
 BUILDERS = {
     "backbone": lambda **kw: PTuningBackbone(FAMILIES["bert"](), CONFIG, **kw),
     "classifier": lambda **kw: PTuningTextClassifier(
-        FAMILIES["bert"](), 2, CONFIG, **kw
+        FAMILIES["bert"](), 2, prompt_config=CONFIG, **kw
     ),
-    "causal_lm": lambda **kw: PTuningCausalLM(FAMILIES["gpt2"](), CONFIG, **kw),
+    "causal_lm": lambda **kw: PTuningCausalLM(
+        FAMILIES["gpt2"](), prompt_config=CONFIG, **kw
+    ),
     "next_token_lm": lambda **kw: PTuningNextTokenLM(
-        FAMILIES["gpt2"](), CONFIG, **kw
+        FAMILIES["gpt2"](), prompt_config=CONFIG, **kw
     ),
     "masked_lm": lambda **kw: PTuningMaskedLM(
         keras_hub.models.BertMaskedLM(FAMILIES["bert"]()), CONFIG, **kw

@@ -62,7 +62,10 @@ def test_fit_trains_prompt_and_head_only_backbone_bit_identical(family):
 @pytest.mark.parametrize("family", sorted(CAUSAL & {"gpt2", "llama"}))
 def test_decoder_head_reads_last_real_token(family):
     model = PTuningTextClassifier(
-        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), dropout=0.0
+        FAMILIES[family](),
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        dropout=0.0,
     )
     inputs = make_inputs(model.backbone.input_names, batch_size=4, length=7)
     sequence = to_numpy(model.backbone(inputs))
@@ -99,7 +102,10 @@ def _readout(outputs, inputs, pooling):
 )
 def test_head_reads_the_chosen_tokens(family, pooling, reads):
     model = PTuningTextClassifier(
-        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), pooling=pooling
+        FAMILIES[family](),
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        pooling=pooling,
     )
     assert model.pooling == reads
     assert model.get_config()["pooling"] == reads
@@ -115,13 +121,19 @@ def test_head_reads_the_chosen_tokens(family, pooling, reads):
 def test_bad_pooling_names_the_argument_and_the_choices():
     with pytest.raises(ValueError, match="one of .*'mean'.*pooling='max'"):
         PTuningTextClassifier(
-            FAMILIES["bert"](), 2, PromptEncoderConfig(2), pooling="max"
+            FAMILIES["bert"](),
+            2,
+            prompt_config=PromptEncoderConfig(2),
+            pooling="max",
         )
     with pytest.raises(
         ValueError, match="RobertaBackbone has none.*pooling='pooled'"
     ):
         PTuningTextClassifier(
-            FAMILIES["roberta"](), 2, PromptEncoderConfig(2), pooling="pooled"
+            FAMILIES["roberta"](),
+            2,
+            prompt_config=PromptEncoderConfig(2),
+            pooling="pooled",
         )
 
 
@@ -142,7 +154,10 @@ def test_config_saved_before_pooling_existed_reads_what_it_read(family, reads):
     """A classifier saved before `pooling` existed read HF's readout; its
     head must keep reading it when loaded, not the new default."""
     model = PTuningTextClassifier(
-        FAMILIES[family](), 2, PromptEncoderConfig(NUM_TOKENS), pooling=reads
+        FAMILIES[family](),
+        2,
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
+        pooling=reads,
     )
     config = model.get_config()
     del config["pooling"]
@@ -160,7 +175,7 @@ def test_model_ready_inputs_skip_keras_hub_pipeline():
     straight to Keras: keras-hub's pipeline would only wrap them in
     `tf.data`, whose threads slow a JAX or PyTorch step (issue 15)."""
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(NUM_TOKENS)
     )
     model.compile()
     inputs = make_inputs(model.model_input_names, batch_size=4, length=5)
@@ -196,7 +211,7 @@ def test_head_initialisation_and_dropout_placement(task_names):
     model = PTuningTextClassifier(
         FAMILIES["bert"](),
         2,
-        PromptEncoderConfig(NUM_TOKENS),
+        prompt_config=PromptEncoderConfig(NUM_TOKENS),
         pooling="pooled",  # the backbone's output feeds the dropout directly
         task_names=task_names,
     )
@@ -235,7 +250,7 @@ def test_head_initialisation_and_dropout_placement(task_names):
 
 def test_built_at_construction():
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(NUM_TOKENS)
     )
     assert model.built
     encoder = model.backbone.prompt_encoder.count_params()
@@ -253,7 +268,7 @@ def test_built_at_construction():
 
 def test_compile_defaults():
     model = PTuningTextClassifier(
-        FAMILIES["bert"](), 2, PromptEncoderConfig(NUM_TOKENS)
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(NUM_TOKENS)
     )
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(to_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-3)
@@ -315,7 +330,7 @@ def test_bad_arguments():
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="num_classes"):
             PTuningTextClassifier(
-                FAMILIES["bert"](), bad, PromptEncoderConfig(2)
+                FAMILIES["bert"](), bad, prompt_config=PromptEncoderConfig(2)
             )
 
 
@@ -331,7 +346,7 @@ def test_accepts_a_ptuning_backbone():
     assert inner["backbone"]["class_name"] == "QwenBackbone"
     assert "prompt_config" not in config
     with pytest.raises(ValueError, match="`prompt_config` differs"):
-        PTuningTextClassifier(ptuning, 2, PromptEncoderConfig(3))
+        PTuningTextClassifier(ptuning, 2, prompt_config=PromptEncoderConfig(3))
     with pytest.raises(ValueError, match="`placeholder_id` differs"):
         PTuningTextClassifier(ptuning, 2, placeholder_id=-1)
 

@@ -69,7 +69,7 @@ def _build(kind, placeholder_id=None, task_names=None):
         return PTuningTextClassifier(
             FAMILIES["bert"](),
             3,
-            CONFIG,
+            prompt_config=CONFIG,
             placeholder_id=placeholder_id,
             task_names=task_names,
             pooling="pooled",
@@ -77,14 +77,14 @@ def _build(kind, placeholder_id=None, task_names=None):
     if kind == "causal_lm":
         return PTuningCausalLM(
             FAMILIES["gpt2"](),
-            CONFIG,
+            prompt_config=CONFIG,
             placeholder_id=placeholder_id,
             task_names=task_names,
         )
     if kind == "next_token_lm":
         return PTuningNextTokenLM(
             FAMILIES["gemma"](),
-            CONFIG,
+            prompt_config=CONFIG,
             placeholder_id=placeholder_id,
             task_names=task_names,
         )

@@ -20,7 +20,9 @@ def test_classifier_keras_round_trip_resumes_training(family, tmp_path):
     model = PTuningTextClassifier(
         FAMILIES[family](),
         2,
-        PromptEncoderConfig(3, encoder_reparameterization_type="LSTM"),
+        prompt_config=PromptEncoderConfig(
+            3, encoder_reparameterization_type="LSTM"
+        ),
     )
     inputs = make_inputs(model.backbone.input_names, batch_size=4, length=5)
     labels = np.array([0, 1, 0, 1])
@@ -47,7 +49,9 @@ def test_saved_jit_compile_is_the_argument_not_its_resolution(
     # Keras saves what "auto" resolved to on the saving backend (True on
     # JAX), which would wrap the model in torch.compile when loaded on
     # PyTorch; the cross-backend chain checks the loaded model's setting.
-    model = PTuningTextClassifier(FAMILIES["bert"](), 2, PromptEncoderConfig(2))
+    model = PTuningTextClassifier(
+        FAMILIES["bert"](), 2, prompt_config=PromptEncoderConfig(2)
+    )
     model.compile(jit_compile=jit_compile)
     assert model.get_compile_config()["jit_compile"] == jit_compile
     path = str(tmp_path / "classifier.keras")

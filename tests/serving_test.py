@@ -315,7 +315,9 @@ def test_generate_signature_is_greedy_generate_token_for_token(served):
 
 def test_text_export_refuses_what_it_cannot_serve(tmp_path):
     decoder, tokenizer = _decoder_and_tokenizer()
-    no_preprocessor = PTuningCausalLM(decoder, PromptEncoderConfig(2))
+    no_preprocessor = PTuningCausalLM(
+        decoder, prompt_config=PromptEncoderConfig(2)
+    )
     path = str(tmp_path / "out")
     with pytest.raises(ValueError, match="has none. Attach one"):
         export_saved_model(no_preprocessor, path, include_preprocessing=True)
@@ -326,7 +328,9 @@ def test_text_export_refuses_what_it_cannot_serve(tmp_path):
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
         tokenizer, sequence_length=8
     )
-    lm = PTuningCausalLM(decoder, PromptEncoderConfig(2), preprocessor)
+    lm = PTuningCausalLM(
+        decoder, prompt_config=PromptEncoderConfig(2), preprocessor=preprocessor
+    )
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=f"max_length={bad!r}"):
             export_saved_model(
@@ -334,7 +338,7 @@ def test_text_export_refuses_what_it_cannot_serve(tmp_path):
             )
     slots = PTuningCausalLM(
         FAMILIES["gpt2"](),
-        PromptEncoderConfig(2),
+        prompt_config=PromptEncoderConfig(2),
         placeholder_id=-1,
     )
     slots.preprocessor = preprocessor
@@ -352,7 +356,9 @@ def test_failed_text_export_leaves_nothing_and_the_model_as_it_was(
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
         tokenizer, sequence_length=8
     )
-    lm = PTuningCausalLM(decoder, PromptEncoderConfig(2), preprocessor)
+    lm = PTuningCausalLM(
+        decoder, prompt_config=PromptEncoderConfig(2), preprocessor=preprocessor
+    )
     lm.compile(sampler="top_k")
     before = lm.predict(["the movie"], verbose=0)
 

@@ -101,7 +101,7 @@ def test_sst2_causal_lm_example_on_a_tiny_preset(tmp_path):
     # The adapter resumes into a fresh model of the same shape.
     model = keras_ptuning.PTuningCausalLM(
         causal_lm.backbone,
-        keras_ptuning.PromptEncoderConfig(n, prompt_init="text"),
+        prompt_config=keras_ptuning.PromptEncoderConfig(n, prompt_init="text"),
         placeholder_id=-1,
     )
     model.load_adapter(str(output_dir / "adapter.adapter.h5"))

@@ -135,13 +135,6 @@ class Verbalizer(keras.layers.Layer):
                     f"name). Received: score_reduction={score_reduction!r}, "
                     f"reduction={reduction!r}"
                 )
-            warnings.warn(
-                "`Verbalizer(reduction=)` is `score_reduction=` now, the "
-                "name the tasks use; `reduction` is read for this release "
-                "only.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
             name, score_reduction = "reduction", reduction
         if (
             not isinstance(score_reduction, str)
@@ -150,6 +143,14 @@ class Verbalizer(keras.layers.Layer):
             raise ValueError(
                 f"`{name}` must be one of {REDUCTIONS}. Received: "
                 f"{name}={score_reduction!r}"
+            )
+        if reduction is not None:
+            warnings.warn(
+                "`Verbalizer(reduction=)` is `score_reduction=` now, the "
+                "name the tasks use; `reduction` is read for this release "
+                "only.",
+                DeprecationWarning,
+                stacklevel=2,
             )
         if isinstance(word_ids, np.ndarray):
             word_ids = word_ids.tolist()
