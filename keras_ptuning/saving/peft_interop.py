@@ -421,7 +421,9 @@ def _model_for_backbone(
         return PTuningTextClassifier(
             ptuning, head["kernel"].shape[1], pooling=hf_pooling(ptuning)
         )
-    return model_class(backbone, prompt_config)
+    if model_class is PTuningCausalLM:
+        return PTuningCausalLM(backbone, prompt_config=prompt_config)
+    return PTuningBackbone(backbone, prompt_config)
 
 
 def load_peft_adapter(
