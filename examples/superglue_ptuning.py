@@ -510,7 +510,9 @@ class Runner:
         x, y = self.inputs(key, choices, "train")
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
         history = [self.score(model, key, choices, "select")["accuracy"]]
-        best_weights = [np.array(v) for v in model.trainable_variables]
+        best_weights = [
+            keras.ops.convert_to_numpy(v) for v in model.trainable_variables
+        ]
         score = self.score
 
         class SelectOnDev32(keras.callbacks.Callback):
@@ -521,7 +523,8 @@ class Runner:
                 history.append(score(model, key, choices, "select")["accuracy"])
                 if history[-1] > max(history[:-1]):
                     best_weights = [
-                        np.array(v) for v in model.trainable_variables
+                        keras.ops.convert_to_numpy(v)
+                        for v in model.trainable_variables
                     ]
 
         # The text before the first virtual token is computed once (its
