@@ -692,8 +692,9 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
         """As `keras.Model.load_weights`; a prompt-only preset's
         `model.weights.h5` sets the prompt alone, after checking that the
         frozen backbone is the base it was trained on."""
-        if prompt_presets.is_prompt_weights_file(filepath):
-            prompt_presets.load_prompt_weights(self, filepath)
+        reference = prompt_presets.prompt_weights_reference(filepath)
+        if reference is not None:
+            prompt_presets.load_prompt_weights(self, filepath, reference)
             return
         super().load_weights(filepath, *args, **kwargs)
 

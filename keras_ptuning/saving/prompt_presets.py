@@ -28,6 +28,8 @@ import keras_hub
 import numpy as np
 
 from keras_ptuning.compat import keras_internals
+from keras_ptuning.input_validation import directories_to_create
+from keras_ptuning.input_validation import remove_created_directories
 from keras_ptuning.saving.adapter import backbone_architecture
 from keras_ptuning.saving.adapter import check_adapter_backbone
 
@@ -107,13 +109,16 @@ def load_base_backbone(reference):
     return backbone
 
 
-def is_prompt_weights_file(filepath):
-    """Whether `filepath` is a prompt-only `model.weights.h5`."""
+def prompt_weights_reference(filepath):
+    """The reference a prompt-only `model.weights.h5` holds, or `None` for
+    any other file."""
     filepath = os.fspath(filepath)
     if not filepath.endswith(".weights.h5") or not os.path.isfile(filepath):
-        return False
+        return None
     with h5py.File(filepath, "r") as f:
-        return PROMPT_WEIGHTS_MARK in f.attrs
+        if PROMPT_WEIGHTS_MARK not in f.attrs:
+            return None
+        return json.loads(f.attrs[PROMPT_WEIGHTS_MARK])
 
 
 def save_prompt_weights(ptuning, filepath, reference):
@@ -128,11 +133,10 @@ def save_prompt_weights(ptuning, filepath, reference):
         f.attrs[PROMPT_WEIGHTS_MARK] = json.dumps(reference)
 
 
-def load_prompt_weights(ptuning, filepath):
-    """Reads a prompt-only weights file into a `PTuningBackbone`, after
-    checking that its frozen backbone is the file's base."""
-    with h5py.File(filepath, "r") as f:
-        reference = json.loads(f.attrs[PROMPT_WEIGHTS_MARK])
+def load_prompt_weights(ptuning, filepath, reference):
+    """Reads a prompt-only weights file (holding `reference`) into a
+    `PTuningBackbone`, after checking that its frozen backbone is the
+    file's base."""
     check_base(reference, ptuning.backbone, f"{os.fspath(filepath)!r}")
     if not reference["include_encoder"] and ptuning.prompt_source != "table":
         raise ValueError(
@@ -147,22 +151,16 @@ def load_prompt_weights(ptuning, filepath):
     )
 
 
-def check_prompt_only(task_or_backbone, ptuning):
-    """Refuses what a prompt-only preset cannot hold: LoRA weights live in
-    the frozen backbone's layers, which the preset leaves to the base."""
-    if ptuning.lora_rank is not None:
-        raise ValueError(
-            "A prompt-only preset (base_preset=) holds no backbone weights, "
-            "and this model's LoRA weights sit in its backbone's layers: "
-            "save the whole preset (base_preset=None). Received: a "
-            f"{type(task_or_backbone).__name__} with LoRA enabled"
-        )
-
-
 def save_to_preset(save, owner, preset_dir, base_preset, include_encoder):
-    """`save_to_preset` of a p-tuned task or `PTuningBackbone` (`owner`):
-    keras-hub's `save(directory)` writes the whole preset, or, with
-    `base_preset`, the prompt-only one (`save_prompt_preset`)."""
+    """`save_to_preset` of a p-tuned task or `PTuningBackbone` (`owner`).
+
+    Without `base_preset`, keras-hub's `save(directory)` writes the whole
+    preset. With it, `save` runs with the `PTuningBackbone` written as a
+    reference to `base_preset`, into a fresh folder moved into `preset_dir`
+    only once complete; the tokenizer's vocabulary (`assets/`) is left out.
+    Without the encoder, the prompt is written as its collapsed table and
+    the preset's config runs on it (`prompt_source="table"`).
+    """
     if base_preset is None:
         if include_encoder is not False:
             raise ValueError(
@@ -171,32 +169,21 @@ def save_to_preset(save, owner, preset_dir, base_preset, include_encoder):
                 f"Received: include_encoder={include_encoder!r}"
             )
         return save(preset_dir)
-    save_prompt_preset(
-        save,
-        owner._ptuning_backbone(),
-        preset_dir,
-        base_preset,
-        include_encoder,
-        owner,
-    )
-
-
-def save_prompt_preset(
-    save, ptuning, preset_dir, base_preset, include_encoder, owner
-):
-    """Runs keras-hub's `save(directory)` (a task's or backbone's
-    `save_to_preset`) with `ptuning` written as a reference to
-    `base_preset`, into a fresh folder moved into `preset_dir` only once
-    complete; the tokenizer's vocabulary (`assets/`) is left out. Without
-    the encoder, the prompt is written as its collapsed table and the
-    preset's config runs on it (`prompt_source="table"`)."""
     if not isinstance(include_encoder, bool):
         raise TypeError(
             "`include_encoder` must be a bool. Received: "
             f"include_encoder={include_encoder!r}"
         )
-    reference = base_reference(ptuning.backbone, base_preset, include_encoder)
-    check_prompt_only(owner, ptuning)
+    ptuning = owner._ptuning_backbone()
+    if ptuning.lora_rank is not None:
+        # LoRA weights live in the frozen backbone's layers, which the
+        # preset leaves to the base.
+        raise ValueError(
+            "A prompt-only preset (base_preset=) holds no backbone weights, "
+            "and this model's LoRA weights sit in its backbone's layers: "
+            "save the whole preset (base_preset=None). Received: a "
+            f"{type(owner).__name__} with LoRA enabled"
+        )
     if not include_encoder and ptuning.is_multi_task:
         raise ValueError(
             "A multi-task prompt has one table per task: save its encoders "
@@ -213,8 +200,11 @@ def save_prompt_preset(
             f"`preset_dir` is a file. Received: preset_dir={preset_dir!r}"
         )
     parent = os.path.dirname(os.path.abspath(preset_dir))
+    missing = directories_to_create(parent, "preset_dir", preset_dir)
+    reference = base_reference(ptuning.backbone, base_preset, include_encoder)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".prompt-preset-", dir=parent)
+    written = False
     try:
         if not include_encoder and ptuning.prompt_source == "encoder":
             # The table the file holds is the encoder's current output (the
@@ -238,8 +228,11 @@ def save_prompt_preset(
             if os.path.isdir(target):
                 shutil.rmtree(target)
             os.replace(os.path.join(staging, name), target)
+        written = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not written:
+            remove_created_directories(missing)
 
 
 def read_assets_from_base(preprocessor, base_preset):
