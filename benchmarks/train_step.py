@@ -81,21 +81,20 @@ on next-token targets weighted by the padding mask, and `peft` is
 targets (`labels`, padding at -100). Both train the same number of
 parameters (asserted). `floor` and `plain` exist for MiniLM only.
 
-`--model smollm2-boolq` times a BoolQ-like template on SmolLM2: each row
-is `--prefix-length` real tokens (a passage and question, 120), the
-`--num-virtual-tokens` at slots, and `--suffix-length` real tokens (10)
-whose next-token losses train it (no padding): `ptuned` is
-`PTuningCausalLM(placeholder_id=...)` with its defaults, which runs the
-text before the slots without a backward pass
-(`keras_ptuning.backbones.frozen_prefix`);
-`cached` also keeps each row's prefix from its first step on, as
-`fit(frozen_prefix_cache_bytes=)` does (emptied after the warm-up, so the
-first round of `NUM_BATCHES` steps is a first epoch and the later rounds
-are later epochs); `whole` runs the whole sequence backward (before issue
-33); `peft` is PEFT's `CAUSAL_LM` P-tuning on the same real tokens (it can
-only prepend), the same suffix scored. Run it with `--steps-per-round 4`
-(one epoch a round); the table adds each variant's first round and the
-median of its later rounds.
+`--model smollm2-boolq` times a BoolQ-like template on SmolLM2: each row is
+`--prefix-length` real tokens (a passage and question, 120), the
+`--num-virtual-tokens` at slots, and `--suffix-length` real tokens (10) whose
+next-token losses train it (no padding): `ptuned` is
+`PTuningCausalLM(placeholder_id=...)` with its defaults, which runs the text
+before the slots without a backward pass
+(`keras_ptuning.backbones.frozen_prefix`); `cached` also keeps each row's
+prefix from its first step on, as `fit(frozen_prefix_cache_bytes=)` does
+(emptied after the warm-up, so the first round of `NUM_BATCHES` steps is a
+first epoch and the later rounds are later epochs); `whole` runs the whole
+sequence backward (before issue 33); `peft` is PEFT's `CAUSAL_LM` P-tuning on
+the same real tokens (it can only prepend), the same suffix scored. Run it with
+`--steps-per-round 4` (one epoch a round); the table adds each variant's first
+round and the median of its later rounds.
 
 `--fit` also times `ptuned` trained by `fit` against `train_on_batch` on
 the same batches (see `measure_fit`): seconds per step and the fixed cost

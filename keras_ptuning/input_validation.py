@@ -106,6 +106,16 @@ def check_placeholder_counts(token_ids, placeholder_id, num_virtual_tokens):
         )
 
 
+def check_positive_int(name, value, unit=""):
+    """Refuses `value` (argument `name`) unless it is an int >= 1 (a bool
+    is not); `unit` (e.g. `"bytes"`) is named in the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        unit = f" ({unit})" if unit else ""
+        raise ValueError(
+            f"`{name}` must be an int >= 1{unit}. Received: {name}={value!r}"
+        )
+
+
 def directories_to_create(path, name, value):
     """The directories `os.makedirs(path)` would create, deepest first.
 

@@ -9,9 +9,9 @@ training step runs them backward through every layer. Here a training
 step splits the batch's sequence at `P`, the earliest first virtual token
 of its rows: positions `0..P-1` run forward through the family's own
 cached decoding (`call_with_cache`, see
-`keras_ptuning.backbones.cached_decoding`)
-and enter the rest as constants (their keys and values in the cache);
-positions `P..L-1` run on that cache, with gradients. The result is
+`keras_ptuning.backbones.cached_decoding`) and enter the rest as
+constants (their keys and values in the cache); positions `P..L-1` run
+on that cache, with gradients. The result is
 today's forward pass, position for position: the padding mask masks the
 cache's keys (padding on either side), and positions count from 0 as in
 the backbone's own call.
@@ -34,6 +34,7 @@ from keras import ops
 from keras import tree
 
 from keras_ptuning.compat.keras_internals import build_cache
+from keras_ptuning.input_validation import check_positive_int
 from keras_ptuning.input_validation import concrete_numpy
 
 # The padding-mask argument of each family's decoder layer.
@@ -307,15 +308,7 @@ class FrozenPrefixCache:
     """
 
     def __init__(self, max_bytes):
-        if (
-            isinstance(max_bytes, bool)
-            or not isinstance(max_bytes, int)
-            or max_bytes < 1
-        ):
-            raise ValueError(
-                "`frozen_prefix_cache_bytes` must be an int >= 1 (bytes). "
-                f"Received: frozen_prefix_cache_bytes={max_bytes!r}"
-            )
+        check_positive_int("frozen_prefix_cache_bytes", max_bytes, "bytes")
         self.max_bytes = max_bytes
         self.bytes = 0
         self.rows = {}

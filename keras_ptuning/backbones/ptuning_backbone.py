@@ -13,6 +13,7 @@ from keras_ptuning.compat import keras_internals
 from keras_ptuning.input_validation import check_inputs
 from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.input_validation import check_positive_int
 from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.layers.multi_task_prompt_encoder import (
     MultiTaskPromptEncoder,
@@ -233,9 +234,8 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
     @property
     def splits_frozen_prefix(self):
         """Whether training steps run the text before the first virtual
-        token as constants (`keras_ptuning.backbones.frozen_prefix`): a decoder
-        with
-        slots, every backbone weight frozen (no LoRA)."""
+        token as constants (`keras_ptuning.backbones.frozen_prefix`): a
+        decoder with slots, every backbone weight frozen (no LoRA)."""
         return (
             self.frozen_prefix
             and self.uses_slots
@@ -514,10 +514,7 @@ class PTuningBackbone(AdapterMixin, keras_hub.models.Backbone):
             target_layer_names: `None` (keras-hub's default layers) or a
                 list of layer names.
         """
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(
-                f"`rank` must be an int >= 1. Received: rank={rank!r}"
-            )
+        check_positive_int("rank", rank)
         if self.lora_rank is not None:
             raise ValueError(
                 f"LoRA is already enabled (rank {self.lora_rank}). "

@@ -8,6 +8,7 @@ from keras import ops
 from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
 from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
+from keras_ptuning.input_validation import check_positive_int
 from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.models.ptuning_task import PTuningTask
 from keras_ptuning.preprocessing.verbalizer import REDUCTIONS
@@ -309,15 +310,7 @@ class PTuningMaskedLM(PTuningTask, AdapterMixin, keras_hub.models.Task):
             (`None` for ids past the tokenizer's vocabulary).
         """
         check_top_k(top_k, self.backbone.token_embedding.input_dim)
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "`batch_size` must be an int >= 1. Received: "
-                f"batch_size={batch_size!r}"
-            )
+        check_positive_int("batch_size", batch_size)
         x = self._model_inputs(inputs)
         self.backbone.check_inputs(
             x, self.model_input_names, type(self).__name__

@@ -7,6 +7,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from keras_ptuning.input_validation import check_positive_int
 from keras_ptuning.preprocessing.prompt_template import PromptTemplate
 
 CHOICE_INPUTS = ("choice_positions", "choice_ids", "choice_mask")
@@ -155,15 +156,7 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
                     "choice's fields are `{name}`s of the input. Received: "
                     f"choices={choices!r}"
                 )
-        if (
-            isinstance(max_choice_length, bool)
-            or not isinstance(max_choice_length, int)
-            or max_choice_length < 1
-        ):
-            raise ValueError(
-                "`max_choice_length` must be an int >= 1. Received: "
-                f"max_choice_length={max_choice_length!r}"
-            )
+        check_positive_int("max_choice_length", max_choice_length)
         self.template = template
         self.tokenizer = template.tokenizer
         self.choices = dict(choices) if names else texts
