@@ -87,14 +87,17 @@ parameters (asserted). `floor` and `plain` exist for MiniLM only.
 next-token losses train it (no padding): `ptuned` is
 `PTuningCausalLM(placeholder_id=...)` with its defaults, which runs the text
 before the slots without a backward pass
-(`keras_ptuning.backbones.frozen_prefix`); `cached` also keeps each row's
+(`keras_ptuning.backbones.frozen_prefix`) and projects only the weighted
+positions onto the vocabulary (`keras_ptuning.models.scored_positions`);
+`cached` also keeps each row's
 prefix from its first step on, as `fit(frozen_prefix_cache_bytes=)` does
 (emptied after the warm-up, so the first round of `NUM_BATCHES` steps is a
 first epoch and the later rounds are later epochs); `whole` runs the whole
-sequence backward (before issue 33); `peft` is PEFT's `CAUSAL_LM` P-tuning on
-the same real tokens (it can only prepend), the same suffix scored. Run it with
-`--steps-per-round 4` (one epoch a round); the table adds each variant's first
-round and the median of its later rounds.
+sequence backward and projects every position (before issue 33); `peft` is
+PEFT's `CAUSAL_LM` P-tuning on the same real tokens (it can only prepend),
+the same suffix scored. Run it with `--steps-per-round 4` (one epoch a
+round); the table adds each variant's first round and the median of its
+later rounds.
 
 `--fit` also times `ptuned` trained by `fit` against `train_on_batch` on
 the same batches (see `measure_fit`): seconds per step and the fixed cost
@@ -481,6 +484,7 @@ def causal_model(args, variant="ptuned"):
         backbone, prompt_config=config, placeholder_id=SLOT if slots else None
     )
     model.backbone.frozen_prefix = variant != "whole"
+    model.project_weighted_positions_only = variant != "whole"
     if variant == "cached":
         model.backbone.frozen_prefix_cache = FrozenPrefixCache(2**34)
     model.compile(jit_compile=jit_compile(args))

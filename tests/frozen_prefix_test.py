@@ -10,6 +10,7 @@ from keras import ops
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning.backbones import frozen_prefix
+from keras_ptuning.models import scored_positions
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.support import run_on_one_backend
@@ -42,17 +43,18 @@ FAMILIES_TESTED = ["gemma3", "gpt2"] if ON_JAX else sorted(CAUSAL)
 PLACEMENTS = ["slots"] if ON_JAX else ["slots", "multi_task", "prepended"]
 
 
-def loss_and_gradients(model, inputs, weights):
-    """A weighted sum of the outputs at real tokens and its gradients with
-    respect to the model's trainable variables, in the backend's autodiff
-    (a training-mode call, as `fit` makes)."""
-    variables = model.trainable_variables
+def weighted_sum(inputs, weights):
+    """A weighted sum of a model's outputs at real tokens."""
     mask = ops.cast(inputs["padding_mask"], "float32")[..., None]
     weights = ops.convert_to_tensor(weights)
+    return lambda outputs: ops.sum(outputs * weights * mask)
 
-    def loss_of(outputs):
-        return ops.sum(outputs * weights * mask)
 
+def loss_and_gradients(model, inputs, loss_of):
+    """`loss_of(outputs)` and its gradients with respect to the model's
+    trainable variables, in the backend's autodiff (a training-mode call,
+    as `fit` makes)."""
+    variables = model.trainable_variables
     backend = keras.config.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -111,9 +113,10 @@ def test_a_split_step_equals_the_whole_sequence(family, placement):
         "tensorflow"
     )
     assert split == (2 if splits else None)
-    split_loss, split_gradients = loss_and_gradients(model, inputs, weights)
+    loss_of = weighted_sum(inputs, weights)
+    split_loss, split_gradients = loss_and_gradients(model, inputs, loss_of)
     model.frozen_prefix = False
-    whole_loss, whole_gradients = loss_and_gradients(model, inputs, weights)
+    whole_loss, whole_gradients = loss_and_gradients(model, inputs, loss_of)
 
     assert abs(split_loss - whole_loss) <= 1e-5 * max(1.0, abs(whole_loss))
     assert len(split_gradients) == len(whole_gradients) > 0
@@ -202,6 +205,59 @@ def test_a_fit_with_the_prefix_cache_trains_as_without(family):
     assert small.last_frozen_prefix_cache.bytes == 0
     for a, b in zip(small.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+# Eager steps (JAX and TensorFlow run them with `run_eagerly=True`); on JAX
+# op by op, one family.
+@pytest.mark.parametrize("family", ["gemma3"] if ON_JAX else sorted(CAUSAL))
+def test_a_step_projects_only_the_weighted_positions_to_the_same_update(
+    family, monkeypatch
+):
+    x, y, weights = _lm_data()
+    model = _lm(family)
+    # A step of `rate * gradient`, large against float32's rounding.
+    rate = 1e4
+    model.compile(optimizer=keras.optimizers.SGD(rate), run_eagerly=True)
+    found = []
+    find = scored_positions.find
+    monkeypatch.setattr(
+        scored_positions, "find", lambda *a: found.append(find(*a)) or found[-1]
+    )
+
+    # The whole projection's weighted cross-entropy over every position
+    # (keras' "sum_over_batch_size"), its gradients, and its accuracy.
+    def loss_of(logits):
+        losses = keras.losses.sparse_categorical_crossentropy(
+            ops.convert_to_tensor(y), logits, from_logits=True
+        )
+        return ops.sum(losses * ops.convert_to_tensor(weights)) / y.size
+
+    loss, gradients = loss_and_gradients(model, x, loss_of)
+    hits = np.argmax(to_numpy(model(x)), -1) == y
+    accuracy = np.sum(hits * weights) / np.sum(weights)
+    before = [to_numpy(v) for v in model.trainable_variables]
+    logs = model.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+
+    (positions,) = found
+    np.testing.assert_array_equal(
+        positions.indices, np.flatnonzero(weights.reshape(-1))
+    )
+    assert abs(logs["loss"] - loss) <= 1e-5 * max(1.0, abs(loss))
+    np.testing.assert_allclose(
+        logs["sparse_categorical_accuracy"], accuracy, atol=1e-6
+    )
+    after = [to_numpy(v) for v in model.trainable_variables]
+    for old, new, gradient in zip(before, after, gradients):
+        scale = np.abs(gradient).max()
+        np.testing.assert_allclose(
+            (old - new) / rate, gradient, atol=1e-4 * scale, rtol=1e-4
+        )
+
+    # Unweighted metrics would count the positions of weight 0: the step
+    # projects every position.
+    model.compile(metrics=["accuracy"], run_eagerly=True)
+    model.train_on_batch(x, y, sample_weight=weights)
+    assert found[-1] is None
 
 
 def test_the_prefix_cache_is_refused_where_nothing_is_frozen_or_it_would_lie():

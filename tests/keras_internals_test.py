@@ -89,6 +89,15 @@ def test_special_token_names():
     assert all(isinstance(getattr(tokenizer, n), str) for n in names)
 
 
+def test_compiled_metrics():
+    model = keras.Sequential([keras.layers.Dense(2)])
+    assert keras_internals.compiled_metrics(model) is None
+    model.compile(loss="mse", weighted_metrics=["mae"])
+    assert not keras_internals.compiled_metrics(model)
+    model.compile(loss="mse", metrics=["mae"])
+    assert keras_internals.compiled_metrics(model) == ["mae"]
+
+
 def test_lora_rank():
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=16,

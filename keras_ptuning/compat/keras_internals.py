@@ -21,6 +21,9 @@ What is used, and why:
   backbone's graph, where it is split at the token embedding.
 - `Layer._tracker`: tracking sublayers added after build (multi-task
   tables), as Keras' own `enable_lora` does.
+- `Model._compile_metrics._user_metrics`: whether `compile` was given
+  unweighted metrics (a causal LM's step projects only the weighted
+  positions otherwise, `models.scored_positions`).
 - `Tokenizer._special_token_attrs`: a Llama 3 tokenizer's special tokens
   (`keras_hub_fixes`).
 - `Backbone._lora_rank` / `_lora_enabled_layers`: whether keras-hub LoRA is
@@ -125,6 +128,15 @@ def tracking_unlocked(layer):
         yield
     finally:
         layer._tracker.lock()
+
+
+def compiled_metrics(model):
+    """The unweighted metrics `model.compile(metrics=...)` was given (not
+    its `weighted_metrics`), or `None`."""
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    if compile_metrics is None:
+        return None
+    return compile_metrics._user_metrics
 
 
 def special_token_names(tokenizer):

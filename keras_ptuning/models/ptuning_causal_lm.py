@@ -10,6 +10,7 @@ from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
 from keras_ptuning.backbones.ptuning_backbone import model_inputs
 from keras_ptuning.input_validation import check_model_kwargs
 from keras_ptuning.input_validation import check_placeholder_counts
+from keras_ptuning.models import scored_positions
 from keras_ptuning.models.ptuning_task import PTuningTask
 from keras_ptuning.models.ptuning_task import keras_hub_argument_order
 from keras_ptuning.saving.adapter import AdapterMixin
@@ -104,6 +105,52 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
         hidden_states = backbone(inputs)
         outputs = backbone.token_embedding(hidden_states, reverse=True)
         super().__init__(inputs=inputs, outputs=outputs, **kw)
+
+        # Training steps project only the positions the loss weighs, where
+        # they can (`keras_ptuning.models.scored_positions`); False projects
+        # every position (benchmarks compare the two).
+        self.project_weighted_positions_only = True
+        # The weighted positions of the running training step.
+        self._scored_positions = None
+
+    def train_step(self, *args, **kwargs):
+        # JAX's is `train_step(state, data)`, the others' `train_step(data)`.
+        _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(args[-1])
+        if self.project_weighted_positions_only:
+            self._scored_positions = scored_positions.find(self, sample_weight)
+        try:
+            return super().train_step(*args, **kwargs)
+        finally:
+            self._scored_positions = None
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        positions = self._scored_positions
+        if positions is None or not training:
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        # Logits `(1, weighted positions, vocabulary)`: the loss and the
+        # metrics take the same positions of `y` and `sample_weight`.
+        hidden_states = self.backbone(inputs, training=training)
+        return self.backbone.token_embedding(
+            positions.gather(hidden_states), reverse=True
+        )
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        positions = self._scored_positions
+        if positions is not None:
+            y = positions.gather(y)
+            sample_weight = positions.loss_weights(sample_weight)
+        return super().compute_loss(
+            x, y, y_pred, sample_weight, training=training
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        positions = self._scored_positions
+        if positions is not None:
+            y = positions.gather(y)
+            sample_weight = positions.gather(sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def compile(self, optimizer="auto", loss="auto", **kwargs):
         """Configures training and generation, with P-tuning defaults.
