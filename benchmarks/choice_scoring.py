@@ -25,6 +25,7 @@ reported: seconds per call (best round, median round) and the ratios to
 
     KERAS_BACKEND=torch python benchmarks/choice_scoring.py
     KERAS_BACKEND=torch python benchmarks/choice_scoring.py --train
+    KERAS_BACKEND=torch python benchmarks/choice_scoring.py --call-cost
 """
 
 import argparse
@@ -50,6 +51,12 @@ def parse_args():
         "--train",
         action="store_true",
         help="time training-mode forward and backward instead of inference",
+    )
+    parser.add_argument(
+        "--call-cost",
+        action="store_true",
+        help="also time the plain backbone's inference call on batch-size "
+        "rows of 4, 16 and 64 tokens (the fixed cost of one call)",
     )
     parser.add_argument("--json", default=None)
     return parser.parse_args()
@@ -157,9 +164,36 @@ def main():
             f"| {v} | {results['best'][v]:.3f} | {results['median'][v]:.3f} "
             f"| {results['best'][v] / results['best']['one']:.2f} |"
         )
+    if args.call_cost:
+        results["backbone_call_seconds"] = backbone_call_cost(backbone, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def backbone_call_cost(backbone, args):
+    """Seconds per inference call of the plain backbone on `batch-size`
+    rows of 4, 16 and 64 tokens (best of `rounds` rounds of `steps`): what
+    a call costs whatever its length, and what a token adds."""
+    seconds = {}
+    for length in (4, 16, 64):
+        x = {
+            "token_ids": np.ones((args.batch_size, length), "int32"),
+            "padding_mask": np.ones((args.batch_size, length), "int32"),
+        }
+        backbone(x)
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                backbone(x)
+            rounds.append((time.perf_counter() - start) / args.steps)
+        seconds[length] = min(rounds)
+    print("| backbone call, tokens per row | s/call (best) |")
+    print("|---|---|")
+    for length, value in seconds.items():
+        print(f"| {length} | {value:.3f} |")
+    return seconds
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def test_a_fit_with_the_prefix_cache_trains_as_without(family):
 
 # Eager steps (JAX and TensorFlow run them with `run_eagerly=True`); on JAX
 # op by op, one family.
-@pytest.mark.parametrize("family", ["gemma3"] if ON_JAX else sorted(CAUSAL))
+@pytest.mark.parametrize("family", ["llama"] if ON_JAX else sorted(CAUSAL))
 def test_a_step_projects_only_the_weighted_positions_to_the_same_update(
     family, monkeypatch
 ):
