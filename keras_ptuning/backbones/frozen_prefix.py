@@ -234,8 +234,11 @@ def run_split(
     batch, length = ops.shape(padding_mask)[0], ops.shape(padding_mask)[1]
     cache = _empty_cache(methods, view, ops.zeros((batch, length), "int32"))
 
-    def run(start, stop, cache):
-        view.token_embedding.embeddings = embeddings[:, start:stop]
+    def run(start, stop, cache, constant=False):
+        segment = embeddings[:, start:stop]
+        if constant:
+            segment = ops.stop_gradient(segment)
+        view.token_embedding.embeddings = segment
         ids = ops.zeros((batch, stop - start), "int32")
         _, hidden, cache = methods.call_with_cache(
             view, token_ids=ids, cache=cache, cache_update_index=start
@@ -247,9 +250,10 @@ def run_split(
         axes = prefix_cache.axes(lambda: _sequence_axes(methods, view, 1))
         stored, prefix, cache = prefix_cache.lookup(row_keys, split, cache)
     if stored < split:
-        # `stored..split-1` run forward on what is stored (if anything).
+        # `stored..split-1` run forward on what is stored (if anything),
+        # from constants: no backward pass is recorded there either.
         known = prefix if stored else None
-        hidden, cache = run(stored, split, cache)
+        hidden, cache = run(stored, split, cache, constant=True)
         if known is not None:
             hidden = ops.concatenate([known, hidden], 1)
         prefix = hidden
@@ -437,7 +441,7 @@ def run_shared_context(
         [context_mask, ops.ones((groups, r), context_mask.dtype)], 1
     )
     if split:
-        prefix, cache = run(context[:, :split], 0, cache)
+        prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
         prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
         hidden, cache = run(context[:, split:], split, cache)
         context_states = ops.concatenate([prefix, hidden], 1)
