@@ -35,11 +35,12 @@ PADDING_MASK = np.array(
 PREPENDED_IDS = np.where(TOKEN_IDS == SLOT, 30, TOKEN_IDS)
 
 # JAX splits only outside `jit` (what `run_eagerly=True` runs), where it
-# runs op by op (70 s for all cases): two families' ways of embedding
-# (learned positions; scaled embeddings, RoPE and sliding windows) with
-# slots stand for the others there.
+# runs op by op: two families' ways of embedding (learned positions; RoPE)
+# with slots stand for the others there (Llama: the module takes 37 s
+# alone against 55 s with Gemma 3, whose scaled embeddings and sliding
+# windows every other backend tests).
 ON_JAX = keras.config.backend() == "jax"
-FAMILIES_TESTED = ["gemma3", "gpt2"] if ON_JAX else sorted(CAUSAL)
+FAMILIES_TESTED = ["llama", "gpt2"] if ON_JAX else sorted(CAUSAL)
 PLACEMENTS = ["slots"] if ON_JAX else ["slots", "multi_task", "prepended"]
 
 
@@ -373,11 +374,11 @@ def _score_gradients(model, inputs):
     return scores, [to_numpy(g) for g in gradients]
 
 
-# On JAX one case (68 s for four op by op).
+# On JAX one case (op by op).
 @pytest.mark.parametrize(
     "placement", ["slots"] if ON_JAX else ["slots", "plain"]
 )
-@pytest.mark.parametrize("family", ["gemma3"] if ON_JAX else sorted(CAUSAL))
+@pytest.mark.parametrize("family", ["llama"] if ON_JAX else sorted(CAUSAL))
 def test_multiple_choice_runs_each_context_once_with_the_same_scores(
     family, placement, monkeypatch
 ):
