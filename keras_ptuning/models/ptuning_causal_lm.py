@@ -115,7 +115,8 @@ class PTuningCausalLM(PTuningTask, AdapterMixin, keras_hub.models.CausalLM):
 
     def train_step(self, *args, **kwargs):
         # JAX's is `train_step(state, data)`, the others' `train_step(data)`.
-        _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(args[-1])
+        data = kwargs["data"] if "data" in kwargs else args[-1]
+        _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self.project_weighted_positions_only:
             self._scored_positions = scored_positions.find(self, sample_weight)
         try:
