@@ -89,10 +89,10 @@ next-token losses train it (no padding): `ptuned` is
 before the slots without a backward pass
 (`keras_ptuning.backbones.frozen_prefix`) and projects only the weighted
 positions onto the vocabulary (`keras_ptuning.models.scored_positions`);
-`cached` also keeps each row's
-prefix from its first step on, as `fit(frozen_prefix_cache_bytes=)` does
-(emptied after the warm-up, so the first round of `NUM_BATCHES` steps is a
-first epoch and the later rounds are later epochs); `whole` runs the whole
+`cached` also keeps each row's prefix from its first step on, as
+`fit(frozen_prefix_cache_bytes=)` does (emptied after the warm-up, so the
+first round of `NUM_BATCHES` steps is a first epoch and the later rounds
+are later epochs); `whole` runs the whole
 sequence backward and projects every position (before issue 33); `peft` is
 PEFT's `CAUSAL_LM` P-tuning on the same real tokens (it can only prepend),
 the same suffix scored. Run it with `--steps-per-round 4` (one epoch a

@@ -46,13 +46,14 @@ class ScoredPositions:
         self.indices = indices
         self.total = total
         self.reduction = reduction
+        # One tensor for the step's five gathers (logits, targets, weights).
+        self._index_tensor = ops.convert_to_tensor(indices)
 
     def gather(self, x):
         """`x`'s `(batch, length, ...)` values at the weighted positions, as
         one row: `(1, positions, ...)`."""
         flat = ops.reshape(x, (-1,) + tuple(ops.shape(x)[2:]))
-        picked = ops.take(flat, ops.convert_to_tensor(self.indices), axis=0)
-        return picked[None]
+        return ops.take(flat, self._index_tensor, axis=0)[None]
 
     def loss_weights(self, sample_weight):
         """The gathered sample weights under which the loss reduces to the
