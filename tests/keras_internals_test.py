@@ -98,6 +98,26 @@ def test_compiled_metrics():
     assert keras_internals.compiled_metrics(model) == ["mae"]
 
 
+def test_subclassed_tasks_keep_model_methods_after_functional_injection():
+    """Building a functional keras-hub task makes Keras put `Functional`
+    among `PipelineModel`'s bases; the subclassed classifier must keep
+    `keras.Model`'s methods (its symbolic build fails on `Functional`'s)."""
+    from keras.src.models.functional import Functional
+
+    backbone = FAMILIES["gpt2"]()
+    keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    assert Functional in keras_hub.models.Task.__mro__  # What is relied on.
+    cls = keras_ptuning.PTuningCausalLMClassifier
+    assert Functional in cls.__mro__
+    for name in ("_assert_input_compatibility", "compute_output_spec"):
+        assert getattr(cls, name) is not getattr(Functional, name)
+        assert inspect.getattr_static(cls, name) is inspect.getattr_static(
+            keras.Model, name
+        )
+    # Our own methods are left alone.
+    assert "PTuningCausalLMClassifier" in cls.call.__qualname__
+
+
 def test_lora_rank():
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=16,

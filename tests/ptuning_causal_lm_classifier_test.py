@@ -160,6 +160,42 @@ def test_scores_are_choice_log_likelihoods_and_the_text_start_is_the_text(
         )
 
 
+def test_one_choice_is_scored_alone_and_needs_a_loss():
+    """A single choice (WSC's candidate referent) scores its own
+    log-likelihood; the default loss, 0 over one choice, is refused."""
+    backbone = FAMILIES["gpt2"]()
+    choices = [" {hypothesis}"]
+    model = PTuningCausalLMClassifier(
+        backbone,
+        preprocessor=ChoiceTemplate(_template(), choices),
+        prompt_config=PromptEncoderConfig(2, prompt_init="text"),
+    )
+    scores = model.predict(FIELDS, verbose=0)
+    assert scores.shape == (len(LABELS), 1)
+    np.testing.assert_allclose(
+        scores, _reference_scores(backbone, choices)["mean"], atol=2e-5
+    )
+    # Refused by `fit` after the default compile, and by `compile`.
+    with pytest.raises(ValueError, match="1 choice.*Received: loss='auto'"):
+        model.fit(FIELDS, [1, 0, 1], verbose=0)
+    with pytest.raises(ValueError, match="1 choice.*Received: loss='auto'"):
+        model.compile()
+
+    # The positives' mean negative log-likelihood (labels: 1 right, 0 not).
+    def positives_nll(y, scores):
+        right = keras.ops.cast(keras.ops.reshape(y, (-1,)), "float32")
+        return -right * scores[:, 0]
+
+    model.compile(optimizer="sgd", loss=positives_nll)
+    expected = -np.mean(
+        [1, 0, 1] * _reference_scores(backbone, choices)["mean"][:, 0]
+    )
+    loss = model.evaluate(FIELDS, [1, 0, 1], verbose=0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    history = model.fit(FIELDS, [1, 0, 1], epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0], history
+
+
 def test_choice_template_layout():
     template = _template()
     ids = to_numpy(template(FIELDS)["token_ids"])
@@ -325,8 +361,8 @@ def test_keras_file_and_adapter_round_trips(tmp_path):
 def test_bad_arguments_are_refused_with_the_argument_named():
     backbone = FAMILIES["gpt2"]()
     template = _template()
-    with pytest.raises(ValueError, match="`choices` must hold at least 2"):
-        ChoiceTemplate(template, [" yes"])
+    with pytest.raises(ValueError, match="`choices` must hold at least 1"):
+        ChoiceTemplate(template, [])
     with pytest.raises(TypeError, match="`choices` must be a list"):
         ChoiceTemplate(template, " yes")
     with pytest.raises(ValueError, match="max_choice_length"):

@@ -33,16 +33,25 @@ What is used, and why:
 - `keras.src.saving.saving_lib.save_weights_only` / `load_weights_only`:
   one layer's weights in a `.weights.h5` file (a prompt-only preset's
   `model.weights.h5` holds the prompt layer's alone).
+- `keras.src.models.functional.Functional`: building any functional
+  keras-hub task (`CausalLM.from_preset`) makes Keras swap `Model` for
+  `Functional` in the bases of keras-hub's shared `PipelineModel`
+  (`inject_functional_model_class`), so a subclassed task inherits
+  `Functional`'s graph methods, which fail without a graph
+  (`subclassed_model`).
 - `CausalLM._build_cache` and `call_with_cache` (each family's cached
   decoding) and `Sampler.__call__` / `run_loop` with the loop variables
   `(prompt, cache, index, mask)` (`cached_decoding`).
 """
 
 import contextlib
+import inspect
 
+import keras
 import keras_hub
 from keras.src.backend.common import global_state
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+from keras.src.models.functional import Functional
 
 KERAS_CHECKED = "3.15"
 KERAS_HUB_CHECKED = "0.32"
@@ -67,6 +76,7 @@ __all__ = [
     "save_layer_weights",
     "special_token_names",
     "sublayers",
+    "subclassed_model",
     "tracking_unlocked",
 ]
 
@@ -107,6 +117,24 @@ def outside_object_sharing():
     finally:
         for key, value in zip(SHARED_OBJECT_KEYS, saved):
             global_state.set_global_attribute(key, value)
+
+
+def subclassed_model(cls):
+    """Class decorator: `cls` (a subclassed keras-hub task) keeps
+    `keras.Model`'s own methods where `Functional` overrides them, whether
+    or not Keras has made `Functional` one of its bases since."""
+    own = set()
+    for base in cls.__mro__:
+        if base.__module__.split(".")[0] not in ("keras", "keras_hub"):
+            own |= set(vars(base))
+    for name in vars(Functional):
+        if name.startswith("__") or name in own:
+            continue
+        try:
+            setattr(cls, name, inspect.getattr_static(keras.Model, name))
+        except AttributeError:
+            continue  # Functional's own helpers, called by its methods only.
+    return cls
 
 
 def functional_nodes(model):

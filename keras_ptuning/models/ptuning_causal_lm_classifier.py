@@ -10,6 +10,7 @@ from keras_ptuning.backbones import frozen_prefix
 from keras_ptuning.backbones.backbone_split import causal_lm_class
 from keras_ptuning.backbones.ptuning_backbone import PTuningBackbone
 from keras_ptuning.compat.keras_internals import lora_config
+from keras_ptuning.compat.keras_internals import subclassed_model
 from keras_ptuning.input_validation import concrete_numpy
 from keras_ptuning.models.ptuning_task import PTuningTask
 from keras_ptuning.preprocessing.choice_template import CHOICE_INPUTS
@@ -58,6 +59,7 @@ def choice_scores(
 
 
 @keras.saving.register_keras_serializable(package="keras_ptuning")
+@subclassed_model
 class PTuningCausalLMClassifier(
     PTuningTask, AdapterMixin, keras_hub.models.Task
 ):
@@ -360,8 +362,15 @@ class PTuningCausalLMClassifier(
         """Configures training, with P-tuning defaults.
 
         `"auto"`: `Adam(1e-3)`, sparse categorical cross-entropy from the
-        choice scores (a softmax over the choices), and accuracy.
+        choice scores (a softmax over the choices), and accuracy. With a
+        single choice that loss is always 0: pass a loss of the scores,
+        e.g. the choice's negative log-likelihood,
+        `lambda y, scores: -scores[:, 0]`.
         """
+        self._default_loss = loss == "auto"
+        self._check_loss()
+        if metrics == "auto" and self._one_choice():
+            metrics = []  # Accuracy over one choice is meaningless.
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics == "auto":
@@ -369,6 +378,23 @@ class PTuningCausalLMClassifier(
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
+
+    def _one_choice(self):
+        preprocessor = getattr(self, "preprocessor", None)
+        return preprocessor is not None and preprocessor.num_choices == 1
+
+    def _check_loss(self):
+        """Refuses the default loss with one choice (always 0), at
+        `compile` or, for the default compile of `__init__`, at `fit`."""
+        if getattr(self, "_default_loss", False) and self._one_choice():
+            raise ValueError(
+                "The preprocessor has 1 choice: the default loss (a "
+                "softmax cross-entropy over the choices) is always 0. "
+                "Pass a loss to `compile`, e.g. the choice's negative "
+                "log-likelihood `lambda y, scores: -scores[:, 0]`. "
+                "Received: loss='auto', choices="
+                f"{self.preprocessor.choice_texts!r}"
+            )
 
     # === Inputs: raw text is preprocessed once, eagerly ===
 
@@ -400,6 +426,7 @@ class PTuningCausalLMClassifier(
         return self._ready(*validation_data)
 
     def _fit(self, x=None, y=None, *args, **kwargs):
+        self._check_loss()
         if "validation_data" in kwargs:
             kwargs["validation_data"] = self._ready_validation(
                 kwargs["validation_data"]

@@ -92,7 +92,9 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
         template: a `keras_ptuning.PromptTemplate` (or its config).
         choices: a list of strings, one per class (class index order), or a
             dict of class name to string. Strings may hold `{field}`s of
-            the input.
+            the input. A single choice is scored alone: its likelihood as
+            the continuation (e.g. a candidate referent, called right above
+            a threshold); its labels are 1 (right) or 0 (wrong).
         max_choice_length: int >= 1. Choices are cut to this many tokens.
             Defaults to 16.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -141,11 +143,11 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
                 "`choices` must be a list of strings or a dict of class name "
                 f"to string. Received: choices={choices!r}"
             )
-        if len(texts) < 2 or not all(
+        if not texts or not all(
             isinstance(t, str) and t.strip() for t in texts
         ):
             raise ValueError(
-                "`choices` must hold at least 2 non-empty strings. Received: "
+                "`choices` must hold at least 1 non-empty string. Received: "
                 f"choices={choices!r}"
             )
         for text in texts:
@@ -229,10 +231,10 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
                     f"Labels must be class indices or class names. Received:"
                     f" {label!r}"
                 )
-            if not 0 <= int(label) < self.num_choices:
-                raise ValueError(
-                    f"Label {int(label)} is outside [0, {self.num_choices})."
-                )
+            # One choice: 1 where it is right, 0 where it is not.
+            limit = max(self.num_choices, 2)
+            if not 0 <= int(label) < limit:
+                raise ValueError(f"Label {int(label)} is outside [0, {limit}).")
             out.append(int(label))
         return np.asarray(out, "int32")
 
