@@ -284,25 +284,25 @@ def test_the_prefix_cache_is_refused_where_nothing_is_frozen_or_it_would_lie():
 
 
 def _choice_inputs(placement):
-    """Two-choice inputs laid out as a `ChoiceTemplate` lays them: each
+    """Three-choice inputs laid out as a `ChoiceTemplate` lays them: each
     row is the example's context (lengths 5, 7, 5, with the 3 slots in
-    it), then one choice (2 or 3 tokens), right-padded to 12."""
+    it), then one choice (1 to 3 tokens), right-padded to 12."""
     contexts = [
         [7, SLOT, 8, SLOT, SLOT],
         [9, 10, 11, SLOT, 12, SLOT, SLOT],
         [13, 14, SLOT, SLOT, SLOT],
     ]
     choices = [
-        [[20, 21], [22, 23, 24]],
-        [[25, 26, 27], [28, 29]],
-        [[30, 31], [32, 33]],
+        [[20, 21], [22, 23, 24], [40]],
+        [[25, 26, 27], [28, 29], [41, 42]],
+        [[30, 31], [32, 33], [43, 44, 45]],
     ]
     length, width = 12, 3
-    token_ids = np.zeros((3, 2, length), "int32")
-    padding_mask = np.zeros((3, 2, length), "int32")
-    positions = np.zeros((3, 2, width), "int32")
-    ids = np.zeros((3, 2, width), "int32")
-    choice_mask = np.zeros((3, 2, width), "int32")
+    token_ids = np.zeros((3, 3, length), "int32")
+    padding_mask = np.zeros((3, 3, length), "int32")
+    positions = np.zeros((3, 3, width), "int32")
+    ids = np.zeros((3, 3, width), "int32")
+    choice_mask = np.zeros((3, 3, width), "int32")
     for b, context in enumerate(contexts):
         if placement == "plain":
             context = [30 + t if t == SLOT else t for t in context]

@@ -435,21 +435,45 @@ def run_shared_context(
         )
         return hidden, cache
 
-    # The context's own queries never see the continuation's keys (they
-    # come later), so those can be anything.
-    view.key_mask = ops.concatenate(
-        [context_mask, ops.ones((groups, r), context_mask.dtype)], 1
-    )
+    hidden_dim = ops.shape(rest)[-1]
+    rest = ops.reshape(rest, (groups, copies, r, hidden_dim))
+    rest_mask = ops.reshape(rest_mask, (groups, copies, r))
+    # Each context's first continuation runs in the context's own call
+    # (the context's queries never see its keys: they come later); the
+    # others then run on the context's cache, their keys and values written
+    # over the first one's at the same positions. One call fewer rows.
+    first, first_mask = rest[:, 0], rest_mask[:, 0]
+    view.key_mask = ops.concatenate([context_mask, first_mask], 1)
+    start = split or 0
     if split:
         prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
         prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
-        hidden, cache = run(context[:, split:], split, cache)
-        context_states = ops.concatenate([prefix, hidden], 1)
-    else:
-        context_states, cache = run(context, 0, cache)
-    cache = tree.map_structure(lambda x: ops.repeat(x, copies, axis=0), cache)
-    view.key_mask = ops.concatenate(
-        [ops.repeat(context_mask, copies, axis=0), rest_mask], 1
+    hidden, cache = run(
+        ops.concatenate([context[:, start:], first], 1), start, cache
     )
-    rest_states, _ = run(rest, n, cache)
+    context_states = hidden[:, : n - start]
+    if split:
+        context_states = ops.concatenate([prefix, context_states], 1)
+    rest_states = [hidden[:, n - start :][:, None]]
+    if copies > 1:
+        cache = tree.map_structure(
+            lambda x: ops.repeat(x, copies - 1, axis=0), cache
+        )
+        others = ops.reshape(
+            rest[:, 1:], (groups * (copies - 1), r, hidden_dim)
+        )
+        view.key_mask = ops.concatenate(
+            [
+                ops.repeat(context_mask, copies - 1, axis=0),
+                ops.reshape(rest_mask[:, 1:], (groups * (copies - 1), r)),
+            ],
+            1,
+        )
+        hidden, _ = run(others, n, cache)
+        rest_states.append(
+            ops.reshape(hidden, (groups, copies - 1, r, hidden_dim))
+        )
+    rest_states = ops.reshape(
+        ops.concatenate(rest_states, 1), (groups * copies, r, hidden_dim)
+    )
     return context_states, rest_states
