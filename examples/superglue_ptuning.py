@@ -6,7 +6,12 @@ template reads the example and every class is a choice scored by its
 mean log-probability after the prompt (label words such as `" yes"`;
 COPA's two alternatives as continuations). The templates' anchors are
 `[P:"text"]` slots, so the p-tuned prompt starts exactly at the manual
-prompt (`zero_shot`) and trains from there. Systems:
+prompt (`zero_shot`) and trains from there. WSC, whose FewGLUE training
+set holds only True examples, is read as PET reads it: the candidate noun
+is the one choice, its likelihood as the pronoun's referent is the score,
+training raises the likelihood of the true referents, and an example is
+True above a threshold picked on dev32 (each system's own; the probe,
+which needs both labels to train, is skipped there). Systems:
 
 - `majority`: the training set's most frequent label;
 - `zero_shot`: the manual prompt, frozen model, no training;
@@ -138,11 +143,17 @@ TASKS = {
         },
         sequence_length=96,
     ),
+    # FewGLUE's WSC training set holds positives only (32 True, no False),
+    # so a yes/no verbalizer cannot learn from it. As PET does, the model
+    # is trained to produce the referent: the candidate noun is the one
+    # choice, scored by its likelihood as the answer, and an example is
+    # True where that score clears a threshold picked on dev32.
     "WSC": dict(
-        template='{text} [P:"Question: In the passage above, does the '
-        'pronoun"] {pronoun} [P:"refer to"] {noun} [P:"? Answer:"]',
-        choices=[" no", " yes"],
+        template='{text} [P:"Question: In the passage above, who or what '
+        'does the pronoun"] {pronoun} [P:"refer to? Answer:"]',
+        choices=[" {noun}"],
         labels=[False, True],
+        decision="threshold",
         fields=lambda e: {
             "text": e["text"],
             "pronoun": e["target"]["span2_text"],
@@ -305,6 +316,26 @@ def predict_scores(model, x, batch_size):
     return out
 
 
+def best_threshold(scores, labels):
+    """The score above which an example is called True that is most
+    accurate on `(scores, labels)`: the middle of the best interval
+    between sorted scores (ties: the widest such interval's middle)."""
+    values = np.sort(np.unique(scores))
+    cuts = np.concatenate(
+        [[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]]
+    )
+    accuracy = [np.mean((scores >= c) == (labels == 1)) for c in cuts]
+    best = np.flatnonzero(np.isclose(accuracy, max(accuracy)))
+    return float(cuts[best[len(best) // 2]])
+
+
+def referent_loss(y_true, scores):
+    """Negative log-likelihood of the one choice for True examples (the
+    referent as the answer); False examples add nothing."""
+    positive = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "float32")
+    return -positive * scores[:, 0]
+
+
 def metrics(predictions, labels, num_classes):
     accuracy = float(np.mean(predictions == labels))
     f1s = []
@@ -334,7 +365,10 @@ class Runner:
             add_end_token=False,
         )
         self.text_template = self.template.as_text_prompt()
-        self.num_classes = len(spec["choices"])
+        self.num_classes = len(spec["labels"])
+        # One choice scored against a threshold picked on the selection
+        # split (WSC), instead of the best of one choice per class.
+        self.thresholded = spec.get("decision") == "threshold"
         self._inputs = {}
 
     def backbone(self):
@@ -350,12 +384,34 @@ class Runner:
             self._inputs[(key, split)] = (choices(fields), labels)
         return self._inputs[(key, split)]
 
-    def score(self, model, key, choices, split):
+    def score(self, model, key, choices, split, threshold=None):
         x, labels = self.inputs(key, choices, split)
         scores = predict_scores(model, x, self.args.batch_size * 2)
-        result = metrics(scores.argmax(-1), labels, self.num_classes)
+        return self.rate(scores, labels, threshold)
+
+    def rate(self, scores, labels, threshold=None):
+        """Metrics of `(examples, choices)` scores: the best choice, or on a
+        thresholded task the one choice's score against `threshold` (picked
+        here on these labels when `None`: the selection split)."""
+        if self.thresholded:
+            if threshold is None:
+                threshold = best_threshold(scores[:, 0], labels)
+            predictions = (scores[:, 0] >= threshold).astype("int32")
+        else:
+            predictions = scores.argmax(-1)
+        result = metrics(predictions, labels, self.num_classes)
         result["scores"] = scores
+        if self.thresholded:
+            result["threshold"] = threshold
         return result
+
+    def evaluate(self, model, key, choices):
+        """The val metrics; a thresholded task picks its threshold on the
+        selection split first."""
+        threshold = None
+        if self.thresholded:
+            threshold = self.score(model, key, choices, "select")["threshold"]
+        return self.score(model, key, choices, "val", threshold)
 
     # --- no training ---
 
@@ -372,7 +428,7 @@ class Runner:
         model = keras_ptuning.PTuningCausalLMClassifier(
             backbone, preprocessor=choices
         )
-        return self.score(model, "text", choices, "val")
+        return self.evaluate(model, "text", choices)
 
     def demonstrations(self, seed):
         """One training example per label (COPA: two), shortest half first,
@@ -380,7 +436,8 @@ class Runner:
         fields, labels = self.data["train"]
         rng = np.random.default_rng(seed)
         picked = []
-        per_label = 2 if self.task == "COPA" else 1
+        # COPA: two; WSC: its positives only, two of them.
+        per_label = 2 if self.task == "COPA" or self.thresholded else 1
         for c in range(self.num_classes):
             index = np.flatnonzero(labels == c)
             if not len(index):
@@ -393,7 +450,8 @@ class Runner:
         for i in picked:
             row = {k: v[i] for k, v in fields.items()}
             prompt = _fill(self.text_template, row)
-            answer = self.spec["choices"][labels[i]].format(**row)
+            choice = 0 if self.thresholded else labels[i]
+            answer = self.spec["choices"][choice].format(**row)
             texts.append(prompt + answer)
         return "\n\n".join(texts)
 
@@ -413,11 +471,15 @@ class Runner:
         model = keras_ptuning.PTuningCausalLMClassifier(
             backbone, preprocessor=choices
         )
-        fields, labels = self.data["val"]
-        fields = dict(fields, demonstrations=[demos] * len(labels))
-        x = choices(fields)
-        scores = predict_scores(model, x, self.args.batch_size)
-        result = metrics(scores.argmax(-1), labels, self.num_classes)
+        result, threshold = None, None
+        for split in ("select", "val") if self.thresholded else ("val",):
+            fields, labels = self.data[split]
+            fields = dict(fields, demonstrations=[demos] * len(labels))
+            scores = predict_scores(
+                model, choices(fields), self.args.batch_size
+            )
+            result = self.rate(scores, labels, threshold)
+            threshold = result.get("threshold")
         result["demonstration_tokens"] = demo_tokens
         return result
 
@@ -503,13 +565,22 @@ class Runner:
         learning_rate = (
             args.lora_learning_rate if system == "lora" else args.learning_rate
         )
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        if self.thresholded:
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss=referent_loss,
+                metrics=[],
+            )
+        else:
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate))
         trainable = sum(
             int(np.prod(v.shape)) for v in model.trainable_variables
         )
         x, y = self.inputs(key, choices, "train")
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
-        history = [self.score(model, key, choices, "select")["accuracy"]]
+        selected = self.score(model, key, choices, "select")
+        history = [selected["accuracy"]]
+        threshold = selected.get("threshold")
         best_weights = [
             keras.ops.convert_to_numpy(v) for v in model.trainable_variables
         ]
@@ -519,9 +590,11 @@ class Runner:
             """Scores dev32 after each epoch, keeping the best weights."""
 
             def on_epoch_end(self, epoch, logs=None):
-                nonlocal best_weights
-                history.append(score(model, key, choices, "select")["accuracy"])
+                nonlocal best_weights, threshold
+                selected = score(model, key, choices, "select")
+                history.append(selected["accuracy"])
                 if history[-1] > max(history[:-1]):
+                    threshold = selected.get("threshold")
                     best_weights = [
                         keras.ops.convert_to_numpy(v)
                         for v in model.trainable_variables
@@ -546,7 +619,7 @@ class Runner:
         losses = [float(loss) for loss in fit.history["loss"]]
         for variable, value in zip(model.trainable_variables, best_weights):
             variable.assign(value)
-        result = self.score(model, key, choices, "val")
+        result = self.score(model, key, choices, "val", threshold)
         result.update(
             trainable_params=trainable,
             select_history=history,
@@ -626,7 +699,7 @@ def summarize(results):
         entry = results["tasks"].setdefault(task, {})
         entry["std"], entry["f1"], entry["seeds"] = {}, {}, {}
         for system, by_seed in runs.items():
-            if system == "examples":
+            if system in ("examples", "skipped"):
                 continue
             accuracies = [r["accuracy"] for r in by_seed.values()]
             entry[system] = float(np.mean(accuracies))
@@ -641,6 +714,8 @@ def summarize(results):
                 entry.setdefault("trainable_params", {})[system] = params[0]
             macro[system].append(entry[system])
         entry["examples"] = runs.get("examples")
+        if "skipped" in runs:
+            entry["skipped"] = runs["skipped"]
     tasks = list(results["runs"])
     results["macro"] = {
         system: float(np.mean(values))
@@ -712,6 +787,12 @@ def main(argv=None):
                 if system in TRAINED + ("in_context", "probe")
                 else [0]
             )
+            if system == "probe" and runner.thresholded:
+                # A linear head needs both classes in its training set.
+                reason = "the training set holds one label only"
+                runs.setdefault("skipped", {})[system] = reason
+                print(f"{task} {system}: skipped ({reason})", flush=True)
+                continue
             for seed in seeds:
                 done = runs.get(system, {})
                 if str(seed) in done:

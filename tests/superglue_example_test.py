@@ -97,3 +97,23 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     assert " seed " not in rerun.stdout
     with open(output_dir / "results.json") as f:
         assert json.load(f)["runs"] == results["runs"]
+
+
+def test_the_threshold_is_the_most_accurate_cut_on_its_labels():
+    """Against every cut between sorted scores, by brute force; WSC's
+    referent loss counts the True examples only."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores = np.round(rng.normal(size=15), 1)  # With ties.
+        labels = rng.integers(0, 2, 15)
+        threshold = superglue_ptuning.best_threshold(scores, labels)
+        best = max(
+            np.mean((scores >= c) == labels)
+            for c in np.concatenate([scores, [scores.max() + 1]])
+        )
+        assert np.mean((scores >= threshold) == labels) == best
+        assert threshold not in scores  # Between scores, not on one.
+    loss = superglue_ptuning.referent_loss(
+        np.array([[1], [0], [1]]), np.array([[-2.0], [-5.0], [-3.0]])
+    )
+    np.testing.assert_allclose(np.asarray(loss), [2.0, 0.0, 3.0])
