@@ -50,7 +50,7 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
         "--output-dir",
         output_dir,
         "--tasks",
-        "CB",
+        "CB,WSC",
         "--val-rows",
         "12",
         "--epochs",
@@ -66,7 +66,9 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     with open(output_dir / "results.json") as f:
         results = json.load(f)
     assert results["setting"] == "few-shot"
-    assert sorted(results["macro"]) == sorted(superglue_ptuning.SYSTEMS)
+    assert sorted(results["macro"]) == sorted(
+        set(superglue_ptuning.SYSTEMS) - {"probe"}
+    )
     for task in ("CB",):
         entry = results["tasks"][task]
         assert entry["examples"] == 12
@@ -91,6 +93,14 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             if run["best_epoch"] == 0:
                 assert run["accuracy"] == entry["zero_shot"]
     assert "f1" in results["tasks"]["CB"]
+    # WSC: one choice (the candidate) against a threshold picked on dev32;
+    # the probe cannot train on its one-label training set.
+    wsc = results["runs"]["WSC"]
+    assert wsc["skipped"] == {"probe": "the training set holds one label only"}
+    assert "probe" not in results["macro"]
+    for system in ("zero_shot", "in_context", "ptuning", "lora"):
+        for run in wsc[system].values():
+            assert np.isfinite(run["threshold"])
     assert (output_dir / "superglue.png").stat().st_size > 0
     # Resumable: a rerun with the same output directory redoes nothing.
     rerun = run_python(command, backend="torch", timeout=300)
