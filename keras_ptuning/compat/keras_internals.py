@@ -45,7 +45,6 @@ What is used, and why:
 """
 
 import contextlib
-import inspect
 
 import keras
 import keras_hub
@@ -120,20 +119,23 @@ def outside_object_sharing():
 
 
 def subclassed_model(cls):
-    """Class decorator: `cls` (a subclassed keras-hub task) keeps
-    `keras.Model`'s own methods where `Functional` overrides them, whether
-    or not Keras has made `Functional` one of its bases since."""
-    own = set()
-    for base in cls.__mro__:
-        if base.__module__.split(".")[0] not in ("keras", "keras_hub"):
-            own |= set(vars(base))
-    for name in vars(Functional):
-        if name.startswith("__") or name in own:
-            continue
-        try:
-            setattr(cls, name, inspect.getattr_static(keras.Model, name))
-        except AttributeError:
-            continue  # Functional's own helpers, called by its methods only.
+    """Class decorator: `cls` (a subclassed keras-hub task) resolves every
+    name that `Functional` and its base `Function` define as if Keras had
+    not put them among its bases, whether or not it has since."""
+    graph_classes = Functional.__mro__[: Functional.__mro__.index(keras.Model)]
+    names = {
+        name
+        for graph_class in graph_classes
+        for name in vars(graph_class)
+        if not name.startswith("__")
+    }
+    for name in sorted(names):
+        for base in cls.__mro__:
+            if base in graph_classes or name not in vars(base):
+                continue
+            if base is not cls:
+                setattr(cls, name, vars(base)[name])
+            break
     return cls
 
 
