@@ -209,6 +209,14 @@ def parse_args(argv=None):
         "across epochs (PyTorch; 0: run it every step, still without a "
         "backward pass)",
     )
+    parser.add_argument(
+        "--select-by",
+        choices=("accuracy", "loss"),
+        default="accuracy",
+        help="what picks the epoch on the selection split: its accuracy, "
+        "or its cross-entropy over the choices (smoother on 32 examples; "
+        "thresholded tasks always use accuracy)",
+    )
     parser.add_argument("--restart", action="store_true")
     args = parser.parse_args(argv)
     args.tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
@@ -403,6 +411,12 @@ class Runner:
         result["scores"] = scores
         if self.thresholded:
             result["threshold"] = threshold
+        else:
+            shifted = scores - scores.max(-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            result["loss"] = float(
+                -np.take_along_axis(log_probs, labels[:, None], -1).mean()
+            )
         return result
 
     def evaluate(self, model, key, choices):
@@ -579,7 +593,13 @@ class Runner:
         x, y = self.inputs(key, choices, "train")
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
         selected = self.score(model, key, choices, "select")
+        by_loss = args.select_by == "loss" and not self.thresholded
+
+        def merit(result):
+            return -result["loss"] if by_loss else result["accuracy"]
+
         history = [selected["accuracy"]]
+        merits = [merit(selected)]
         threshold = selected.get("threshold")
         best_weights = [
             keras.ops.convert_to_numpy(v) for v in model.trainable_variables
@@ -593,7 +613,8 @@ class Runner:
                 nonlocal best_weights, threshold
                 selected = score(model, key, choices, "select")
                 history.append(selected["accuracy"])
-                if history[-1] > max(history[:-1]):
+                merits.append(merit(selected))
+                if merits[-1] > max(merits[:-1]):
                     threshold = selected.get("threshold")
                     best_weights = [
                         keras.ops.convert_to_numpy(v)
@@ -624,7 +645,8 @@ class Runner:
             trainable_params=trainable,
             select_history=history,
             loss_history=losses,
-            best_epoch=int(np.argmax(history)),
+            best_epoch=int(np.argmax(merits)),
+            select_by="loss" if by_loss else "accuracy",
         )
         return result
 
