@@ -328,7 +328,7 @@ def best_threshold(scores, labels):
     """The score above which an example is called True that is most
     accurate on `(scores, labels)`: the middle of the best interval
     between sorted scores (ties: the widest such interval's middle)."""
-    values = np.sort(np.unique(scores))
+    values = np.unique(scores)  # Sorted.
     cuts = np.concatenate(
         [[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]]
     )
@@ -392,10 +392,13 @@ class Runner:
             self._inputs[(key, split)] = (choices(fields), labels)
         return self._inputs[(key, split)]
 
+    def scores(self, model, key, choices, split):
+        x, _ = self.inputs(key, choices, split)
+        return predict_scores(model, x, self.args.batch_size * 2)
+
     def score(self, model, key, choices, split, threshold=None):
-        x, labels = self.inputs(key, choices, split)
-        scores = predict_scores(model, x, self.args.batch_size * 2)
-        return self.rate(scores, labels, threshold)
+        scores = self.scores(model, key, choices, split)
+        return self.rate(scores, self.data[split][1], threshold)
 
     def rate(self, scores, labels, threshold=None):
         """Metrics of `(examples, choices)` scores: the best choice, or on a
@@ -419,13 +422,14 @@ class Runner:
             )
         return result
 
-    def evaluate(self, model, key, choices):
-        """The val metrics; a thresholded task picks its threshold on the
-        selection split first."""
+    def evaluate(self, scores_of):
+        """The val metrics of `scores_of(split)`; a thresholded task picks
+        its threshold on the selection split first."""
         threshold = None
         if self.thresholded:
-            threshold = self.score(model, key, choices, "select")["threshold"]
-        return self.score(model, key, choices, "val", threshold)
+            selected = self.rate(scores_of("select"), self.data["select"][1])
+            threshold = selected["threshold"]
+        return self.rate(scores_of("val"), self.data["val"][1], threshold)
 
     # --- no training ---
 
@@ -442,7 +446,9 @@ class Runner:
         model = keras_ptuning.PTuningCausalLMClassifier(
             backbone, preprocessor=choices
         )
-        return self.evaluate(model, "text", choices)
+        return self.evaluate(
+            lambda split: self.scores(model, "text", choices, split)
+        )
 
     def demonstrations(self, seed):
         """One training example per label (COPA: two), shortest half first,
@@ -485,15 +491,13 @@ class Runner:
         model = keras_ptuning.PTuningCausalLMClassifier(
             backbone, preprocessor=choices
         )
-        result, threshold = None, None
-        for split in ("select", "val") if self.thresholded else ("val",):
+
+        def scores_of(split):
             fields, labels = self.data[split]
             fields = dict(fields, demonstrations=[demos] * len(labels))
-            scores = predict_scores(
-                model, choices(fields), self.args.batch_size
-            )
-            result = self.rate(scores, labels, threshold)
-            threshold = result.get("threshold")
+            return predict_scores(model, choices(fields), self.args.batch_size)
+
+        result = self.evaluate(scores_of)
         result["demonstration_tokens"] = demo_tokens
         return result
 
