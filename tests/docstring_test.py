@@ -71,11 +71,11 @@ def _documented(module):
                     continue
                 member = getattr(member, "__func__", member)  # class/static
                 member = getattr(member, "fget", member)  # properties
+                if not inspect.isfunction(member):
+                    continue
                 # Defined here, not a base's method set on the class
                 # (`keras_internals.subclassed_model`).
-                if inspect.isfunction(
-                    member
-                ) and member.__qualname__.startswith(f"{obj.__name__}."):
+                if member.__qualname__.startswith(f"{obj.__name__}."):
                     yield f"{qualified}.{attr}", member.__doc__
 
 

@@ -170,11 +170,10 @@ def test_one_choice_is_scored_alone_and_needs_a_loss():
         preprocessor=ChoiceTemplate(_template(), choices),
         prompt_config=PromptEncoderConfig(2, prompt_init="text"),
     )
+    reference = _reference_scores(backbone, choices)["mean"]
     scores = model.predict(FIELDS, verbose=0)
     assert scores.shape == (len(LABELS), 1)
-    np.testing.assert_allclose(
-        scores, _reference_scores(backbone, choices)["mean"], atol=2e-5
-    )
+    np.testing.assert_allclose(scores, reference, atol=2e-5)
     # Refused by `fit` after the default compile, and by `compile`.
     with pytest.raises(ValueError, match="1 choice.*Received: loss='auto'"):
         model.fit(FIELDS, [1, 0, 1], verbose=0)
@@ -187,9 +186,7 @@ def test_one_choice_is_scored_alone_and_needs_a_loss():
         return -right * scores[:, 0]
 
     model.compile(optimizer="sgd", loss=positives_nll)
-    expected = -np.mean(
-        [1, 0, 1] * _reference_scores(backbone, choices)["mean"][:, 0]
-    )
+    expected = -np.mean([1, 0, 1] * reference[:, 0])
     loss = model.evaluate(FIELDS, [1, 0, 1], verbose=0)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     history = model.fit(FIELDS, [1, 0, 1], epochs=3, verbose=0).history
