@@ -597,33 +597,44 @@ class Runner:
         x, y = self.inputs(key, choices, "train")
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
         selected = self.score(model, key, choices, "select")
-        by_loss = args.select_by == "loss" and not self.thresholded
+        # Both criteria are followed in the same run (the training is the
+        # same; only the pick differs): `--select-by` names the one the
+        # system reports, and the other is recorded beside it.
+        criteria = ("accuracy",) if self.thresholded else ("accuracy", "loss")
+        primary = (
+            "loss"
+            if args.select_by == "loss" and not self.thresholded
+            else "accuracy"
+        )
 
-        def merit(result):
-            return -result["loss"] if by_loss else result["accuracy"]
+        def merit(result, criterion):
+            return (
+                -result["loss"] if criterion == "loss" else result["accuracy"]
+            )
+
+        def snapshot():
+            return [
+                keras.ops.convert_to_numpy(v) for v in model.trainable_variables
+            ]
 
         history = [selected["accuracy"]]
-        merits = [merit(selected)]
-        threshold = selected.get("threshold")
-        best_weights = [
-            keras.ops.convert_to_numpy(v) for v in model.trainable_variables
-        ]
+        merits = {c: [merit(selected, c)] for c in criteria}
+        best = {c: (snapshot(), selected.get("threshold")) for c in criteria}
         score = self.score
 
         class SelectOnDev32(keras.callbacks.Callback):
             """Scores dev32 after each epoch, keeping the best weights."""
 
             def on_epoch_end(self, epoch, logs=None):
-                nonlocal best_weights, threshold
                 selected = score(model, key, choices, "select")
                 history.append(selected["accuracy"])
-                merits.append(merit(selected))
-                if merits[-1] > max(merits[:-1]):
-                    threshold = selected.get("threshold")
-                    best_weights = [
-                        keras.ops.convert_to_numpy(v)
-                        for v in model.trainable_variables
-                    ]
+                for criterion in criteria:
+                    merits[criterion].append(merit(selected, criterion))
+                    if merits[criterion][-1] > max(merits[criterion][:-1]):
+                        best[criterion] = (
+                            snapshot(),
+                            selected.get("threshold"),
+                        )
 
         # The text before the first virtual token is computed once (its
         # keys and values kept for the later epochs) where it can be.
@@ -642,16 +653,34 @@ class Runner:
             frozen_prefix_cache_bytes=cache_bytes,
         )
         losses = [float(loss) for loss in fit.history["loss"]]
-        for variable, value in zip(model.trainable_variables, best_weights):
-            variable.assign(value)
-        result = self.score(model, key, choices, "val", threshold)
+        picked = {}
+        for criterion in (primary,) + tuple(
+            c for c in criteria if c != primary
+        ):
+            epoch = int(np.argmax(merits[criterion]))
+            if picked and epoch == picked[primary]["best_epoch"]:
+                picked[criterion] = dict(picked[primary], best_epoch=epoch)
+                continue
+            weights, threshold = best[criterion]
+            for variable, value in zip(model.trainable_variables, weights):
+                variable.assign(value)
+            val = self.score(model, key, choices, "val", threshold)
+            picked[criterion] = {
+                k: val[k] for k in ("accuracy", "f1") if k in val
+            }
+            picked[criterion]["best_epoch"] = epoch
+            if criterion == primary:
+                result = val
         result.update(
             trainable_params=trainable,
             select_history=history,
             loss_history=losses,
-            best_epoch=int(np.argmax(merits)),
-            select_by="loss" if by_loss else "accuracy",
+            best_epoch=picked[primary]["best_epoch"],
+            select_by=primary,
+            by_selection=picked,
         )
+        if "loss" in merits:
+            result["select_loss_history"] = [-m for m in merits["loss"]]
         return result
 
 
@@ -735,6 +764,18 @@ def summarize(results):
                 entry["f1"][system] = float(
                     np.mean([r["f1"] for r in by_seed.values()])
                 )
+            picks = [
+                r["by_selection"]
+                for r in by_seed.values()
+                if "by_selection" in r
+            ]
+            if picks and len(picks) == len(by_seed):
+                entry.setdefault("by_selection", {})[system] = {
+                    criterion: float(
+                        np.mean([p[criterion]["accuracy"] for p in picks])
+                    )
+                    for criterion in picks[0]
+                }
             params = [r.get("trainable_params") for r in by_seed.values()]
             if params[0] is not None:
                 entry.setdefault("trainable_params", {})[system] = params[0]
@@ -841,7 +882,12 @@ def main(argv=None):
                 print(
                     f"{task} {system} seed {seed}: accuracy "
                     f"{result['accuracy']:.3f} f1 {result['f1']:.3f} "
-                    f"({result['seconds']:.0f} s)",
+                    + "".join(
+                        f"[by {c}: {p['accuracy']:.3f}, epoch "
+                        f"{p['best_epoch']}] "
+                        for c, p in result.get("by_selection", {}).items()
+                    )
+                    + f"({result['seconds']:.0f} s)",
                     flush=True,
                 )
                 summarize(results)

@@ -92,6 +92,18 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             # scores exactly the zero-shot accuracy.
             if run["best_epoch"] == 0:
                 assert run["accuracy"] == entry["zero_shot"]
+            # One run follows both selections: the reported one (dev32
+            # accuracy, the default) and dev32's loss beside it.
+            picks = run["by_selection"]
+            assert picks["accuracy"]["accuracy"] == run["accuracy"]
+            assert picks["accuracy"]["best_epoch"] == run["best_epoch"]
+            assert run["best_epoch"] == np.argmax(run["select_history"])
+            by_loss = picks["loss"]
+            assert by_loss["best_epoch"] == np.argmin(
+                run["select_loss_history"]
+            )
+            if by_loss["best_epoch"] == run["best_epoch"]:
+                assert by_loss["accuracy"] == run["accuracy"]
     assert "f1" in results["tasks"]["CB"]
     # WSC: one choice (the candidate) against a threshold picked on dev32;
     # the probe cannot train on its one-label training set.
@@ -101,6 +113,8 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     for system in ("zero_shot", "in_context", "ptuning", "lora"):
         for run in wsc[system].values():
             assert np.isfinite(run["threshold"])
+            if system in ("ptuning", "lora"):
+                assert list(run["by_selection"]) == ["accuracy"]
     assert (output_dir / "superglue.png").stat().st_size > 0
     # Resumable: a rerun with the same output directory redoes nothing.
     rerun = run_python(command, backend="torch", timeout=300)
