@@ -10,6 +10,7 @@ from keras import ops
 from keras_ptuning import PromptEncoderConfig
 from keras_ptuning import PTuningBackbone
 from keras_ptuning.backbones import frozen_prefix
+from keras_ptuning.compat.keras_internals import sublayers
 from keras_ptuning.models import scored_positions
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
@@ -386,12 +387,18 @@ def test_multiple_choice_runs_each_context_once_with_the_same_scores(
 
     model = _classifier(family, placement)
     inputs = _choice_inputs(placement)
-    calls = []
+    calls, packed = [], []
     run = frozen_prefix.run_shared_context
     monkeypatch.setattr(
         frozen_prefix,
         "run_shared_context",
         lambda *a, **k: calls.append(1) or run(*a, **k),
+    )
+    run_packed = frozen_prefix._run_packed
+    monkeypatch.setattr(
+        frozen_prefix,
+        "_run_packed",
+        lambda *a, **k: packed.append(1) or run_packed(*a, **k),
     )
     shared_scores, shared_gradients = _score_gradients(model, inputs)
     # Contexts of two lengths still run in one call per model call (the
@@ -401,6 +408,17 @@ def test_multiple_choice_runs_each_context_once_with_the_same_scores(
         model.trainable_variables
     )
     assert len(calls) == 1 + trains_split
+    # RoPE decoders with a full attention mask run the choices side by
+    # side in the context's call; the others (a learned position table,
+    # Gemma's own masks, Mistral's 8-position window here) on its cache.
+    decoder = (
+        model.backbone.backbone if placement == "slots" else model.backbone
+    )
+    packs = family in ("llama", "llama3", "qwen")
+    assert frozen_prefix.packs_choices(decoder, 64) == packs
+    assert len(packed) == (len(calls) if packs else 0)
+    patched = [layer for layer in sublayers(decoder) if "call" in vars(layer)]
+    assert patched == []  # RoPE counts positions itself again.
     monkeypatch.setattr(
         PTuningCausalLMClassifier, "_shared_context_states", lambda *a: None
     )

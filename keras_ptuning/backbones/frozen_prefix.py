@@ -25,6 +25,7 @@ with trainable weights (LoRA) depends on them before the prompt too, so
 it runs whole.
 """
 
+import contextlib
 import inspect
 import warnings
 
@@ -34,11 +35,15 @@ from keras import ops
 from keras import tree
 
 from keras_ptuning.compat.keras_internals import build_cache
+from keras_ptuning.compat.keras_internals import sublayers
 from keras_ptuning.input_validation import check_positive_int
 from keras_ptuning.input_validation import concrete_numpy
 
 # The padding-mask argument of each family's decoder layer.
 _MASK_ARGUMENTS = ("decoder_padding_mask", "padding_mask")
+# The decoder layer's argument for a full `(batch, queries, keys)` mask,
+# where a family takes one.
+_ATTENTION_MASK_ARGUMENT = "decoder_attention_mask"
 
 
 def _mask_argument(layer):
@@ -80,6 +85,8 @@ class _Masked:
     def __call__(self, *args, **kwargs):
         if kwargs.get(self.mask_argument) is None:
             kwargs[self.mask_argument] = self.view.key_mask
+        if self.view.attention_mask is not None:
+            kwargs[_ATTENTION_MASK_ARGUMENT] = self.view.attention_mask
         return self.layer(*args, training=self.view.training, **kwargs)
 
 
@@ -105,6 +112,7 @@ class _DecoderView:
         self.token_embedding = _SegmentEmbedding()
         self.training = training
         self.key_mask = None
+        self.attention_mask = None
         self.transformer_layers = [
             _Masked(layer, _mask_argument(layer), self)
             for layer in backbone.transformer_layers
@@ -390,6 +398,74 @@ class FrozenPrefixCache:
         )
 
 
+def packs_choices(backbone, length):
+    """Whether a context's continuations can run side by side in one call
+    of `length` positions (`run_shared_context`): each continuation then
+    needs its own positions (RoPE's, counted on from the context) and a
+    mask that hides the other continuations from it.
+
+    That holds where every decoder layer takes a full attention mask
+    (`decoder_attention_mask`), positions enter only through keras-hub's
+    `RotaryEmbedding` (the decoder has one; a learned position table or
+    ALiBi, with no rotary layer, does not pack) and no sliding window is
+    shorter than `length` (a window counts positions as they lie in the
+    call)."""
+    layers = getattr(backbone, "transformer_layers", None)
+    if not layers or not all(
+        _ATTENTION_MASK_ARGUMENT in inspect.signature(layer.call).parameters
+        for layer in layers
+    ):
+        return False
+    rotary = _rotary_layers(backbone)
+    if not rotary or not all(
+        "positions" in inspect.signature(layer.call).parameters
+        for layer in rotary
+    ):
+        return False
+    for layer in sublayers(backbone):
+        for name, value in vars(layer).items():
+            if (
+                "sliding_window" in name
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value < length
+            ):
+                return False
+    return True
+
+
+def _rotary_layers(backbone):
+    from keras_hub.layers import RotaryEmbedding
+
+    return [
+        layer
+        for layer in sublayers(backbone)
+        if isinstance(layer, RotaryEmbedding)
+    ]
+
+
+@contextlib.contextmanager
+def _rotary_positions(backbone, positions):
+    """Every `RotaryEmbedding` of the backbone rotates at `positions`
+    (one per position of the call) instead of counting from the cache
+    index, while the context lasts. The layers are unchanged after it."""
+    layers = _rotary_layers(backbone)
+    fixed = positions
+    for layer in layers:
+
+        def at_positions(
+            inputs, start_index=0, positions=None, call=layer.call
+        ):
+            return call(inputs, positions=fixed)
+
+        object.__setattr__(layer, "call", at_positions)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+
+
 def run_shared_context(
     causal_lm_class,
     backbone,
@@ -425,7 +501,6 @@ def run_shared_context(
     groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
     copies = ops.shape(rest_mask)[0] // groups
     r = ops.shape(rest_mask)[1]
-    cache = _empty_cache(methods, view, ops.zeros((groups, n + r), "int32"))
 
     def run(embeddings, start, cache):
         view.token_embedding.embeddings = embeddings
@@ -436,6 +511,15 @@ def run_shared_context(
         return hidden, cache
 
     hidden_dim = ops.shape(rest)[-1]
+    start = split or 0
+    if copies > 1 and packs_choices(backbone, n + copies * r):
+        cache = _empty_cache(
+            methods, view, ops.zeros((groups, n + copies * r), "int32")
+        )
+        return _run_packed(
+            view, run, cache, context, context_mask, rest, rest_mask, split
+        )
+    cache = _empty_cache(methods, view, ops.zeros((groups, n + r), "int32"))
     rest = ops.reshape(rest, (groups, copies, r, hidden_dim))
     rest_mask = ops.reshape(rest_mask, (groups, copies, r))
     # Each context's first continuation runs in the context's own call
@@ -444,7 +528,6 @@ def run_shared_context(
     # over the first one's at the same positions. One call fewer rows.
     first, first_mask = rest[:, 0], rest_mask[:, 0]
     view.key_mask = ops.concatenate([context_mask, first_mask], 1)
-    start = split or 0
     if split:
         prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
         prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
@@ -475,5 +558,49 @@ def run_shared_context(
         )
     rest_states = ops.reshape(
         ops.concatenate(rest_states, 1), (groups * copies, r, hidden_dim)
+    )
+    return context_states, rest_states
+
+
+def _run_packed(
+    view, run, cache, context, context_mask, rest, rest_mask, split
+):
+    """`run_shared_context` in one call after the frozen prefix: each
+    context followed by all its continuations, every continuation at the
+    positions that follow the context (RoPE) and masked from the others."""
+    groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
+    copies = ops.shape(rest_mask)[0] // groups
+    r, hidden_dim = ops.shape(rest)[1], ops.shape(rest)[-1]
+    start = split or 0
+    rest = ops.reshape(rest, (groups, copies * r, hidden_dim))
+    view.key_mask = ops.concatenate(
+        [context_mask, ops.reshape(rest_mask, (groups, copies * r))], 1
+    )
+    if split:
+        prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
+        prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
+    # Keys are the context's (-1) or a continuation's (its index); a
+    # continuation sees the context and itself (the causal mask does the
+    # rest).
+    blocks = np.concatenate([np.full(n, -1), np.repeat(np.arange(copies), r)])
+    visible = (blocks[None] == -1) | (blocks[None] == blocks[start:, None])
+    view.attention_mask = ops.convert_to_tensor(
+        np.broadcast_to(visible, (groups,) + visible.shape).astype("int32")
+    )
+    positions = np.concatenate(
+        [np.arange(start, n), np.tile(np.arange(n, n + r), copies)]
+    ).astype("float32")
+    try:
+        with _rotary_positions(view._backbone, positions):
+            hidden, _ = run(
+                ops.concatenate([context[:, start:], rest], 1), start, cache
+            )
+    finally:
+        view.attention_mask = None
+    context_states = hidden[:, : n - start]
+    if split:
+        context_states = ops.concatenate([prefix, context_states], 1)
+    rest_states = ops.reshape(
+        hidden[:, n - start :], (groups * copies, r, hidden_dim)
     )
     return context_states, rest_states
