@@ -16,8 +16,13 @@ forward and backward) on `--batch-size` examples whose contexts have
 `--choice-length`:
 
 - `one`: one choice per example (one row): the floor.
-- `two_shared`: two choices, each context run once (the default).
-- `two_whole`: two choices, each row run in full (as before).
+- `two_shared`: two choices, each context run once (the default: on this
+  RoPE decoder the choices run side by side in the context's call).
+- `two_on_cache`: two choices, each context run once with its first
+  choice, the second choice in a call of its own on the context's cache
+  (the default before side-by-side choices, and still the path of
+  decoders that cannot pack them).
+- `two_whole`: two choices, each row run in full.
 
 Variants interleaved in rounds of `--steps` calls, order alternating;
 reported: seconds per call (best round, median round) and the ratios to
@@ -94,6 +99,7 @@ def main():
     import keras_hub
 
     import keras_ptuning
+    from keras_ptuning.backbones import frozen_prefix
     from keras_ptuning.presets import smollm2_preset_dir
 
     backbone = keras_hub.models.Backbone.from_preset(smollm2_preset_dir())
@@ -108,18 +114,28 @@ def main():
     inputs = {
         "one": make_inputs(args, 1, vocabulary_size),
         "two_shared": make_inputs(args, 2, vocabulary_size),
+        "two_on_cache": make_inputs(args, 2, vocabulary_size),
         "two_whole": make_inputs(args, 2, vocabulary_size),
     }
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     labels = np.zeros((args.batch_size,), "int32")
 
     def call(variant):
-        with unittest.mock.patch.object(
-            type(model),
-            "_shared_context_states",
-            (lambda *a: None)
-            if variant == "two_whole"
-            else type(model)._shared_context_states,
+        with (
+            unittest.mock.patch.object(
+                type(model),
+                "_shared_context_states",
+                (lambda *a: None)
+                if variant == "two_whole"
+                else type(model)._shared_context_states,
+            ),
+            unittest.mock.patch.object(
+                frozen_prefix,
+                "packs_choices",
+                (lambda *a: False)
+                if variant == "two_on_cache"
+                else frozen_prefix.packs_choices,
+            ),
         ):
             if not args.train:
                 return keras.ops.convert_to_numpy(model(inputs[variant]))
