@@ -394,11 +394,11 @@ def test_multiple_choice_runs_each_context_once_with_the_same_scores(
         "run_shared_context",
         lambda *a, **k: calls.append(1) or run(*a, **k),
     )
-    run_packed = frozen_prefix._run_packed
+    rotary_positions = frozen_prefix._rotary_positions
     monkeypatch.setattr(
         frozen_prefix,
-        "_run_packed",
-        lambda *a, **k: packed.append(1) or run_packed(*a, **k),
+        "_rotary_positions",
+        lambda *a, **k: packed.append(1) or rotary_positions(*a, **k),
     )
     shared_scores, shared_gradients = _score_gradients(model, inputs)
     # Contexts of two lengths still run in one call per model call (the

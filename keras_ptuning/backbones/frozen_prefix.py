@@ -480,6 +480,13 @@ def run_shared_context(
     each (multiple-choice scoring), equal to running every continuation
     after its context in full.
 
+    Where the backbone can (`packs_choices`), each context's
+    continuations run side by side in the context's own call, each at the
+    positions that follow the context and masked from the others. Else the
+    first continuation runs in the context's call and the others in one
+    more call on the context's cache, their keys and values written over
+    the first one's at the same positions.
+
     Args:
         causal_lm_class: the family's keras-hub `CausalLM` class.
         backbone: the keras-hub decoder backbone.
@@ -500,7 +507,12 @@ def run_shared_context(
     methods = causal_lm_class
     groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
     copies = ops.shape(rest_mask)[0] // groups
-    r = ops.shape(rest_mask)[1]
+    r, hidden_dim = ops.shape(rest_mask)[1], ops.shape(rest)[-1]
+    packed = copies > 1 and packs_choices(backbone, n + copies * r)
+    # The continuations that run in the context's call: all, or the first.
+    along = copies if packed else 1
+    rest = ops.reshape(rest, (groups, copies, r, hidden_dim))
+    rest_mask = ops.reshape(rest_mask, (groups, copies, r))
 
     def run(embeddings, start, cache):
         view.token_embedding.embeddings = embeddings
@@ -510,97 +522,71 @@ def run_shared_context(
         )
         return hidden, cache
 
-    hidden_dim = ops.shape(rest)[-1]
+    cache = _empty_cache(
+        methods, view, ops.zeros((groups, n + along * r), "int32")
+    )
+    view.key_mask = ops.concatenate(
+        [context_mask, ops.reshape(rest_mask[:, :along], (groups, -1))], 1
+    )
     start = split or 0
-    if copies > 1 and packs_choices(backbone, n + copies * r):
-        cache = _empty_cache(
-            methods, view, ops.zeros((groups, n + copies * r), "int32")
-        )
-        return _run_packed(
-            view, run, cache, context, context_mask, rest, rest_mask, split
-        )
-    cache = _empty_cache(methods, view, ops.zeros((groups, n + r), "int32"))
-    rest = ops.reshape(rest, (groups, copies, r, hidden_dim))
-    rest_mask = ops.reshape(rest_mask, (groups, copies, r))
-    # Each context's first continuation runs in the context's own call
-    # (the context's queries never see its keys: they come later); the
-    # others then run on the context's cache, their keys and values written
-    # over the first one's at the same positions. One call fewer rows.
-    first, first_mask = rest[:, 0], rest_mask[:, 0]
-    view.key_mask = ops.concatenate([context_mask, first_mask], 1)
     if split:
         prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
         prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
-    hidden, cache = run(
-        ops.concatenate([context[:, start:], first], 1), start, cache
+    embeddings = ops.concatenate(
+        [
+            context[:, start:],
+            ops.reshape(rest[:, :along], (groups, -1, hidden_dim)),
+        ],
+        1,
     )
+    if packed:
+        # Keys are the context's (-1) or a continuation's (its index); a
+        # continuation sees the context and itself (the causal mask does
+        # the rest), at the positions after the context.
+        blocks = np.concatenate(
+            [np.full(n, -1), np.repeat(np.arange(copies), r)]
+        )
+        visible = (blocks[None] == -1) | (blocks[None] == blocks[start:, None])
+        view.attention_mask = ops.convert_to_tensor(
+            np.broadcast_to(visible, (groups,) + visible.shape).astype("int32")
+        )
+        positions = np.concatenate(
+            [np.arange(start, n), np.tile(np.arange(n, n + r), copies)]
+        ).astype("float32")
+        try:
+            with _rotary_positions(backbone, positions):
+                hidden, cache = run(embeddings, start, cache)
+        finally:
+            view.attention_mask = None
+    else:
+        hidden, cache = run(embeddings, start, cache)
     context_states = hidden[:, : n - start]
     if split:
         context_states = ops.concatenate([prefix, context_states], 1)
-    rest_states = [hidden[:, n - start :][:, None]]
-    if copies > 1:
+    rest_states = [
+        ops.reshape(hidden[:, n - start :], (groups, along, r, hidden_dim))
+    ]
+    if along < copies:
         cache = tree.map_structure(
-            lambda x: ops.repeat(x, copies - 1, axis=0), cache
+            lambda x: ops.repeat(x, copies - along, axis=0), cache
         )
         others = ops.reshape(
-            rest[:, 1:], (groups * (copies - 1), r, hidden_dim)
+            rest[:, along:], (groups * (copies - along), r, hidden_dim)
         )
         view.key_mask = ops.concatenate(
             [
-                ops.repeat(context_mask, copies - 1, axis=0),
-                ops.reshape(rest_mask[:, 1:], (groups * (copies - 1), r)),
+                ops.repeat(context_mask, copies - along, axis=0),
+                ops.reshape(
+                    rest_mask[:, along:], (groups * (copies - along), r)
+                ),
             ],
             1,
         )
         hidden, _ = run(others, n, cache)
         rest_states.append(
-            ops.reshape(hidden, (groups, copies - 1, r, hidden_dim))
+            ops.reshape(hidden, (groups, copies - along, r, hidden_dim))
         )
     rest_states = ops.reshape(
         ops.concatenate(rest_states, 1), (groups * copies, r, hidden_dim)
-    )
-    return context_states, rest_states
-
-
-def _run_packed(
-    view, run, cache, context, context_mask, rest, rest_mask, split
-):
-    """`run_shared_context` in one call after the frozen prefix: each
-    context followed by all its continuations, every continuation at the
-    positions that follow the context (RoPE) and masked from the others."""
-    groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
-    copies = ops.shape(rest_mask)[0] // groups
-    r, hidden_dim = ops.shape(rest)[1], ops.shape(rest)[-1]
-    start = split or 0
-    rest = ops.reshape(rest, (groups, copies * r, hidden_dim))
-    view.key_mask = ops.concatenate(
-        [context_mask, ops.reshape(rest_mask, (groups, copies * r))], 1
-    )
-    if split:
-        prefix, cache = run(ops.stop_gradient(context[:, :split]), 0, cache)
-        prefix, cache = tree.map_structure(ops.stop_gradient, (prefix, cache))
-    # Keys are the context's (-1) or a continuation's (its index); a
-    # continuation sees the context and itself (the causal mask does the
-    # rest).
-    blocks = np.concatenate([np.full(n, -1), np.repeat(np.arange(copies), r)])
-    visible = (blocks[None] == -1) | (blocks[None] == blocks[start:, None])
-    view.attention_mask = ops.convert_to_tensor(
-        np.broadcast_to(visible, (groups,) + visible.shape).astype("int32")
-    )
-    positions = np.concatenate(
-        [np.arange(start, n), np.tile(np.arange(n, n + r), copies)]
-    ).astype("float32")
-    try:
-        with _rotary_positions(view._backbone, positions):
-            hidden, _ = run(
-                ops.concatenate([context[:, start:], rest], 1), start, cache
-            )
-    finally:
-        view.attention_mask = None
-    context_states = hidden[:, : n - start]
-    if split:
-        context_states = ops.concatenate([prefix, context_states], 1)
-    rest_states = ops.reshape(
-        hidden[:, n - start :], (groups * copies, r, hidden_dim)
     )
     return context_states, rest_states
