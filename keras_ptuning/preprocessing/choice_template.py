@@ -169,6 +169,7 @@ class ChoiceTemplate(keras_hub.models.Preprocessor):
             {name for text in texts for name in _choice_fields(text)}
         )
         self._fixed_ids = None
+        self.built = True  # No state; see `PromptTemplate`.
 
     @property
     def num_choices(self):

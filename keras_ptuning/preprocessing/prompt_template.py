@@ -330,6 +330,10 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         # `.keras` file's assets): then the checks run at the first call.
         if _has_vocabulary(tokenizer):
             self._prepare()
+        # No state to build: without this, Keras traces `call` symbolically
+        # before the first call (a second trace of the packing function,
+        # most of a long template's first call).
+        self.built = True
 
     def _prepare(self):
         """Tokenizes the fixed parts and checks they fit; once."""
