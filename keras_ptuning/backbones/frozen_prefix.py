@@ -448,7 +448,9 @@ def _rotary_layers(backbone):
 def _rotary_positions(backbone, positions):
     """Every `RotaryEmbedding` of the backbone rotates at `positions`
     (one per position of the call) instead of counting from the cache
-    index, while the context lasts. The layers are unchanged after it."""
+    index, while the context lasts. The layers are unchanged after it;
+    during it, another thread calling the same backbone would rotate at
+    these positions too."""
     layers = _rotary_layers(backbone)
     fixed = positions
     for layer in layers:
