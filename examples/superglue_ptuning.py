@@ -628,13 +628,12 @@ class Runner:
             def on_epoch_end(self, epoch, logs=None):
                 selected = score(model, key, choices, "select")
                 history.append(selected["accuracy"])
+                weights = None
                 for criterion in criteria:
                     merits[criterion].append(merit(selected, criterion))
                     if merits[criterion][-1] > max(merits[criterion][:-1]):
-                        best[criterion] = (
-                            snapshot(),
-                            selected.get("threshold"),
-                        )
+                        weights = weights or snapshot()
+                        best[criterion] = (weights, selected.get("threshold"))
 
         # The text before the first virtual token is computed once (its
         # keys and values kept for the later epochs) where it can be.
@@ -653,24 +652,23 @@ class Runner:
             frozen_prefix_cache_bytes=cache_bytes,
         )
         losses = [float(loss) for loss in fit.history["loss"]]
-        picked = {}
-        for criterion in (primary,) + tuple(
-            c for c in criteria if c != primary
-        ):
+        # Val is scored once per picked epoch (the criteria often agree).
+        val_at, picked = {}, {}
+        for criterion in criteria:
             epoch = int(np.argmax(merits[criterion]))
-            if picked and epoch == picked[primary]["best_epoch"]:
-                picked[criterion] = dict(picked[primary], best_epoch=epoch)
-                continue
-            weights, threshold = best[criterion]
-            for variable, value in zip(model.trainable_variables, weights):
-                variable.assign(value)
-            val = self.score(model, key, choices, "val", threshold)
+            if epoch not in val_at:
+                weights, threshold = best[criterion]
+                for variable, value in zip(model.trainable_variables, weights):
+                    variable.assign(value)
+                val_at[epoch] = self.score(
+                    model, key, choices, "val", threshold
+                )
+            val = val_at[epoch]
             picked[criterion] = {
                 k: val[k] for k in ("accuracy", "f1") if k in val
             }
             picked[criterion]["best_epoch"] = epoch
-            if criterion == primary:
-                result = val
+        result = val_at[picked[primary]["best_epoch"]]
         result.update(
             trainable_params=trainable,
             select_history=history,
