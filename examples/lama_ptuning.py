@@ -28,7 +28,8 @@ all; past that Adam's learning rate is scaled down, see
 `multi_task_schedule`), so each prompt takes about as many steps as alone.
 
 `results.json` is written after every relation; a rerun with the same
-`--output-dir` skips relations already done (`--restart` to redo them).
+`--output-dir` skips relations already done (`--restart` to redo them),
+and refuses other training arguments than theirs.
 
     python examples/lama_ptuning.py                       # SmolLM2, subset
     python examples/lama_ptuning.py --model gemma3 --relations all
@@ -43,6 +44,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import time
 
 # keras_ptuning first: it loads TensorFlow without its start-up noise.
@@ -59,6 +61,9 @@ from keras_ptuning.datasets import load_lama
 from keras_ptuning.layers.pooling import last_token_states
 from keras_ptuning.preprocessing.vocabulary import word_token_ids
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import resumable  # noqa: E402
+
 MODELS = {
     "smollm2": presets.smollm2_preset_dir,
     "gemma3": presets.gemma3_preset_dir,
@@ -73,6 +78,20 @@ TEMPLATE = "[P:{k}] {{head}} {{subject}} [P:{k}] {{tail}} [P:{k}]"
 # The largest default multi-task batch: 6 relations of 16 facts, measured
 # with SmolLM2 on the 2-core, 23 GB machine.
 MAX_MULTI_TASK_BATCH = 96
+# The arguments a relation's numbers depend on, besides the model: a rerun
+# into the same `--output-dir` must use the same.
+RESULT_ARGS = (
+    "encoder",
+    "anchors",
+    "slots",
+    "epochs",
+    "patience",
+    "min_epoch_facts",
+    "batch_size",
+    "learning_rate",
+    "validation_fraction",
+    "seed",
+)
 
 
 def parse_args(argv=None):
@@ -132,7 +151,12 @@ def parse_args(argv=None):
         "--learning-rate scaled so each relation's prompt moves as far per "
         "epoch as alone; see `multi_task_schedule`)",
     )
-    parser.add_argument("--restart", action="store_true")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="replace the results in --output-dir (by default a rerun "
+        "resumes them, and refuses other training arguments)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -516,6 +540,12 @@ def plot(results, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    results_path = os.path.join(args.output_dir, "results.json")
+    settings = {"model": args.preset or args.model}
+    settings.update({name: getattr(args, name) for name in RESULT_ARGS})
+    results = resumable.load_results(results_path, settings, args.restart) or {
+        "relations": {}
+    }
     keras.utils.set_random_seed(args.seed)
     preset = args.preset or MODELS[args.model]()
     causal_lm = keras_hub.models.CausalLM.from_preset(preset)
@@ -524,15 +554,11 @@ def main(argv=None):
     dev_all = load_lama("dev", args.data_dir)
     relations = relations_of(args, train_all)
     os.makedirs(args.output_dir, exist_ok=True)
-    results_path = os.path.join(args.output_dir, "results.json")
-    results = {"relations": {}}
-    if os.path.exists(results_path) and not args.restart:
-        with open(results_path) as f:
-            results = json.load(f)
     results.update(
         model=args.preset or args.model,
         backend=keras.config.backend(),
-        settings={k: v for k, v in vars(args).items() if k not in ("restart",)},
+        settings=settings,
+        args={k: v for k, v in vars(args).items() if k != "restart"},
     )
 
     facts = {}

@@ -44,6 +44,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import time
 
 # keras_ptuning first: it loads TensorFlow without its start-up noise.
@@ -57,6 +58,9 @@ import numpy as np
 
 from keras_ptuning import presets
 from keras_ptuning.datasets import load_superglue
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import resumable  # noqa: E402
 
 MODELS = {
     "smollm2": presets.smollm2_preset_dir,
@@ -217,7 +221,12 @@ def parse_args(argv=None):
         "or its cross-entropy over the choices (smoother on 32 examples; "
         "thresholded tasks always use accuracy)",
     )
-    parser.add_argument("--restart", action="store_true")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="replace the runs in --output-dir (by default a rerun resumes "
+        "them, and refuses other training arguments)",
+    )
     args = parser.parse_args(argv)
     args.tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
     for task in args.tasks:
@@ -733,16 +742,36 @@ class FeatureExtractor:
 # === Driver ===
 
 
+# The arguments a finished run's numbers depend on, besides the model and
+# the setting: a rerun into the same `--output-dir` must use the same.
+RESULT_ARGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "lora_learning_rate",
+    "lora_rank",
+    "encoder_hidden_size",
+    "val_rows",
+    "max_train_rows",
+    "select_by",
+)
+
+
 def load_results(path, args, model_name):
-    if os.path.exists(path) and not args.restart:
-        with open(path) as f:
-            return json.load(f)
-    return {
+    """The results so far in `path` (a rerun resumes them), or new ones.
+
+    Raises `ValueError` where `path` holds runs made with another model,
+    setting or any of `RESULT_ARGS`."""
+    settings = {"model": model_name, "setting": args.setting}
+    settings.update({name: getattr(args, name) for name in RESULT_ARGS})
+    results = resumable.load_results(path, settings, args.restart) or {
         "model": model_name,
         "setting": args.setting,
         "tasks": {},
         "runs": {},
     }
+    results["settings"] = settings
+    return results
 
 
 def summarize(results):
@@ -826,11 +855,11 @@ def plot(results, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    preset = args.preset or MODELS[args.model]()
     model_name = args.preset or args.model
-    os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, "results.json")
     results = load_results(path, args, model_name)
+    preset = args.preset or MODELS[args.model]()
+    os.makedirs(args.output_dir, exist_ok=True)
     results["args"] = {k: v for k, v in vars(args).items() if k != "restart"}
     results["backend"] = keras.config.backend()
     tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)

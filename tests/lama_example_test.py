@@ -149,6 +149,17 @@ def test_lama_example_on_a_tiny_preset(tmp_path):
         np.mean(top["token_ids"][:, 0] == objects)
     )
     assert (output_dir / "lama_p1.png").stat().st_size > 0
+    # A rerun into this directory with other training arguments is refused
+    # before anything loads, rather than mixing its relations with these.
+    with pytest.raises(ValueError, match="slots=2, not 3"):
+        _lama_example().main(
+            [
+                *("--preset", preset, "--relations", "all"),
+                *("--data-dir", str(data), "--output-dir", str(output_dir)),
+                *("--epochs", "2", "--batch-size", "4", "--slots", "3"),
+                *("--min-epoch-facts", "8"),
+            ]
+        )
 
 
 def _lama_example():

@@ -41,30 +41,43 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
         preset
     )
     output_dir = tmp_path / "run"
-    command = [
-        os.path.join(REPO_ROOT, "examples", "superglue_ptuning.py"),
-        "--preset",
-        preset,
-        "--data-dir",
-        DATA_DIR,
-        "--output-dir",
-        output_dir,
-        "--tasks",
-        "CB,WSC",
-        "--val-rows",
-        "12",
-        "--epochs",
-        "1",
-        "--seeds",
-        "0,1",
-        "--lora-rank",
-        "2",
-        "--encoder-hidden-size",
-        "8",
-    ]
-    # A hang guard, not a budget: a slow shared machine took over 600 s
-    # under the three suites (about 200 s alone).
-    run_python(command, backend="torch", timeout=1500)
+
+    def example(tasks, systems, seeds, timeout=1500):
+        command = [
+            os.path.join(REPO_ROOT, "examples", "superglue_ptuning.py"),
+            "--preset",
+            preset,
+            "--data-dir",
+            DATA_DIR,
+            "--output-dir",
+            output_dir,
+            "--tasks",
+            tasks,
+            "--systems",
+            systems,
+            "--val-rows",
+            "12",
+            "--epochs",
+            "1",
+            "--seeds",
+            seeds,
+            "--lora-rank",
+            "2",
+            "--encoder-hidden-size",
+            "8",
+        ]
+        # A hang guard, not a budget: a slow shared machine took over 600 s
+        # under the three suites (about 200 s alone).
+        return run_python(command, backend="torch", timeout=timeout).stdout
+
+    # Every system on one seed, then P-tuning's second seed into the same
+    # directory: the rerun resumes, running only what is new.
+    example("CB,WSC", ",".join(superglue_ptuning.SYSTEMS), "0")
+    with open(output_dir / "results.json") as f:
+        first = json.load(f)["runs"]
+    rerun = example("CB", "majority,ptuning", "0,1", timeout=600)
+    ran = [line for line in rerun.splitlines() if " seed " in line]
+    assert len(ran) == 1 and ran[0].startswith("CB ptuning seed 1:"), ran
     with open(output_dir / "results.json") as f:
         results = json.load(f)
     assert results["setting"] == "few-shot"
@@ -118,11 +131,30 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             if system in ("ptuning", "lora"):
                 assert list(run["by_selection"]) == ["accuracy"]
     assert (output_dir / "superglue.png").stat().st_size > 0
-    # Resumable: a rerun with the same output directory redoes nothing.
-    rerun = run_python(command, backend="torch", timeout=300)
-    assert " seed " not in rerun.stdout
-    with open(output_dir / "results.json") as f:
-        assert json.load(f)["runs"] == results["runs"]
+    for task, runs in first.items():
+        for system, by_seed in runs.items():
+            if system not in ("examples", "skipped"):
+                for seed, run in by_seed.items():
+                    assert results["runs"][task][system][seed] == run
+    # Other training arguments into the same directory are refused before
+    # anything runs, rather than averaged with these runs.
+    with pytest.raises(ValueError, match="epochs=1, not 2"):
+        superglue_ptuning.main(
+            [
+                "--preset",
+                preset,
+                "--output-dir",
+                str(output_dir),
+                "--val-rows",
+                "12",
+                "--lora-rank",
+                "2",
+                "--encoder-hidden-size",
+                "8",
+                "--epochs",
+                "2",
+            ]
+        )
 
 
 def test_the_threshold_is_the_most_accurate_cut_on_its_labels():
