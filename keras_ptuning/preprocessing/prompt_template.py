@@ -605,7 +605,7 @@ class PromptTemplate(keras_hub.models.Preprocessor):
             ]
             with tf.control_dependencies(checks):
                 fields = {k: tf.identity(v) for k, v in fields.items()}
-        for name in self.field_names:
+        for name in names:
             text = fields[name]
             if self._spaced and spaces[name]:
                 # Empty text stays empty: a lone space would be a token.
@@ -614,11 +614,18 @@ class PromptTemplate(keras_hub.models.Preprocessor):
                     tf.strings.join([" ", text]),
                     text,
                 )
-            tokens = self.tokenizer(text)
-            if not isinstance(tokens, tf.RaggedTensor):
-                tokens = tf.RaggedTensor.from_tensor(tokens)
-            texts.append(tf.cast(tokens, "int32"))
-        texts = dict(zip(self.field_names, self._trimmer().trim(texts)))
+            texts.append(text)
+        # Every field's rows in one tokenizer call (each row is tokenized
+        # on its own either way): a tokenizer's graph is most of a trace.
+        rows = tf.shape(texts[0], out_type="int64")[0]
+        tokens = self.tokenizer(
+            tf.concat(texts, 0) if len(names) > 1 else texts[0]
+        )
+        if not isinstance(tokens, tf.RaggedTensor):
+            tokens = tf.RaggedTensor.from_tensor(tokens)
+        tokens = tf.cast(tokens, "int32")
+        texts = [tokens[i * rows : (i + 1) * rows] for i in range(len(names))]
+        texts = dict(zip(names, self._trimmer().trim(texts)))
         batch_size = texts[self.field_names[0]].nrows()
 
         def constant(ids):
@@ -728,9 +735,14 @@ class PromptTemplate(keras_hub.models.Preprocessor):
         """`_pack` in a `tf.function` (keras-hub tokenizers run their
         TensorFlow path in graphs)."""
         if self._packing_function is None:
+            # One trace for every number of rows.
+            signature = {
+                name: tf.TensorSpec([None], tf.string)
+                for name in self.field_names
+            }
             self._packing_function = tf.function(
                 functools.partial(self._pack, assert_counts=False),
-                reduce_retracing=True,
+                input_signature=[signature],
             )
         try:
             return self._packing_function(fields)
