@@ -29,8 +29,8 @@ Few-shot (`--setting few-shot`): FewGLUE's 32 training examples;
 CB/COPA/RTE): `train_full.jsonl` less a held-out tenth that picks the
 epoch. Results are seed means (`--seeds`; FewGLUE's variance is large)
 with standard deviations, in `results.json` (written after every run; a
-rerun with the same `--output-dir` skips what is done) and
-`superglue.png`.
+rerun with the same `--output-dir` skips what is done, and refuses other
+training arguments than the runs there) and `superglue.png`.
 
     python examples/superglue_ptuning.py                      # SmolLM2
     python examples/superglue_ptuning.py --model gemma3 --tasks all
