@@ -225,6 +225,13 @@ def parse_args(argv=None):
         "thresholded tasks always use accuracy)",
     )
     parser.add_argument(
+        "--val-history",
+        action="store_true",
+        help="also score val.jsonl after every epoch of the trained "
+        "systems and record it (`val_history`), to see whether training "
+        "or the selection lost; never used to pick anything",
+    )
+    parser.add_argument(
         "--restart",
         action="store_true",
         help="replace the runs in --output-dir (by default a rerun resumes "
@@ -633,6 +640,15 @@ class Runner:
         merits = {c: [merit(selected, c)] for c in criteria}
         best = {c: (snapshot(), selected.get("threshold")) for c in criteria}
         score = self.score
+        val_history = []
+
+        def trace_val(selected):
+            if args.val_history:
+                threshold = selected.get("threshold")
+                val = score(model, key, choices, "val", threshold)
+                val_history.append(val["accuracy"])
+
+        trace_val(selected)
 
         class SelectOnDev32(keras.callbacks.Callback):
             """Scores dev32 after each epoch, keeping the best weights."""
@@ -646,6 +662,7 @@ class Runner:
                     if merits[criterion][-1] > max(merits[criterion][:-1]):
                         weights = weights or snapshot()
                         best[criterion] = (weights, selected.get("threshold"))
+                trace_val(selected)
 
         # The text before the first virtual token is computed once (its
         # keys and values kept for the later epochs) where it can be.
@@ -691,6 +708,8 @@ class Runner:
         )
         if "loss" in merits:
             result["select_loss_history"] = [-m for m in merits["loss"]]
+        if val_history:
+            result["val_history"] = val_history
         return result
 
 

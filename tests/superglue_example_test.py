@@ -42,7 +42,7 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     )
     output_dir = tmp_path / "run"
 
-    def example(tasks, systems, seeds, timeout=1500):
+    def example(tasks, systems, seeds, *extra, timeout=1500):
         command = [
             os.path.join(REPO_ROOT, "examples", "superglue_ptuning.py"),
             "--preset",
@@ -65,6 +65,7 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             "2",
             "--encoder-hidden-size",
             "8",
+            *extra,
         ]
         # A hang guard, not a budget: a slow shared machine took over 600 s
         # under the three suites (about 200 s alone).
@@ -75,7 +76,11 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     example("CB,WSC", ",".join(superglue_ptuning.SYSTEMS), "0")
     with open(output_dir / "results.json") as f:
         first = json.load(f)["runs"]
-    rerun = example("CB", "majority,ptuning", "0,1", timeout=600)
+    # With val scored after every epoch (a diagnostic, not a training
+    # argument: the rerun still resumes).
+    rerun = example(
+        "CB", "majority,ptuning", "0,1", "--val-history", timeout=600
+    )
     ran = [line for line in rerun.splitlines() if " seed " in line]
     assert len(ran) == 1 and ran[0].startswith("CB ptuning seed 1:"), ran
     with open(output_dir / "results.json") as f:
@@ -119,6 +124,12 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             )
             if by_loss["best_epoch"] == run["best_epoch"]:
                 assert by_loss["accuracy"] == run["accuracy"]
+        # Val after every epoch: the untrained start is the zero-shot
+        # prompt, and the reported score is the picked epoch's.
+        history = runs["1"]["val_history"]
+        assert len(history) == 2 and "val_history" not in runs["0"]
+        assert history[0] == entry["zero_shot"]
+        assert history[runs["1"]["best_epoch"]] == runs["1"]["accuracy"]
     assert "f1" in results["tasks"]["CB"]
     # WSC: one choice (the candidate) against a threshold picked on dev32;
     # the probe cannot train on its one-label training set.
