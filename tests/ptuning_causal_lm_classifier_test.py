@@ -18,6 +18,7 @@ from tests.backbones import fresh_backbone
 from tests.support import BACKEND
 from tests.support import backbone_weights
 from tests.support import run_on_one_backend
+from tests.support import run_on_two_backends
 from tests.support import run_python
 from tests.support import sentencepiece_proto
 from tests.support import to_numpy
@@ -109,23 +110,39 @@ def _reference_scores(backbone, choices):
     }
 
 
+# The scoring is family-independent: TensorFlow's suite checks every
+# family; JAX's and PyTorch's one family per kind of choices each, between
+# them GPT-2 (learned positions), Llama 3 (rotary) and Gemma 3 (scaled
+# embeddings, sliding windows).
+_ALSO_SCORED_ON = {
+    ("gemma3", "label_words"): "jax",
+    ("gpt2", "continuations"): "jax",
+    ("llama3", "label_words"): "torch",
+    ("gemma3", "continuations"): "torch",
+}
+
+
+def _scoring_case(family, kind):
+    why = (
+        "the scoring is family-independent; JAX and PyTorch check one "
+        "family per kind of choices"
+    )
+    other = _ALSO_SCORED_ON.get((family, kind))
+    if other is None:
+        mark = run_on_one_backend("tensorflow", why)
+    else:
+        mark = run_on_two_backends(("tensorflow", other), why)
+    return pytest.param(family, kind, marks=mark)
+
+
 @pytest.mark.parametrize(
-    "family",
+    "family,kind",
     [
-        pytest.param(
-            family,
-            marks=()
-            if family in ("gpt2", "gemma3", "llama3")
-            else run_on_one_backend(
-                "tensorflow",
-                "the scoring is family-independent; JAX and PyTorch check "
-                "three families",
-            ),
-        )
+        _scoring_case(family, kind)
+        for kind in sorted(CHOICES)
         for family in sorted(CAUSAL)
     ],
 )
-@pytest.mark.parametrize("kind", sorted(CHOICES))
 def test_scores_are_choice_log_likelihoods_and_the_text_start_is_the_text(
     family, kind
 ):

@@ -38,6 +38,14 @@ def run_on_one_backend(backend, why):
     )
 
 
+def run_on_two_backends(backends, why):
+    """Marks a test that runs from the suites of `backends` (two) only."""
+    return pytest.mark.skipif(
+        BACKEND not in backends,
+        reason=f"{ONE_BACKEND_REASON} or two ({', '.join(backends)}): {why}",
+    )
+
+
 _RUN_EAGERLY = keras.Model.run_eagerly
 
 
