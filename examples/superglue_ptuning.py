@@ -80,7 +80,7 @@ TRAINED = ("ptuning", "ptuning_lstm", "lora", "ptuning_lora")
 # The default is the cheapest task, COPA (the shortest texts): all eight
 # systems over seed 0 took 707 s with SmolLM2 on PyTorch on an idle 2-core
 # CPU, each further seed 685 s, so the default three seeds take about 35
-# minutes.
+# minutes (45 on a slower day of the same shared machine).
 DEFAULT_TASKS = ("COPA",)
 FULL_TASKS = ("CB", "COPA", "RTE")
 
