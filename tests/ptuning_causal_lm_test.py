@@ -165,21 +165,21 @@ _TENSORFLOW_ONLY = run_on_one_backend(
     "tensorflow",
     "another deterministic sampler (top_k_1) and beam_3 run the same paths",
 )
+_SAMPLER_RUNS = [
+    (sampler, "segments")
+    for sampler in sorted(SAMPLERS)
+    if not sampler.startswith("beam")
+] + [
+    (sampler, "one_segment")
+    for sampler in ("beam_1", "beam_3", "top_k_1", "top_k_seeded")
+]
 SAMPLER_CASES = [
     pytest.param(
         sampler,
         segments,
         marks=_TENSORFLOW_ONLY if sampler in ("beam_1", "top_p_tiny") else (),
     )
-    for sampler, segments in [
-        (sampler, "segments")
-        for sampler in sorted(SAMPLERS)
-        if not sampler.startswith("beam")
-    ]
-    + [
-        (sampler, "one_segment")
-        for sampler in ("beam_1", "beam_3", "top_k_1", "top_k_seeded")
-    ]
+    for sampler, segments in _SAMPLER_RUNS
 ]
 
 
