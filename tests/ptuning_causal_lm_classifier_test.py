@@ -17,8 +17,8 @@ from tests.backbones import FAMILIES
 from tests.backbones import fresh_backbone
 from tests.support import BACKEND
 from tests.support import backbone_weights
+from tests.support import run_on_backends
 from tests.support import run_on_one_backend
-from tests.support import run_on_two_backends
 from tests.support import run_python
 from tests.support import sentencepiece_proto
 from tests.support import to_numpy
@@ -123,15 +123,12 @@ _ALSO_SCORED_ON = {
 
 
 def _scoring_case(family, kind):
-    why = (
+    also = _ALSO_SCORED_ON.get((family, kind))
+    mark = run_on_backends(
+        ("tensorflow",) + ((also,) if also else ()),
         "the scoring is family-independent; JAX and PyTorch check one "
-        "family per kind of choices"
+        "family per kind of choices",
     )
-    other = _ALSO_SCORED_ON.get((family, kind))
-    if other is None:
-        mark = run_on_one_backend("tensorflow", why)
-    else:
-        mark = run_on_two_backends(("tensorflow", other), why)
     return pytest.param(family, kind, marks=mark)
 
 

@@ -32,17 +32,16 @@ ONE_BACKEND_REASON = "runs on one backend"
 
 def run_on_one_backend(backend, why):
     """Marks a test that runs from `backend`'s suite only."""
-    return pytest.mark.skipif(
-        BACKEND != backend,
-        reason=f"{ONE_BACKEND_REASON} ({backend}): {why}",
-    )
+    return run_on_backends((backend,), why)
 
 
-def run_on_two_backends(backends, why):
-    """Marks a test that runs from the suites of `backends` (two) only."""
+def run_on_backends(backends, why):
+    """Marks a test that runs from the suites of `backends` (one or two)
+    only."""
+    scope = "" if len(backends) == 1 else " or two"
     return pytest.mark.skipif(
         BACKEND not in backends,
-        reason=f"{ONE_BACKEND_REASON} or two ({', '.join(backends)}): {why}",
+        reason=f"{ONE_BACKEND_REASON}{scope} ({', '.join(backends)}): {why}",
     )
 
 
