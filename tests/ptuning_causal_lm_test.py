@@ -60,8 +60,26 @@ def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
 # Every family decodes over a cache grown in segments (the default, and
 # each family's cache layout is grown by our code); one cache over the
 # whole length (keras-hub's own loop on the same split prefill) for a
-# learned-position family and a RoPE one.
-CACHED_GREEDY_CASES = [(f, "segments") for f in sorted(CAUSAL)] + [
+# learned-position family and a RoPE one. JAX and PyTorch grow the caches
+# of a learned-position family, a Llama and a Gemma one: the growing is
+# the same `keras.ops` code for every family, and TensorFlow checks every
+# family's layout.
+_SEGMENTS_ON_EVERY_BACKEND = {"gpt2", "gemma3", "llama"}
+_TENSORFLOW_CHECKS_EVERY_FAMILY = run_on_one_backend(
+    "tensorflow",
+    "growing a cache is family-independent keras.ops code; JAX and PyTorch "
+    "grow gpt2's, gemma3's and llama's",
+)
+CACHED_GREEDY_CASES = [
+    pytest.param(
+        f,
+        "segments",
+        marks=()
+        if f in _SEGMENTS_ON_EVERY_BACKEND
+        else _TENSORFLOW_CHECKS_EVERY_FAMILY,
+    )
+    for f in sorted(CAUSAL)
+] + [
     ("gpt2", "one_segment"),
     ("llama", "one_segment"),
 ]
@@ -158,12 +176,14 @@ SAMPLERS = {
 # Plain-loop samplers decode in segments (the default), and two of them
 # (a deterministic and a seeded one) also in one cache as keras-hub does;
 # beam samplers run their own loop, in one segment whatever the setting.
-# `beam_1` and `top_p_tiny` run no path of ours that `top_k_1` (another
-# deterministic one) and `beam_3` (our cache under a beam search) do not:
-# they run from TensorFlow's suite only.
+# `beam_1`, `top_p_tiny` and `top_k_1` in segments run no path of ours
+# that `top_k_1` in one cache, greedy decoding in segments
+# (`test_cached_greedy_equals_uncached_argmax_loop`) and `beam_3` (our
+# cache under a beam search) do not: they run from TensorFlow's suite only.
 _TENSORFLOW_ONLY = run_on_one_backend(
     "tensorflow",
-    "another deterministic sampler (top_k_1) and beam_3 run the same paths",
+    "another deterministic sampler (top_k_1 in one cache, greedy in "
+    "segments) and beam_3 run the same paths",
 )
 _SAMPLER_RUNS = [
     (sampler, "segments")
@@ -173,11 +193,18 @@ _SAMPLER_RUNS = [
     (sampler, "one_segment")
     for sampler in ("beam_1", "beam_3", "top_k_1", "top_k_seeded")
 ]
+_TENSORFLOW_ONLY_RUNS = {
+    ("beam_1", "one_segment"),
+    ("top_p_tiny", "segments"),
+    ("top_k_1", "segments"),
+}
 SAMPLER_CASES = [
     pytest.param(
         sampler,
         segments,
-        marks=_TENSORFLOW_ONLY if sampler in ("beam_1", "top_p_tiny") else (),
+        marks=_TENSORFLOW_ONLY
+        if (sampler, segments) in _TENSORFLOW_ONLY_RUNS
+        else (),
     )
     for sampler, segments in _SAMPLER_RUNS
 ]
