@@ -77,6 +77,9 @@ SYSTEMS = (
     "ptuning_lora",
 )
 TRAINED = ("ptuning", "ptuning_lstm", "lora", "ptuning_lora")
+# What can pick a trained system's epoch on the selection split
+# (`pick_epoch`).
+SELECTION_CRITERIA = ("accuracy", "loss", "loss_window")
 # The default is the cheapest task, COPA (the shortest texts): all eight
 # systems over seed 0 took 707 s with SmolLM2 on PyTorch on an idle 2-core
 # CPU, each further seed 685 s, so the default three seeds take about 35
@@ -219,11 +222,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--select-by",
-        choices=("accuracy", "loss"),
+        choices=SELECTION_CRITERIA,
         default="accuracy",
         help="what picks the epoch on the selection split: its accuracy, "
-        "or its cross-entropy over the choices (smoother on 32 examples; "
-        "thresholded tasks always use accuracy)",
+        "its cross-entropy over the choices (smoother on 32 examples), or "
+        "that cross-entropy averaged with the neighbouring epochs' "
+        "(loss_window); thresholded tasks always use accuracy. Every "
+        "criterion is followed in the same run and recorded "
+        "(`by_selection`); this one is reported",
     )
     parser.add_argument(
         "--val-history",
@@ -617,29 +623,22 @@ class Runner:
         x, y = self.inputs(key, choices, "train")
         train = ChoiceBatches(x, y, args.batch_size, shuffle=True, seed=seed)
         selected = self.score(model, key, choices, "select")
-        # Both criteria are followed in the same run (the training is the
+        # Every criterion is followed in the same run (the training is the
         # same; only the pick differs): `--select-by` names the one the
-        # system reports, and the other is recorded beside it.
-        criteria = ("accuracy",) if self.thresholded else ("accuracy", "loss")
-        primary = (
-            "loss"
-            if args.select_by == "loss" and not self.thresholded
-            else "accuracy"
-        )
-
-        def merit(result, criterion):
-            return (
-                -result["loss"] if criterion == "loss" else result["accuracy"]
-            )
+        # system reports, and the others are recorded beside it.
+        criteria = ("accuracy",) if self.thresholded else SELECTION_CRITERIA
+        primary = args.select_by if args.select_by in criteria else "accuracy"
 
         def snapshot():
             return [
                 keras.ops.convert_to_numpy(v) for v in model.trainable_variables
             ]
 
+        # The selection split's accuracy and loss after each epoch (the
+        # start first), and each epoch's weights, for the picks below.
         history = [selected["accuracy"]]
-        merits = {c: [merit(selected, c)] for c in criteria}
-        best = {c: (snapshot(), selected.get("threshold")) for c in criteria}
+        select_losses = [selected.get("loss")]
+        snapshots = [(snapshot(), selected.get("threshold"))]
         score = self.score
         val_history = []
 
@@ -657,12 +656,8 @@ class Runner:
             def on_epoch_end(self, epoch, logs=None):
                 selected = score(model, key, choices, "select")
                 history.append(selected["accuracy"])
-                weights = None
-                for criterion in criteria:
-                    merits[criterion].append(merit(selected, criterion))
-                    if merits[criterion][-1] > max(merits[criterion][:-1]):
-                        weights = weights or snapshot()
-                        best[criterion] = (weights, selected.get("threshold"))
+                select_losses.append(selected.get("loss"))
+                snapshots.append((snapshot(), selected.get("threshold")))
                 trace_val(selected)
 
         # The text before the first virtual token is computed once (its
@@ -685,9 +680,9 @@ class Runner:
         # Val is scored once per picked epoch (the criteria often agree).
         val_at, picked = {}, {}
         for criterion in criteria:
-            epoch = int(np.argmax(merits[criterion]))
+            epoch = pick_epoch(criterion, history, select_losses)
             if epoch not in val_at:
-                weights, threshold = best[criterion]
+                weights, threshold = snapshots[epoch]
                 for variable, value in zip(model.trainable_variables, weights):
                     variable.assign(value)
                 val_at[epoch] = self.score(
@@ -707,11 +702,27 @@ class Runner:
             select_by=primary,
             by_selection=picked,
         )
-        if "loss" in merits:
-            result["select_loss_history"] = [-m for m in merits["loss"]]
+        if not self.thresholded:
+            result["select_loss_history"] = select_losses
         if val_history:
             result["val_history"] = val_history
         return result
+
+
+def pick_epoch(criterion, accuracies, losses):
+    """The epoch `criterion` picks from the selection split's accuracy and
+    loss after each epoch (index 0: the untrained start); the earliest of
+    equals. `loss_window` averages each epoch's loss with its neighbours'
+    (two at the ends): on 32 examples one epoch's score is noisy, and the
+    best of 13 noisy scores is biased upwards."""
+    if criterion == "accuracy":
+        return int(np.argmax(accuracies))
+    losses = np.asarray(losses, "float64")
+    if criterion == "loss_window":
+        losses = np.array(
+            [losses[max(0, i - 1) : i + 2].mean() for i in range(len(losses))]
+        )
+    return int(np.argmin(losses))
 
 
 def _fill(template, row):
@@ -820,11 +831,13 @@ def summarize(results):
                 if "by_selection" in r
             ]
             if picks and len(picks) == len(by_seed):
+                # Runs before `loss_window` existed record two criteria.
+                common = [c for c in picks[0] if all(c in p for p in picks)]
                 entry.setdefault("by_selection", {})[system] = {
                     criterion: float(
                         np.mean([p[criterion]["accuracy"] for p in picks])
                     )
-                    for criterion in picks[0]
+                    for criterion in common
                 }
             params = [r.get("trainable_params") for r in by_seed.values()]
             if params[0] is not None:

@@ -124,6 +124,9 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             )
             if by_loss["best_epoch"] == run["best_epoch"]:
                 assert by_loss["accuracy"] == run["accuracy"]
+            # Two scores (the start and one epoch) average to the same
+            # window: the earlier, the start, is picked.
+            assert picks["loss_window"]["best_epoch"] == 0
         # Val after every epoch: the untrained start is the zero-shot
         # prompt, and the reported score is the picked epoch's.
         history = runs["1"]["val_history"]
@@ -186,3 +189,17 @@ def test_the_threshold_is_the_most_accurate_cut_on_its_labels():
         np.array([[1], [0], [1]]), np.array([[-2.0], [-5.0], [-3.0]])
     )
     np.testing.assert_allclose(np.asarray(loss), [2.0, 0.0, 3.0])
+
+
+def test_each_criterion_picks_its_epoch():
+    """By hand: accuracy's first best epoch; the loss's single lowest; the
+    windowed loss the epoch whose neighbourhood is lowest (1 with 2 at the
+    ends): (0.9+0.5)/2, (0.9+0.5+0.45)/3, (0.5+0.45+0.4)/3, (0.45+0.4+0.95)/3,
+    (0.4+0.95)/2."""
+    accuracies = [0.5, 0.6, 0.55, 0.6, 0.5]
+    losses = [0.9, 0.5, 0.45, 0.4, 0.95]
+    picks = {
+        criterion: superglue_ptuning.pick_epoch(criterion, accuracies, losses)
+        for criterion in superglue_ptuning.SELECTION_CRITERIA
+    }
+    assert picks == {"accuracy": 1, "loss": 3, "loss_window": 2}
