@@ -203,3 +203,34 @@ def test_each_criterion_picks_its_epoch():
         for criterion in superglue_ptuning.SELECTION_CRITERIA
     }
     assert picks == {"accuracy": 1, "loss": 3, "loss_window": 2}
+
+
+def test_the_replay_scores_each_criterions_pick_on_val(tmp_path, capsys):
+    import superglue_replay_selection
+
+    # Two seeds, the second without a val history (not replayed).
+    run = {
+        "select_history": [0.5, 0.6, 0.55, 0.6, 0.5],
+        "select_loss_history": [0.9, 0.5, 0.45, 0.4, 0.95],
+        "val_history": [0.40, 0.50, 0.70, 0.60, 0.80],
+    }
+    results = {"runs": {"CB": {"examples": 56, "ptuning": {"0": run}}}}
+    results["runs"]["CB"]["ptuning"]["1"] = {"select_history": [0.5]}
+    path = tmp_path / "cb" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(results))
+    groups = superglue_replay_selection.replayed([str(path)])
+    # Picks by hand (test_each_criterion_picks_its_epoch): 1, 3 and 2.
+    assert groups == {
+        ("cb", "CB", "ptuning"): {
+            "start": [0.40],
+            "accuracy": [0.50],
+            "loss": [0.60],
+            "loss_window": [0.70],
+            "best val epoch": [0.80],
+        }
+    }
+    superglue_replay_selection.main([str(path)])
+    assert "| all (1) | 0.400 | 0.500 | 0.600 | 0.700 | 0.800 |" in (
+        capsys.readouterr().out
+    )
