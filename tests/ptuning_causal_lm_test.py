@@ -12,8 +12,8 @@ from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.backbones import VOCABULARY_SIZE
 from tests.support import backbone_weights
+from tests.support import everywhere_or_on_tensorflow
 from tests.support import make_identity_prompt
-from tests.support import run_on_one_backend
 from tests.support import to_numpy
 from tests.support import uncached_greedy
 from tests.support import with_real_prompt
@@ -64,22 +64,12 @@ def test_logits_match_keras_hub_causal_lm_on_concatenated_ids(family):
 # of a learned-position family, a Llama and a Gemma one: the growing is
 # the same `keras.ops` code for every family, and TensorFlow checks every
 # family's layout.
-_SEGMENTS_ON_EVERY_BACKEND = {"gpt2", "gemma3", "llama"}
-_TENSORFLOW_CHECKS_EVERY_FAMILY = run_on_one_backend(
-    "tensorflow",
+CACHED_GREEDY_CASES = everywhere_or_on_tensorflow(
+    [(f, "segments") for f in sorted(CAUSAL)],
+    {("gpt2", "segments"), ("gemma3", "segments"), ("llama", "segments")},
     "growing a cache is family-independent keras.ops code; JAX and PyTorch "
     "grow gpt2's, gemma3's and llama's",
-)
-CACHED_GREEDY_CASES = [
-    pytest.param(
-        f,
-        "segments",
-        marks=()
-        if f in _SEGMENTS_ON_EVERY_BACKEND
-        else _TENSORFLOW_CHECKS_EVERY_FAMILY,
-    )
-    for f in sorted(CAUSAL)
-] + [
+) + [
     ("gpt2", "one_segment"),
     ("llama", "one_segment"),
 ]
@@ -180,11 +170,6 @@ SAMPLERS = {
 # that `top_k_1` in one cache, greedy decoding in segments
 # (`test_cached_greedy_equals_uncached_argmax_loop`) and `beam_3` (our
 # cache under a beam search) do not: they run from TensorFlow's suite only.
-_TENSORFLOW_ONLY = run_on_one_backend(
-    "tensorflow",
-    "another deterministic sampler (top_k_1 in one cache, greedy in "
-    "segments) and beam_3 run the same paths",
-)
 _SAMPLER_RUNS = [
     (sampler, "segments")
     for sampler in sorted(SAMPLERS)
@@ -198,16 +183,12 @@ _TENSORFLOW_ONLY_RUNS = {
     ("top_p_tiny", "segments"),
     ("top_k_1", "segments"),
 }
-SAMPLER_CASES = [
-    pytest.param(
-        sampler,
-        segments,
-        marks=_TENSORFLOW_ONLY
-        if (sampler, segments) in _TENSORFLOW_ONLY_RUNS
-        else (),
-    )
-    for sampler, segments in _SAMPLER_RUNS
-]
+SAMPLER_CASES = everywhere_or_on_tensorflow(
+    _SAMPLER_RUNS,
+    set(_SAMPLER_RUNS) - _TENSORFLOW_ONLY_RUNS,
+    "another deterministic sampler (top_k_1 in one cache, greedy in "
+    "segments) and beam_3 run the same paths",
+)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from tests.backbones import FAMILIES
 from tests.backbones import MAX_SEQUENCE_LENGTH
 from tests.support import backbone_weights
 from tests.support import bert_tokenizer
+from tests.support import everywhere_or_on_tensorflow
 from tests.support import make_inputs
-from tests.support import run_on_one_backend
 from tests.support import to_numpy
 
 NUM_TOKENS = 3
@@ -28,25 +28,14 @@ WORDS = ["the", "a", "film", "was", "good", "bad", "great", "dull", "plot"]
 # a fused token+position embedding, a learned-position decoder and a RoPE
 # one. Where the graph is split is the same whichever backend runs it;
 # what an optimizer step updates is the same for every family.
-_FIT_ON_EVERY_BACKEND = {"bert", "distil_bert", "gpt2", "gemma3"}
-_TENSORFLOW_FITS_EVERY_FAMILY = run_on_one_backend(
-    "tensorflow",
-    "the split is backend-independent; JAX and PyTorch fit bert, "
-    "distil_bert, gpt2 and gemma3",
-)
-
-
 @pytest.mark.parametrize(
     "family",
-    [
-        pytest.param(
-            f,
-            marks=()
-            if f in _FIT_ON_EVERY_BACKEND
-            else _TENSORFLOW_FITS_EVERY_FAMILY,
-        )
-        for f in sorted(FAMILIES)
-    ],
+    everywhere_or_on_tensorflow(
+        sorted(FAMILIES),
+        {"bert", "distil_bert", "gpt2", "gemma3"},
+        "the split is backend-independent; JAX and PyTorch fit bert, "
+        "distil_bert, gpt2 and gemma3",
+    ),
 )
 def test_fit_trains_prompt_and_head_only_backbone_bit_identical(family):
     backbone = FAMILIES[family]()

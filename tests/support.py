@@ -45,6 +45,20 @@ def run_on_backends(backends, why):
     )
 
 
+def everywhere_or_on_tensorflow(cases, everywhere, why):
+    """`cases` (values, or tuples of values) as pytest params: those in
+    `everywhere` run from every backend's suite, the others from
+    TensorFlow's only, for `why`."""
+    tensorflow_only = run_on_one_backend("tensorflow", why)
+    return [
+        pytest.param(
+            *(case if isinstance(case, tuple) else (case,)),
+            marks=() if case in everywhere else tensorflow_only,
+        )
+        for case in cases
+    ]
+
+
 _RUN_EAGERLY = keras.Model.run_eagerly
 
 
