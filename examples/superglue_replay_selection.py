@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from superglue_ptuning import SELECTION_CRITERIA  # noqa: E402
+from superglue_ptuning import TRAINED  # noqa: E402
 from superglue_ptuning import pick_epoch  # noqa: E402
 
 
@@ -31,10 +32,9 @@ def replayed(paths):
             results = json.load(f)
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
         for task, systems in results.get("runs", {}).items():
-            for system, by_seed in systems.items():
-                if system in ("examples", "skipped"):
-                    continue
-                for run in by_seed.values():
+            # Only trained systems pick an epoch.
+            for system in TRAINED:
+                for run in systems.get(system, {}).values():
                     if not (
                         run.get("val_history")
                         and run.get("select_loss_history")
