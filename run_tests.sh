@@ -38,7 +38,7 @@ for backend in "${backends[@]}"; do
   # XLA did not gain (111 -> 126 s) and keeps its defaults.
   threads=(OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1)
   [ "$backend" = jax ] && threads=()
-  env "${threads[@]}" KERAS_BACKEND=$backend "${priority[@]}" python -m pytest -q -rfEs --durations=15 \
+  env "${threads[@]}" KERAS_BACKEND=$backend "${priority[@]}" python -m pytest -q -rfEs --durations=15 --cpu-durations=15 \
     --fail-on-unexpected-skips "${workers[@]}" "$@" \
     >"$logs/$backend.log" 2>&1 &
   pids+=($!)

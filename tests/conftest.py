@@ -9,6 +9,7 @@ if os.environ.get("KERAS_BACKEND") == "jax":
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+from tests import cpu_time  # noqa: E402
 from tests.support import ONE_BACKEND_REASON  # noqa: E402
 from tests.support import run_models_eagerly  # noqa: E402
 
@@ -62,6 +63,7 @@ def pytest_addoption(parser):
         help="fail the run if a test skips for any reason but running on "
         "one backend only (a missing PEFT, transformers or MiniLM fails).",
     )
+    cpu_time.add_option(parser)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -83,6 +85,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_configure(config):
+    config.pluginmanager.register(cpu_time, "cpu_time")
     if keras.config.backend() == "jax":
         # Tests build many models of the same few shapes: XLA compiles each
         # program once per run (keyed by its HLO), not once per model. The
