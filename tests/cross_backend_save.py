@@ -2,13 +2,15 @@
 
 Step 0 builds, trains and saves a classifier (and its adapter, its preset
 and its prompt-only preset over a base preset of its backbone) with its
-predictions, a cloze model with prompt slots and its `PromptTemplate`, and
-every model of the round-trip matrix (`tests/round_trip_models.py`);
-each later step loads the previous step's files on its own backend, checks
-the predictions (the cloze model from raw text, through the restored
-template), loads the adapter into a fresh model on the same backbone and
-checks it too, and saves again (all but the last step). Arguments:
-DIRECTORY STEP LAST_STEP.
+predictions, a cloze model with prompt slots and its `PromptTemplate`, a
+causal-LM classifier with LoRA, an LSTM prompt started from text and its
+`ChoiceTemplate`, and the round-trip matrix's models that cross backends
+(`CROSSED_BACKENDS` in `tests/round_trip_models.py`); each later step
+loads the previous step's files on its own backend, checks the
+predictions (the cloze and causal-LM classifiers from raw text, through
+their restored templates), loads the adapter into a fresh model on the
+same backbone and checks it too, and saves again (all but the last step).
+Arguments: DIRECTORY STEP LAST_STEP.
 """
 
 import os
@@ -23,7 +25,9 @@ from keras_ptuning import PromptTemplate
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.round_trip_models import OFFERED
+from tests.choice_models import FIELDS
+from tests.choice_models import trained_lora_classifier
+from tests.round_trip_models import CROSSED_BACKENDS
 from tests.round_trip_models import build
 from tests.support import bert_tokenizer
 from tests.support import make_inputs
@@ -31,8 +35,6 @@ from tests.support import run_models_eagerly
 from tests.support import served_inputs
 
 SENTENCES = {"sentence": ["the movie was great", "a terrible film"]}
-# Every model kind in every prompt state of the round-trip matrix.
-CHAIN_MODELS = OFFERED
 
 
 def _outputs(model, inputs):
@@ -80,6 +82,11 @@ if step == 0:
         os.path.join(directory, "cloze_expected.npy"),
         cloze.predict(SENTENCES, verbose=0),
     )
+    choices = trained_lora_classifier()
+    np.save(
+        os.path.join(directory, "choices_expected.npy"),
+        choices.predict(FIELDS, verbose=0),
+    )
 else:
     model = keras.saving.load_model(
         os.path.join(directory, f"model_{step - 1}.keras")
@@ -118,7 +125,16 @@ else:
         np.load(os.path.join(directory, "cloze_expected.npy")),
         atol=1e-5,
     )
-for kind, state in CHAIN_MODELS:
+    choices = keras.saving.load_model(
+        os.path.join(directory, f"choices_{step - 1}.keras")
+    )
+    assert choices.backbone.lora_rank == 2
+    np.testing.assert_allclose(
+        choices.predict(FIELDS, verbose=0),
+        np.load(os.path.join(directory, "choices_expected.npy")),
+        atol=1e-5,
+    )
+for kind, state in CROSSED_BACKENDS:
     name = os.path.join(directory, f"{kind}_{state}")
     if step == 0:
         chained = build(kind, state)
@@ -148,4 +164,5 @@ if step < last:
         base_preset=os.path.join(directory, "base"),
     )
     cloze.save(os.path.join(directory, f"cloze_{step}.keras"))
+    choices.save(os.path.join(directory, f"choices_{step}.keras"))
 print(f"ok {backend}")

@@ -1,7 +1,4 @@
-import functools
-
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
@@ -15,62 +12,17 @@ from keras_ptuning.compat import keras_internals
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
 from tests.backbones import fresh_backbone
-from tests.support import BACKEND
+from tests.choice_models import CHOICES
+from tests.choice_models import FIELDS
+from tests.choice_models import LABELS
+from tests.choice_models import TEMPLATE
+from tests.choice_models import choice_template
+from tests.choice_models import choice_tokenizer
+from tests.choice_models import trained_lora_classifier
 from tests.support import backbone_weights
 from tests.support import run_on_backends
 from tests.support import run_on_one_backend
-from tests.support import run_python
-from tests.support import sentencepiece_proto
 from tests.support import to_numpy
-
-TEMPLATE = '{premise} [P:"Question:"] {hypothesis} [P:"Answer:"]'
-FIELDS = {
-    "premise": ["a man plays the guitar", "the cat sat", "it rained"],
-    "hypothesis": ["a man", "the sun rose so", "the cat sat because"],
-}
-LABELS = np.array([0, 1, 1])
-
-
-def _tokenizer():
-    """Gemma-style SentencePiece (no dummy prefix): 26 word pieces. A new
-    tokenizer each time: a template's packing function owns the
-    SentencePiece resource it first traced, so templates do not share."""
-    return keras_hub.tokenizers.GemmaTokenizer(proto=_proto())
-
-
-@functools.cache
-def _proto():
-    return sentencepiece_proto(
-        [
-            "a man plays the guitar Question: Answer: yes no",
-            "the cat sat because it rained so the sun rose",
-            "yes no maybe true false",
-        ],
-        26,
-        bos_piece="<bos>",
-        eos_piece="<eos>",
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-    )
-
-
-def _template(text_slots="prompt", template=TEMPLATE, length=16):
-    return PromptTemplate(
-        template,
-        _tokenizer(),
-        sequence_length=length,
-        add_end_token=False,
-        text_slots=text_slots,
-    )
-
-
-# One-token label words share a row; per-example, several-token choices
-# get one row each.
-CHOICES = {
-    "label_words": [" yes", " no"],
-    "continuations": [" {hypothesis}", " the cat sat"],
-}
 
 
 def _reference_scores(backbone, choices):
@@ -78,8 +30,8 @@ def _reference_scores(backbone, choices):
     keras-hub's own causal LM on the manual prompt plus each choice as real
     tokens, log-softmax in NumPy."""
     lm = causal_lm_class(backbone)(backbone=backbone, preprocessor=None)
-    tokenizer = _tokenizer()
-    context = _template("text")(FIELDS)
+    tokenizer = choice_tokenizer()
+    context = choice_template("text")(FIELDS)
     ids = to_numpy(context["token_ids"])
     lengths = to_numpy(context["padding_mask"]).sum(1)
     rows, spans = [], []
@@ -154,13 +106,13 @@ def test_scores_are_choice_log_likelihoods_and_the_text_start_is_the_text(
         expected = reference[reduction]
         plain = PTuningCausalLMClassifier(
             backbone,
-            preprocessor=ChoiceTemplate(_template("text"), choices),
+            preprocessor=ChoiceTemplate(choice_template("text"), choices),
             score_reduction=reduction,
         )
         assert not plain.has_prompt
         ptuned = PTuningCausalLMClassifier(
             backbone,
-            preprocessor=ChoiceTemplate(_template(), choices),
+            preprocessor=ChoiceTemplate(choice_template(), choices),
             prompt_config=PromptEncoderConfig(2, prompt_init="text"),
             score_reduction=reduction,
         )
@@ -181,7 +133,7 @@ def test_one_choice_is_scored_alone_and_needs_a_loss():
     choices = [" {hypothesis}"]
     model = PTuningCausalLMClassifier(
         backbone,
-        preprocessor=ChoiceTemplate(_template(), choices),
+        preprocessor=ChoiceTemplate(choice_template(), choices),
         prompt_config=PromptEncoderConfig(2, prompt_init="text"),
     )
     reference = _reference_scores(backbone, choices)["mean"]
@@ -208,10 +160,10 @@ def test_one_choice_is_scored_alone_and_needs_a_loss():
 
 
 def test_choice_template_layout():
-    template = _template()
+    template = choice_template()
     ids = to_numpy(template(FIELDS)["token_ids"])
     lengths = (ids != 0).sum(1)  # no pad id 0 in these rows
-    piece = _tokenizer().token_to_id
+    piece = choice_tokenizer().token_to_id
     shared = ChoiceTemplate(template, {"yes": " yes", "no": " no"})(FIELDS)
     assert shared["token_ids"].shape == (3, 1, 16)
     np.testing.assert_array_equal(shared["token_ids"][:, 0], ids)
@@ -240,11 +192,11 @@ def test_choice_template_layout():
 
 
 def test_text_slots_tokenize_as_the_manual_prompt():
-    template = _template()
-    text = _template("text")
+    template = choice_template()
+    text = choice_template("text")
     assert template.num_virtual_tokens == 2
     assert text.num_virtual_tokens == 0
-    piece = _tokenizer().token_to_id
+    piece = choice_tokenizer().token_to_id
     assert template.prompt_init_ids == [piece("▁Question:"), piece("▁Answer:")]
     assert template.prompt_config().prompt_init == "text"
     slots = to_numpy(template(FIELDS)["token_ids"])
@@ -263,7 +215,9 @@ def test_training_lowers_the_loss_and_changes_only_prompt_and_lora():
     before = backbone_weights(backbone)
     model = PTuningCausalLMClassifier(
         backbone,
-        preprocessor=ChoiceTemplate(_template(), CHOICES["continuations"]),
+        preprocessor=ChoiceTemplate(
+            choice_template(), CHOICES["continuations"]
+        ),
     )
     model.backbone.enable_lora(2)
     # Setting the wrapper trainable again must not unfreeze the base.
@@ -287,17 +241,7 @@ def test_training_lowers_the_loss_and_changes_only_prompt_and_lora():
 
 
 def test_keras_file_and_adapter_round_trips(tmp_path):
-    backbone = fresh_backbone("gemma")
-    model = PTuningCausalLMClassifier(
-        backbone,
-        preprocessor=ChoiceTemplate(_template(), CHOICES["label_words"]),
-        prompt_config=PromptEncoderConfig(
-            2, encoder_reparameterization_type="LSTM", prompt_init="text"
-        ),
-    )
-    model.backbone.enable_lora(2)
-    model.compile(optimizer=keras.optimizers.Adam(3e-2))
-    model.fit(FIELDS, LABELS, epochs=2, batch_size=3, verbose=0)
+    model = trained_lora_classifier()
     expected = model.predict(FIELDS, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -318,7 +262,7 @@ def test_keras_file_and_adapter_round_trips(tmp_path):
     plain = PTuningCausalLMClassifier(
         fresh_backbone("gemma"),
         preprocessor=ChoiceTemplate(
-            _template().as_text_prompt(), CHOICES["label_words"]
+            choice_template().as_text_prompt(), CHOICES["label_words"]
         ),
     )
     plain.backbone.enable_lora(2)
@@ -336,8 +280,8 @@ def test_keras_file_and_adapter_round_trips(tmp_path):
     adapter = str(tmp_path / "prompt.adapter.h5")
     model.save_adapter(adapter, include_encoder=True)
     fresh = PTuningCausalLMClassifier(
-        backbone,
-        preprocessor=ChoiceTemplate(_template(), CHOICES["label_words"]),
+        model.backbone.backbone,
+        preprocessor=ChoiceTemplate(choice_template(), CHOICES["label_words"]),
         prompt_config=model.backbone.prompt_config,
     )
     fresh.load_adapter(adapter)
@@ -350,28 +294,11 @@ def test_keras_file_and_adapter_round_trips(tmp_path):
         to_numpy(fresh.backbone.prompt_encoder.base_table),
         to_numpy(model.backbone.prompt_encoder.base_table),
     )
-    # Saved with another backend's `.keras` loader too.
-    if BACKEND == "tensorflow":
-        np.save(str(tmp_path / "expected.npy"), expected)
-        script = (
-            "import sys, keras, numpy as np\n"
-            "import keras_ptuning\n"
-            "m = keras.saving.load_model(sys.argv[1])\n"
-            f"fields = {FIELDS!r}\n"
-            "got = m.predict(fields, verbose=0)\n"
-            "np.testing.assert_allclose(got, np.load(sys.argv[2]), atol=1e-5)\n"
-        )
-        for other in ("jax", "torch"):
-            run_python(
-                ["-c", script, path, str(tmp_path / "expected.npy")],
-                backend=other,
-                timeout=300,
-            )
 
 
 def test_bad_arguments_are_refused_with_the_argument_named():
     backbone = FAMILIES["gpt2"]()
-    template = _template()
+    template = choice_template()
     with pytest.raises(ValueError, match="`choices` must hold at least 1"):
         ChoiceTemplate(template, [])
     with pytest.raises(TypeError, match="`choices` must be a list"):
@@ -379,7 +306,9 @@ def test_bad_arguments_are_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="max_choice_length"):
         ChoiceTemplate(template, [" yes", " no"], max_choice_length=0)
     with pytest.raises(ValueError, match="add_end_token=False"):
-        ChoiceTemplate(PromptTemplate(TEMPLATE, _tokenizer(), 16), ["a", "b"])
+        ChoiceTemplate(
+            PromptTemplate(TEMPLATE, choice_tokenizer(), 16), ["a", "b"]
+        )
     choices = ChoiceTemplate(template, [" yes", " no"])
     with pytest.raises(ValueError, match="score_reduction"):
         PTuningCausalLMClassifier(backbone, choices, score_reduction="max")
@@ -392,7 +321,7 @@ def test_bad_arguments_are_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="Label 2 is outside"):
         choices.label_ids([0, 2])
     with pytest.raises(ValueError, match="all start from text"):
-        _template(template='{premise} [P:"Question:"] [P:2]')
+        choice_template(template='{premise} [P:"Question:"] [P:2]')
     with pytest.raises(ValueError, match="prompt_init"):
         PromptEncoderConfig(2, prompt_init="vocab")
     model = PTuningCausalLMClassifier(backbone, choices)
@@ -410,7 +339,7 @@ def test_bad_arguments_are_refused_with_the_argument_named():
 def test_choice_template_refuses_tf_data():
     import tensorflow as tf
 
-    choices = ChoiceTemplate(_template(), [" yes", " no"])
+    choices = ChoiceTemplate(choice_template(), [" yes", " no"])
     dataset = tf.data.Dataset.from_tensor_slices(FIELDS).batch(2)
     with pytest.raises(TypeError, match="runs eagerly on NumPy"):
         next(iter(dataset.map(choices)))
