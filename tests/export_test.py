@@ -11,7 +11,6 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningTextClassifier
 from tests.backbones import FAMILIES
-from tests.round_trip_models import EXPORTED_FROM_EVERY_BACKEND
 from tests.round_trip_models import OFFERED
 from tests.round_trip_models import assert_same_predictions
 from tests.round_trip_models import build as build_matrix_model
@@ -19,7 +18,6 @@ from tests.round_trip_models import predictions
 from tests.round_trip_models import prompt_state
 from tests.support import BACKEND
 from tests.support import check_exports_in_tensorflow_only_process
-from tests.support import export_from_this_backend
 from tests.support import model_input_names
 from tests.support import run_models_eagerly
 from tests.support import run_on_one_backend
@@ -71,21 +69,14 @@ def _prompt_table_model():
     )
 
 
-# The round-trip matrix's models this backend exports: every offered one
-# from TensorFlow, one per kind from JAX and PyTorch.
-MATRIX_CASES = (
-    OFFERED if BACKEND == "tensorflow" else EXPORTED_FROM_EVERY_BACKEND
-)
-
-
 def _matrix_name(case):
     return "matrix_" + "_".join(case)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Every model of `_models()`, the prompt-table one and `MATRIX_CASES`,
-    exported from this backend in one batch and served by one
+    """Every model of `_models()`, the prompt-table one and the offered
+    round-trip matrix models, exported in one batch and served by one
     TensorFlow-only process: `{name: (model, prompt table before export,
     what the server saw, and for the matrix's models their prompt state
     and predictions before export)}`. `test_existing_path_and_bad_arguments`
@@ -99,23 +90,23 @@ def exported(tmp_path_factory):
 
 
 def _export_and_serve(tmp_path):
-    models = {}
-    if BACKEND == "tensorflow":
-        models = {kind: build() for kind, build in _models().items()}
-        models["prompt_table"] = _prompt_table_model()
-    for case in MATRIX_CASES:
+    models = {kind: build() for kind, build in _models().items()}
+    models["prompt_table"] = _prompt_table_model()
+    for case in OFFERED:
         models[_matrix_name(case)] = build_matrix_model(*case)
     tables = {name: model_table(m) for name, m in models.items()}
     # What the matrix's models predict, for after the export.
     before = {}
-    for case in MATRIX_CASES:
+    for case in OFFERED:
         model = models[_matrix_name(case)]
         inputs = served_inputs(model, 2, 5, 3)
         before[_matrix_name(case)] = (
             prompt_state(model),
             predictions(model, inputs),
         )
-    paths = export_from_this_backend(models, str(tmp_path))
+    paths = {name: str(tmp_path / name) for name in models}
+    for name, model in models.items():
+        keras_ptuning.export_saved_model(model, paths[name])
     results = check_exports_in_tensorflow_only_process(
         [(models[name], paths[name]) for name in models], tmp_path
     )
@@ -125,13 +116,17 @@ def _export_and_serve(tmp_path):
     }
 
 
-# JAX and PyTorch export the matrix's one case per kind (below) and a
-# causal LM with text signatures through `export_saved_model`
-# (`serving_test.py`): the graph TensorFlow traces from a `.keras` file is
-# the same whichever backend wrote it.
+# Exporting from JAX or PyTorch saves a `.keras` file that a TensorFlow
+# child process loads and exports: the graph TensorFlow traces is the same
+# whichever backend wrote the file. So JAX and PyTorch export one model
+# through that child process (`serving_test.py`: the causal LM, every
+# signature), the chain (`saving_test.py`) carries every model kind and
+# every prompt state from JAX through PyTorch to TensorFlow with the same
+# predictions, and TensorFlow exports and serves every model here.
 ONLY_FROM_TENSORFLOW = run_on_one_backend(
     "tensorflow",
-    "JAX and PyTorch export the round-trip matrix's one case per kind",
+    "JAX and PyTorch export through a TensorFlow child process "
+    "(serving_test.py); the chain loads their .keras files on TensorFlow",
 )
 
 
@@ -221,14 +216,15 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow  # TensorFlow child processes
-@pytest.mark.parametrize("case", MATRIX_CASES, ids="-".join)
+@pytest.mark.slow  # exports and a TensorFlow-only process
+@ONLY_FROM_TENSORFLOW
+@pytest.mark.parametrize("case", OFFERED, ids="-".join)
 def test_round_trip_matrix_models_are_served_by_tensorflow_alone(
     case, exported
 ):
     """Each model of the round-trip matrix (`round_trip_models.py`) exports
-    from this backend to a SavedModel that a TensorFlow-only process serves
-    with the model's predictions, and the model is unchanged by it."""
+    to a SavedModel that a TensorFlow-only process serves with the model's
+    predictions, and the model is unchanged by it."""
     model, table_before, result, before = exported[_matrix_name(case)]
     _check_served(model, result)
     assert result

@@ -19,7 +19,6 @@ from keras_ptuning import PTuningCausalLM
 from keras_ptuning import PTuningMaskedLM
 from keras_ptuning import PTuningNextTokenLM
 from keras_ptuning import PTuningTextClassifier
-from keras_ptuning import export_saved_model
 from tests.backbones import VOCABULARY_SIZE
 from tests.jax_settings import with_test_xla_flags
 
@@ -322,25 +321,6 @@ def served_inputs(model, batch, length, seed):
     if "mask_positions" in model_input_names(model):
         inputs["mask_positions"] = rng.integers(0, real[:, None])
     return inputs
-
-
-def export_from_this_backend(models, directory):
-    """Exports each of `models` (`{name: model}`) to a SavedModel under
-    `directory` the way `export_saved_model` does from this backend, all in
-    one TensorFlow process from JAX and PyTorch (the command it runs there,
-    once rather than once per model); returns `{name: path}`."""
-    paths = {name: os.path.join(directory, name) for name in models}
-    if BACKEND == "tensorflow":
-        for name, model in models.items():
-            export_saved_model(model, paths[name])
-        return paths
-    pairs = []
-    for name, model in models.items():
-        keras_file = os.path.join(directory, f"{name}.keras")
-        model.save(keras_file)
-        pairs += [keras_file, paths[name]]
-    run_python(["-m", "keras_ptuning.saving.export", *pairs], "tensorflow")
-    return paths
 
 
 def check_exports_in_tensorflow_only_process(exports, tmp_path):
