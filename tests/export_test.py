@@ -119,10 +119,10 @@ def _export_and_serve(tmp_path):
 # Exporting from JAX or PyTorch saves a `.keras` file that a TensorFlow
 # child process loads and exports: the graph TensorFlow traces is the same
 # whichever backend wrote the file. So JAX and PyTorch export one model
-# through that child process (`serving_test.py`: the causal LM, every
-# signature), the chain (`saving_test.py`) carries every model kind and
-# every prompt state from JAX through PyTorch to TensorFlow with the same
-# predictions, and TensorFlow exports and serves every model here.
+# through that child process (`serving_test.py`: the next-token LM with
+# its text signature), the chain (`saving_test.py`) carries every model
+# kind and every prompt state from JAX through PyTorch to TensorFlow with
+# the same predictions, and TensorFlow exports and serves every model.
 ONLY_FROM_TENSORFLOW = run_on_one_backend(
     "tensorflow",
     "JAX and PyTorch export through a TensorFlow child process "
