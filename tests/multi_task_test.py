@@ -128,10 +128,11 @@ def test_keras_round_trip_keeps_tasks_and_frozen_ones(tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0)
     )
-    # The optimizer state comes back too: training resumes (eagerly: the
-    # traced step is the one above, and tracing it again costs 15 s here).
+    # The optimizer state comes back too: training resumes (eagerly on
+    # TensorFlow, where tracing the step again costs 15 s; JAX compiles it
+    # in half the time its eager step, op by op, takes).
     assert int(to_numpy(loaded.optimizer.iterations)) == 2
-    loaded.run_eagerly = True
+    loaded.run_eagerly = keras.config.backend() != "jax"
     loaded.fit(inputs, LABELS, batch_size=2, epochs=1, verbose=0)
     assert int(to_numpy(loaded.optimizer.iterations)) == 4
 
