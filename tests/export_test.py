@@ -126,7 +126,7 @@ def _export_and_serve(tmp_path):
 ONLY_FROM_TENSORFLOW = run_on_one_backend(
     "tensorflow",
     "JAX and PyTorch export through a TensorFlow child process "
-    "(serving_test.py); the chain loads their .keras files on TensorFlow",
+    "(serving_test.py); the chain carries their .keras files to TensorFlow",
 )
 
 

@@ -204,10 +204,11 @@ print(json.dumps(results))
 # TensorFlow exports every model. From JAX and PyTorch `export_saved_model`
 # saves the model's `.keras` file and a TensorFlow child process loads and
 # exports it: the graph traced from the file is the same whichever backend
-# wrote it (the chain in `saving_test.py` loads their files on TensorFlow
-# with the same predictions), so they export one model through that child,
-# the next-token LM (a decoder with prompt slots in its template); tracing
-# the causal LM's generation loop is TensorFlow's work whoever saved it.
+# wrote it (the chain in `saving_test.py` carries files from JAX through
+# PyTorch to TensorFlow with the same predictions), so they export one
+# model through that child, the next-token LM (a decoder with prompt slots
+# in its template); tracing the causal LM's generation loop is
+# TensorFlow's work whoever saved it.
 EXPORTED = (
     ["classifier", "cloze", "multi_task", "next_token", "causal_lm"]
     if BACKEND == "tensorflow"
