@@ -21,6 +21,7 @@ from tests.support import check_exports_in_tensorflow_only_process
 from tests.support import model_input_names
 from tests.support import run_models_eagerly
 from tests.support import run_on_one_backend
+from tests.support import run_python
 from tests.support import served_inputs
 from tests.support import to_numpy
 
@@ -200,6 +201,31 @@ def test_existing_path_and_bad_arguments(tmp_path):
             FAMILIES["bert"](), str(tmp_path / "x")
         )
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # a TensorFlow child process and a TensorFlow-only one
+@run_on_one_backend(
+    "torch",
+    "the command runs in its own TensorFlow process whichever backend "
+    "saved the .keras files",
+)
+def test_export_command_exports_every_pair(tmp_path):
+    """`python -m keras_ptuning.export M1.keras OUT1 M2.keras OUT2` (the
+    form `export_saved_model` uses from JAX and PyTorch, documented in
+    export-serving.md) writes both SavedModels, each served with its
+    model's outputs."""
+    kinds = ["classifier_bert", "backbone_distil_bert"]
+    models = {kind: _models()[kind]() for kind in kinds}
+    args = ["-m", "keras_ptuning.export"]
+    for kind, model in models.items():
+        model.save(tmp_path / f"{kind}.keras")
+        args += [tmp_path / f"{kind}.keras", tmp_path / kind]
+    run_python(args, "tensorflow")
+    results = check_exports_in_tensorflow_only_process(
+        [(models[kind], str(tmp_path / kind)) for kind in kinds], tmp_path
+    )
+    outputs = [_check_served(models[k], r) for k, r in zip(kinds, results)]
+    assert outputs == [["logits", "probabilities"], ["sequence_output"]]
 
 
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
