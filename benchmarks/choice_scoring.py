@@ -24,6 +24,11 @@ forward and backward) on `--batch-size` examples whose contexts have
   decoders that cannot pack them).
 - `two_whole`: two choices, each row run in full.
 
+With `--demonstrations D`, every example's context starts with the same
+`D` tokens (in-context demonstrations), which the whole batch shares:
+`one` then runs them once for the batch, and `one_whole` is that row run
+in full (`two_on_cache` is left out).
+
 Variants interleaved in rounds of `--steps` calls, order alternating;
 reported: seconds per call (best round, median round) and the ratios to
 `one`. Target (issue 33): `two_shared` at most 1.3x `one`.
@@ -31,6 +36,8 @@ reported: seconds per call (best round, median round) and the ratios to
     KERAS_BACKEND=torch python benchmarks/choice_scoring.py
     KERAS_BACKEND=torch python benchmarks/choice_scoring.py --train
     KERAS_BACKEND=torch python benchmarks/choice_scoring.py --call-cost
+    KERAS_BACKEND=torch python benchmarks/choice_scoring.py \
+        --demonstrations 384 --context-length 128 --choice-length 1
 """
 
 import argparse
@@ -50,6 +57,12 @@ def parse_args():
     parser.add_argument("--context-length", type=int, default=64)
     parser.add_argument("--choice-length", type=int, default=12)
     parser.add_argument("--num-virtual-tokens", type=int, default=8)
+    parser.add_argument(
+        "--demonstrations",
+        type=int,
+        default=0,
+        help="tokens every example's context starts with (the same for all)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
@@ -76,6 +89,12 @@ def make_inputs(args, num_choices, vocabulary_size):
     context = rng.integers(100, vocabulary_size, (batch, n)).astype("int32")
     slots = np.linspace(n // 2, n - 2, args.num_virtual_tokens).astype(int)
     context[:, slots] = SLOT
+    shared = rng.integers(100, vocabulary_size, (1, args.demonstrations))
+    context = np.concatenate([np.repeat(shared, batch, 0), context], 1).astype(
+        "int32"
+    )
+    n = context.shape[1]
+    length = n + k
     choices = rng.integers(100, vocabulary_size, (batch, num_choices, k))
     token_ids = np.concatenate(
         [np.repeat(context[:, None], num_choices, 1), choices], -1
@@ -117,6 +136,9 @@ def main():
         "two_on_cache": make_inputs(args, 2, vocabulary_size),
         "two_whole": make_inputs(args, 2, vocabulary_size),
     }
+    if args.demonstrations:
+        del inputs["two_on_cache"]
+        inputs["one_whole"] = inputs["one"]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     labels = np.zeros((args.batch_size,), "int32")
 
@@ -126,7 +148,7 @@ def main():
                 type(model),
                 "_shared_context_states",
                 (lambda *a: None)
-                if variant == "two_whole"
+                if variant.endswith("_whole")
                 else type(model)._shared_context_states,
             ),
             unittest.mock.patch.object(

@@ -14,6 +14,7 @@ from keras_ptuning.compat.keras_internals import sublayers
 from keras_ptuning.models import scored_positions
 from tests.backbones import CAUSAL
 from tests.backbones import FAMILIES
+from tests.support import run_on_backends
 from tests.support import run_on_one_backend
 from tests.support import to_numpy
 
@@ -284,10 +285,11 @@ def test_the_prefix_cache_is_refused_where_nothing_is_frozen_or_it_would_lie():
             )
 
 
-def _choice_inputs(placement):
-    """Three-choice inputs laid out as a `ChoiceTemplate` lays them: each
-    row is the example's context (lengths 5, 7, 5, with the 3 slots in
-    it), then one choice (1 to 3 tokens), right-padded to 12."""
+def _choice_inputs(placement, demonstrations=(), rows=3):
+    """Multiple-choice inputs laid out as a `ChoiceTemplate` lays them:
+    each row is the example's context (lengths 5, 7, 5, with the 3 slots
+    in it, after `demonstrations`, the same for every example), then one
+    choice (1 to 3 tokens; the first `rows` of 3), right-padded."""
     contexts = [
         [7, SLOT, 8, SLOT, SLOT],
         [9, 10, 11, SLOT, 12, SLOT, SLOT],
@@ -298,17 +300,18 @@ def _choice_inputs(placement):
         [[25, 26, 27], [28, 29], [41, 42]],
         [[30, 31], [32, 33], [43, 44, 45]],
     ]
-    length, width = 12, 3
-    token_ids = np.zeros((3, 3, length), "int32")
-    padding_mask = np.zeros((3, 3, length), "int32")
-    positions = np.zeros((3, 3, width), "int32")
-    ids = np.zeros((3, 3, width), "int32")
-    choice_mask = np.zeros((3, 3, width), "int32")
+    length, width = 12 + len(demonstrations), 3
+    token_ids = np.zeros((3, rows, length), "int32")
+    padding_mask = np.zeros((3, rows, length), "int32")
+    positions = np.zeros((3, rows, width), "int32")
+    ids = np.zeros((3, rows, width), "int32")
+    choice_mask = np.zeros((3, rows, width), "int32")
     for b, context in enumerate(contexts):
         if placement == "plain":
             context = [30 + t if t == SLOT else t for t in context]
+        context = list(demonstrations) + context
         n = len(context)
-        for c, choice in enumerate(choices[b]):
+        for c, choice in enumerate(choices[b][:rows]):
             row = context + choice
             token_ids[b, c, : len(row)] = row
             padding_mask[b, c, : len(row)] = 1
@@ -341,7 +344,8 @@ def _classifier(family, placement):
 def _score_gradients(model, inputs):
     """Choice scores (inference) and the gradients of a cross-entropy over
     them (training mode), in the backend's autodiff."""
-    labels = ops.convert_to_tensor(np.array([0, 1, 1], "int32"))
+    rows = ops.shape(inputs["token_ids"])[1]
+    labels = ops.convert_to_tensor(np.array([0, 1, 1], "int32") % rows)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     variables = model.trainable_variables
     scores = to_numpy(model(inputs))
@@ -425,6 +429,49 @@ def test_multiple_choice_runs_each_context_once_with_the_same_scores(
     scores, gradients = _score_gradients(model, inputs)
     np.testing.assert_allclose(shared_scores, scores, atol=1e-5, rtol=1e-5)
     assert len(shared_gradients) == len(gradients)
+    for shared, whole in zip(shared_gradients, gradients):
+        scale = np.abs(whole).max()
+        np.testing.assert_allclose(shared, whole, atol=1e-4 * scale, rtol=1e-4)
+
+
+# Demonstrations of 20 tokens: with one row per example only the batch
+# shares them; with three rows each example shares 25 positions, and the
+# batch's 20 still save more (8 rows x 20 > 3 x 2 rows x 25).
+@run_on_backends(
+    ("tensorflow", "torch"),
+    "JAX's op-by-op autodiff takes 30 s here; its suite runs the same "
+    "run_shared_context on each example's rows (the test above)",
+)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_demonstrations_every_row_shares_run_once_with_the_same_scores(
+    rows, monkeypatch
+):
+    from keras_ptuning import PTuningCausalLMClassifier
+
+    family = "llama"
+    model = _classifier(family, "slots")
+    demonstrations = 46 + np.arange(20) % 12
+    inputs = _choice_inputs("slots", demonstrations, rows)
+    calls = []
+    run = frozen_prefix.run_shared_context
+    monkeypatch.setattr(
+        frozen_prefix,
+        "run_shared_context",
+        lambda *a, **k: (
+            calls.append((ops.shape(a[2]), k["pack"])) or run(*a, **k)
+        ),
+    )
+    shared_scores, shared_gradients = _score_gradients(model, inputs)
+    # One context of the 20 shared positions for the batch's 3 * rows
+    # rows, run on its cache (not side by side).
+    assert calls and all(c == ((1, 20, 16), False) for c in calls), calls
+    monkeypatch.setattr(
+        PTuningCausalLMClassifier, "_shared_context_states", lambda *a: None
+    )
+    scores, gradients = _score_gradients(model, inputs)
+    assert scores.shape == (3, rows)
+    np.testing.assert_allclose(shared_scores, scores, atol=1e-5, rtol=1e-5)
+    assert len(shared_gradients) == len(gradients) > 0
     for shared, whole in zip(shared_gradients, gradients):
         scale = np.abs(whole).max()
         np.testing.assert_allclose(shared, whole, atol=1e-4 * scale, rtol=1e-4)

@@ -477,14 +477,16 @@ def run_shared_context(
     rest_mask,
     training,
     split=None,
+    pack=True,
 ):
     """Hidden states of contexts run once and of several continuations of
     each (multiple-choice scoring), equal to running every continuation
     after its context in full.
 
-    Where the backbone can (`packs_choices`), each context's
-    continuations run side by side in the context's own call, each at the
-    positions that follow the context and masked from the others. Else the
+    Where the backbone can (`packs_choices`) and `pack` is set, each
+    context's continuations run side by side in the context's own call,
+    each at the positions that follow the context and masked from the
+    others. Else the
     first continuation runs in the context's call and the others in one
     more call on the context's cache, their keys and values written over
     the first one's at the same positions.
@@ -501,6 +503,10 @@ def run_shared_context(
         training: the backbone's training mode.
         split: `None` or an int in `[1, n)`: the contexts' positions
             before it run as constants (a frozen prefix).
+        pack: whether continuations may run side by side (a few choices);
+            `False` for many (a batch's rows after shared demonstrations),
+            whose masked attention to each other would grow with their
+            number squared.
 
     Returns `(context_states, rest_states)`: `(groups, n, hidden_dim)` and
     `(groups * copies, r, hidden_dim)`.
@@ -510,7 +516,7 @@ def run_shared_context(
     groups, n = ops.shape(context_mask)[0], ops.shape(context_mask)[1]
     copies = ops.shape(rest_mask)[0] // groups
     r, hidden_dim = ops.shape(rest_mask)[1], ops.shape(rest)[-1]
-    packed = copies > 1 and packs_choices(backbone, n + copies * r)
+    packed = pack and copies > 1 and packs_choices(backbone, n + copies * r)
     # The continuations that run in the context's call: all, or the first.
     along = copies if packed else 1
     rest = ops.reshape(rest, (groups, copies, r, hidden_dim))

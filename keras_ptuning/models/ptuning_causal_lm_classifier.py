@@ -280,16 +280,23 @@ class PTuningCausalLMClassifier(
         )
 
     def _shared_context_states(self, inputs, training):
-        """The backbone's states for every row, the positions each example
-        shares across its rows run once for the batch
-        (`frozen_prefix.run_shared_context`: as many as the example that
-        shares the fewest), or `None` where that cannot run: one row per
-        example, traced inputs (XLA's shapes are static), TensorFlow
-        training (no gradient for the cache update), a family without
-        cached decoding, or a multi-task prompt."""
+        """The backbone's states for every row, the positions that rows
+        share run once (`frozen_prefix.run_shared_context`), or `None`
+        where that cannot run: nothing shared, traced inputs (XLA's shapes
+        are static), TensorFlow training (no gradient for the cache
+        update), a family without cached decoding, or a multi-task prompt.
+
+        Two kinds of sharing, whichever saves more positions: each
+        example's rows share its context (multiple-choice scoring: as many
+        positions as the example that shares the fewest), or every row of
+        the batch shares a prefix (in-context demonstrations, the same for
+        every example)."""
         token_ids = concrete_numpy(inputs["token_ids"])
         mask = concrete_numpy(inputs["padding_mask"])
-        if token_ids is None or mask is None or token_ids.shape[1] < 2:
+        if token_ids is None or mask is None:
+            return None
+        batch, rows, length = token_ids.shape
+        if batch * rows < 2:
             return None
         if training and keras.config.backend() == "tensorflow":
             return None
@@ -299,35 +306,48 @@ class PTuningCausalLMClassifier(
             return None
         if ptuning is not None and ptuning.is_multi_task:
             return None
-        batch, rows, length = token_ids.shape
-        same = np.all(token_ids == token_ids[:, :1], axis=1) & np.all(
-            mask == mask[:, :1], axis=1
-        )
-        shared = np.where(same.all(axis=1), length, np.argmin(same, axis=1))
-        # One call for the whole batch: the positions every example shares
-        # across its rows (the shortest example's shared part) run once,
-        # everything after them per row. Grouping examples by their own
-        # shared length would cost a call per length, more than it saves.
-        n = int(shared.min())
-        if n < 1 or n >= length:
+        flat = {
+            "token_ids": token_ids.reshape(-1, length),
+            "padding_mask": mask.reshape(-1, length),
+        }
+        # Each example's rows: one call for the whole batch, the positions
+        # every example shares across its rows (the shortest example's
+        # shared part) run once, everything after them per row. Grouping
+        # examples by their own shared length would cost a call per
+        # length, more than it saves.
+        per_example = _shared_length(token_ids, mask, axis=1).min()
+        # Every row of the batch.
+        per_batch = _shared_length(flat["token_ids"], flat["padding_mask"])
+        shared = {"example": int(per_example), "batch": int(per_batch)}
+        saved = {
+            "example": batch * (rows - 1) * shared["example"],
+            "batch": (batch * rows - 1) * shared["batch"],
+        }
+        # Positions saved by each, where it can run: something shared, and
+        # something after it.
+        saved = {k: v for k, v in saved.items() if 1 <= shared[k] < length}
+        if not saved or max(saved.values()) < 1:
             return None
+        sharing = max(saved, key=saved.get)
+        n = shared[sharing]
+        # Each context's first row, and how many rows continue it.
+        if sharing == "example":
+            first_rows, copies = np.arange(batch) * rows, rows
+        else:
+            first_rows, copies = np.array([0]), batch * rows
         backbone_training = bool(training) and (
             ptuning is None or ptuning.backbone_dropout
         )
         # Every row embedded (the prompt spliced in at its slots, which may
         # lie on either side of `n`, or prepended), then split: each
-        # example's first row gives the shared context.
-        flat = {
-            "token_ids": token_ids.reshape(-1, length),
-            "padding_mask": mask.reshape(-1, length),
-        }
+        # context's first row gives the shared context.
         split = None
         if ptuning is not None:
             embeddings, sequence = ptuning.embed_inputs(flat, training=training)
             flat_mask = sequence["padding_mask"]
             if training and ptuning.splits_frozen_prefix:
                 split = frozen_prefix.split_point(
-                    ops.convert_to_tensor(token_ids[:, 0, :n]),
+                    ops.convert_to_tensor(flat["token_ids"][first_rows, :n]),
                     ptuning.placeholder_id,
                 )
         else:
@@ -335,7 +355,7 @@ class PTuningCausalLMClassifier(
             flat_mask = ops.convert_to_tensor(flat["padding_mask"])
         # Prepended virtual tokens come before the rows' own positions.
         offset = int(ops.shape(embeddings)[1]) - length
-        first_rows = ops.convert_to_tensor(np.arange(batch) * rows)
+        first_rows = ops.convert_to_tensor(first_rows)
         context_states, rest_states = frozen_prefix.run_shared_context(
             causal_lm_class(decoder),
             decoder,
@@ -345,9 +365,15 @@ class PTuningCausalLMClassifier(
             flat_mask[:, offset + n :],
             backbone_training,
             split=split,
+            # A batch's rows side by side would attend to each other
+            # masked, a cost that grows with their number squared.
+            pack=sharing == "example",
         )
         return ops.concatenate(
-            [ops.repeat(context_states[:, offset:], rows, axis=0), rest_states],
+            [
+                ops.repeat(context_states[:, offset:], copies, axis=0),
+                rest_states,
+            ],
             1,
         )
 
@@ -473,3 +499,15 @@ class PTuningCausalLMClassifier(
         if lora is not None:
             model.backbone.enable_lora(lora["rank"], lora["target_layer_names"])
         return model
+
+
+def _shared_length(token_ids, mask, axis=0):
+    """How many leading positions the rows along `axis` share (ids and
+    padding mask), per entry of the other leading axes: `length` where
+    they are all equal."""
+    first = np.take(token_ids, [0], axis=axis)
+    first_mask = np.take(mask, [0], axis=axis)
+    same = np.all(token_ids == first, axis=axis) & np.all(
+        mask == first_mask, axis=axis
+    )
+    return np.where(same.all(axis=-1), same.shape[-1], np.argmin(same, -1))
