@@ -475,3 +475,27 @@ def test_demonstrations_every_row_shares_run_once_with_the_same_scores(
     for shared, whole in zip(shared_gradients, gradients):
         scale = np.abs(whole).max()
         np.testing.assert_allclose(shared, whole, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_a_short_prefix_every_row_shares_runs_with_the_rows(monkeypatch):
+    """Below `MIN_BATCH_SHARED_LENGTH` shared positions (a start token, a
+    template's opening words) one row per example runs as whole rows."""
+    from keras_ptuning.models.ptuning_causal_lm_classifier import (
+        MIN_BATCH_SHARED_LENGTH,
+    )
+
+    model = _classifier("llama", "slots")
+    calls = []
+    monkeypatch.setattr(
+        frozen_prefix,
+        "run_shared_context",
+        lambda *a, **k: calls.append(ops.shape(a[2])),
+    )
+    for shared in (MIN_BATCH_SHARED_LENGTH - 1, MIN_BATCH_SHARED_LENGTH):
+        demonstrations = 46 + np.arange(shared) % 12
+        inputs = _choice_inputs("slots", demonstrations, rows=1)
+        try:
+            model(inputs)
+        except TypeError:  # The stub returns nothing.
+            pass
+    assert calls == [(1, MIN_BATCH_SHARED_LENGTH, 16)]

@@ -324,8 +324,12 @@ class PTuningCausalLMClassifier(
             "batch": (batch * rows - 1) * shared["batch"],
         }
         # Positions saved by each, where it can run: something shared, and
-        # something after it.
-        saved = {k: v for k, v in saved.items() if 1 <= shared[k] < length}
+        # something after it. A batch's shared start token or a template's
+        # opening words are not worth the extra call.
+        minimum = {"example": 1, "batch": MIN_BATCH_SHARED_LENGTH}
+        saved = {
+            k: v for k, v in saved.items() if minimum[k] <= shared[k] < length
+        }
         if not saved or max(saved.values()) < 1:
             return None
         sharing = max(saved, key=saved.get)
@@ -499,6 +503,14 @@ class PTuningCausalLMClassifier(
         if lora is not None:
             model.backbone.enable_lora(lora["rank"], lora["target_layer_names"])
         return model
+
+
+# The fewest positions every row of a batch must share to run them once
+# for the batch (`_shared_context_states`): it costs a call of its own,
+# about as much as 100 positions of SmolLM2 on a 2-core CPU (Keras' and
+# keras-hub's per-op dispatch over 30 layers), and would otherwise take
+# every label-word batch off the plain path for its start token.
+MIN_BATCH_SHARED_LENGTH = 16
 
 
 def _shared_length(token_ids, mask, axis=0):
