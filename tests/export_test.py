@@ -210,10 +210,11 @@ def test_existing_path_and_bad_arguments(tmp_path):
     "saved the .keras files",
 )
 def test_export_command_exports_every_pair(tmp_path):
-    """`python -m keras_ptuning.export M1.keras OUT1 M2.keras OUT2` (the
-    form `export_saved_model` uses from JAX and PyTorch, documented in
-    export-serving.md) writes both SavedModels, each served with its
-    model's outputs."""
+    """`python -m keras_ptuning.export M1.keras OUT1 M2.keras OUT2` (one
+    TensorFlow process for any number of models, documented in
+    export-serving.md; `export_saved_model` from JAX and PyTorch passes it
+    one pair) writes both SavedModels, each served with its model's
+    outputs."""
     kinds = ["classifier_bert", "backbone_distil_bert"]
     models = {kind: _models()[kind]() for kind in kinds}
     args = ["-m", "keras_ptuning.export"]
