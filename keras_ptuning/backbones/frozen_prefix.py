@@ -486,10 +486,9 @@ def run_shared_context(
     Where the backbone can (`packs_choices`) and `pack` is set, each
     context's continuations run side by side in the context's own call,
     each at the positions that follow the context and masked from the
-    others. Else the
-    first continuation runs in the context's call and the others in one
-    more call on the context's cache, their keys and values written over
-    the first one's at the same positions.
+    others. Else the first continuation runs in the context's call and the
+    others in one more call on the context's cache, their keys and values
+    written over the first one's at the same positions.
 
     Args:
         causal_lm_class: the family's keras-hub `CausalLM` class.
