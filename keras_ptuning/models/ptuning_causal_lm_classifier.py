@@ -330,7 +330,7 @@ class PTuningCausalLMClassifier(
         saved = {
             k: v for k, v in saved.items() if minimum[k] <= shared[k] < length
         }
-        if not saved or max(saved.values()) < 1:
+        if not saved:
             return None
         sharing = max(saved, key=saved.get)
         n = shared[sharing]
