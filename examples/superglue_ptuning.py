@@ -232,6 +232,13 @@ def parse_args(argv=None):
         "(`by_selection`); this one is reported",
     )
     parser.add_argument(
+        "--score-only-selected",
+        action="store_true",
+        help="score val.jsonl only at the epoch --select-by picks: the "
+        "other criteria's epochs are recorded without their val accuracy "
+        "(saves up to two passes over a long val set, such as BoolQ's)",
+    )
+    parser.add_argument(
         "--val-history",
         action="store_true",
         help="also score val.jsonl after every epoch of the trained "
@@ -681,6 +688,14 @@ class Runner:
         val_at, picked = {}, {}
         for criterion in criteria:
             epoch = pick_epoch(criterion, history, select_losses)
+            if (
+                args.score_only_selected
+                and criterion != primary
+                and epoch not in val_at
+            ):
+                # Recorded without a val score (no extra pass over val).
+                picked[criterion] = {"best_epoch": epoch}
+                continue
             if epoch not in val_at:
                 weights, threshold = snapshots[epoch]
                 for variable, value in zip(model.trainable_variables, weights):
@@ -832,7 +847,12 @@ def summarize(results):
             ]
             if picks and len(picks) == len(by_seed):
                 # Runs before `loss_window` existed record two criteria.
-                common = [c for c in picks[0] if all(c in p for p in picks)]
+                # `--score-only-selected` records some picks unscored.
+                common = [
+                    c
+                    for c in picks[0]
+                    if all("accuracy" in p.get(c, {}) for p in picks)
+                ]
                 entry.setdefault("by_selection", {})[system] = {
                     criterion: float(
                         np.mean([p[criterion]["accuracy"] for p in picks])
@@ -946,8 +966,8 @@ def main(argv=None):
                     f"{task} {system} seed {seed}: accuracy "
                     f"{result['accuracy']:.3f} f1 {result['f1']:.3f} "
                     + "".join(
-                        f"[by {c}: {p['accuracy']:.3f}, epoch "
-                        f"{p['best_epoch']}] "
+                        f"[by {c}: {p.get('accuracy', float('nan')):.3f}, "
+                        f"epoch {p['best_epoch']}] "
                         for c, p in result.get("by_selection", {}).items()
                     )
                     + f"({result['seconds']:.0f} s)",

@@ -76,10 +76,15 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
     example("CB,WSC", ",".join(superglue_ptuning.SYSTEMS), "0")
     with open(output_dir / "results.json") as f:
         first = json.load(f)["runs"]
-    # With val scored after every epoch (a diagnostic, not a training
-    # argument: the rerun still resumes).
+    # With val scored after every epoch, and only at the reported pick
+    # (diagnostics, not training arguments: the rerun still resumes).
     rerun = example(
-        "CB", "majority,ptuning", "0,1", "--val-history", timeout=600
+        "CB",
+        "majority,ptuning",
+        "0,1",
+        "--val-history",
+        "--score-only-selected",
+        timeout=600,
     )
     ran = [line for line in rerun.splitlines() if " seed " in line]
     assert len(ran) == 1 and ran[0].startswith("CB ptuning seed 1:"), ran
@@ -124,6 +129,9 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             )
             if by_loss["best_epoch"] == run["best_epoch"]:
                 assert by_loss["accuracy"] == run["accuracy"]
+            elif run is runs["1"]:
+                # `--score-only-selected`: another epoch is not scored.
+                assert "accuracy" not in by_loss
             # Two scores (the start and one epoch) average to the same
             # window: the earlier, the start, is picked.
             assert picks["loss_window"]["best_epoch"] == 0
