@@ -499,3 +499,26 @@ def test_a_short_prefix_every_row_shares_runs_with_the_rows(monkeypatch):
         except TypeError:  # The stub returns nothing.
             pass
     assert calls == [(1, MIN_BATCH_SHARED_LENGTH, 16)]
+
+
+@pytest.mark.parametrize("demonstrations", [0, 20])
+def test_shared_scoring_refuses_rows_without_every_placeholder(
+    demonstrations,
+):
+    """Each example's rows share their context, or the batch its 20
+    demonstrations: either way a row that lost a placeholder (truncated)
+    or holds an extra one is refused, as whole rows are."""
+    model = _classifier("llama", "slots")
+    inputs = _choice_inputs("slots", 46 + np.arange(demonstrations) % 12)
+    for count in (NUM_TOKENS - 1, NUM_TOKENS + 1):
+        token_ids = inputs["token_ids"].copy()
+        for row in token_ids.reshape(-1, token_ids.shape[-1]):
+            slots = np.flatnonzero(row == SLOT)
+            if count < NUM_TOKENS:
+                row[slots[-1]] = 12
+            else:
+                row[slots[0] - 1] = SLOT
+        with pytest.raises(
+            ValueError, match=f"exactly num_virtual_tokens={NUM_TOKENS}"
+        ):
+            model({**inputs, "token_ids": token_ids})

@@ -347,6 +347,9 @@ class PTuningCausalLMClassifier(
         # context's first row gives the shared context.
         split = None
         if ptuning is not None:
+            # The checks the backbone's own call makes (each row's
+            # placeholders), which `embed_inputs` skips.
+            ptuning.check_inputs(flat)
             embeddings, sequence = ptuning.embed_inputs(flat, training=training)
             flat_mask = sequence["padding_mask"]
             if training and ptuning.splits_frozen_prefix:
