@@ -359,8 +359,12 @@ def predict_scores(model, x, batch_size):
 
 def best_threshold(scores, labels):
     """The score above which an example is called True that is most
-    accurate on `(scores, labels)`: the middle of the best interval
-    between sorted scores (ties: the widest such interval's middle)."""
+    accurate on `(scores, labels)`. The candidate cuts are the midpoints
+    between neighbouring distinct scores, and one below the lowest and one
+    above the highest score (everything True, everything False). Where
+    several cuts tie, the middle one of them in score order is taken (of
+    an even number, the upper middle one), whatever the widths of their
+    intervals."""
     values = np.unique(scores)  # Sorted.
     cuts = np.concatenate(
         [[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]]
@@ -508,17 +512,31 @@ class Runner:
             texts.append(prompt + answer)
         return "\n\n".join(texts)
 
-    def in_context(self, seed, backbone):
-        demos = self.demonstrations(seed)
+    def in_context_template(self, demos):
+        """The manual prompt after `demos` (anchor text, kept whole); the
+        example's own fields are trimmed as the zero-shot template trims
+        them (round robin, the same budget give or take 4 spare tokens),
+        never the question after a long passage."""
+        if "[P" in demos or "[MASK]" in demos or "{" in demos:
+            raise ValueError(
+                "The demonstrations are written into the template as anchor "
+                "text and must not hold '[P', '[MASK]' or '{'. Received: "
+                f"{demos[:200]!r}"
+            )
         tokenizer = self.template.tokenizer
         demo_tokens = len(np.asarray(tokenizer(demos)).reshape(-1))
         template = keras_ptuning.PromptTemplate(
-            "{demonstrations} " + self.spec["template"],
+            demos + " " + self.spec["template"],
             tokenizer,
             sequence_length=self.spec["sequence_length"] + demo_tokens + 4,
             add_end_token=False,
-            truncate="waterfall",
             text_slots="text",
+        )
+        return template, demo_tokens
+
+    def in_context(self, seed, backbone):
+        template, demo_tokens = self.in_context_template(
+            self.demonstrations(seed)
         )
         choices = self.choices(template)
         model = keras_ptuning.PTuningCausalLMClassifier(
@@ -526,8 +544,7 @@ class Runner:
         )
 
         def scores_of(split):
-            fields, labels = self.data[split]
-            fields = dict(fields, demonstrations=[demos] * len(labels))
+            fields, _ = self.data[split]
             return predict_scores(model, choices(fields), self.args.batch_size)
 
         result = self.evaluate(scores_of)

@@ -199,6 +199,45 @@ def test_the_threshold_is_the_most_accurate_cut_on_its_labels():
     np.testing.assert_allclose(np.asarray(loss), [2.0, 0.0, 3.0])
 
 
+def test_tied_cuts_take_the_median_tied_cut():
+    """Scores 0..5: the cuts -1, 0.5, ..., 4.5, 6. Labels F F T F T F tie
+    1.5, 3.5 and 6 (everything False), 4 of 6 right each: the middle is
+    3.5. T F T F T F tie -1 (everything True), 1.5, 3.5 and 6, 3 of 6
+    each: the upper middle, 3.5."""
+    scores = np.arange(6.0)
+    for labels in ([0, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0]):
+        threshold = superglue_ptuning.best_threshold(scores, np.array(labels))
+        assert threshold == 3.5, labels
+
+
+def test_in_context_keeps_the_question_after_a_long_passage():
+    """The demonstrations stay whole and a passage longer than the budget
+    is trimmed, as the zero-shot template trims it: the question and the
+    prompt's words after it stay (a waterfall over the fields would drop
+    the question first)."""
+    tokenizer = byte_level_llama3_tokenizer([" True", " False", " Neither"])
+    args = superglue_ptuning.parse_args(["--tasks", "CB"])
+    runner = superglue_ptuning.Runner(args, None, "CB", None, tokenizer)
+    demos = "Bob left. Question: Bob stayed. Answer: False"
+    template, demo_tokens = runner.in_context_template(demos)
+    fields = {
+        "premise": ["All work and no play. " * 200],
+        "hypothesis": ["Jack is a dull boy"],
+    }
+    packed = template(fields)
+    zero_shot = runner.text_template(fields)
+    length = int(np.asarray(packed["padding_mask"]).sum())
+    ids = np.asarray(packed["token_ids"])[0, :length]
+    text = tokenizer.detokenize(ids)
+    assert text.index(demos + " All work") < 20  # After a start token.
+    assert text.endswith("Jack is a dull boy True, False or Neither? Answer:")
+    # The example's own part is the zero-shot prompt's, give or take the
+    # template's 4 spare tokens.
+    ours = length - demo_tokens
+    theirs = int(np.asarray(zero_shot["padding_mask"]).sum())
+    assert 0 <= ours - theirs <= 4, (ours, theirs)
+
+
 def test_each_criterion_picks_its_epoch():
     """By hand: accuracy's first best epoch; the loss's single lowest; the
     windowed loss the epoch whose neighbourhood is lowest (1 with 2 at the
