@@ -828,7 +828,13 @@ def load_results(path, args, model_name):
 
     Raises `ValueError` where `path` holds runs made with another model,
     setting or any of `RESULT_ARGS`."""
-    settings = {"model": model_name, "setting": args.setting}
+    # The backend too: its kernels round differently, and on 32 examples
+    # a rounding can flip an epoch's pick.
+    settings = {
+        "model": model_name,
+        "setting": args.setting,
+        "backend": keras.config.backend(),
+    }
     settings.update({name: getattr(args, name) for name in RESULT_ARGS})
     results = resumable.load_results(path, settings, args.restart) or {
         "model": model_name,

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ import superglue_ptuning  # noqa: E402
     "the example runs in a PyTorch child process; TensorFlow's suite ends "
     "first",
 )
-def test_superglue_example_on_a_tiny_preset(tmp_path):
+def test_superglue_example_on_a_tiny_preset(tmp_path, monkeypatch):
     tokenizer = byte_level_llama3_tokenizer([" True", " False", " Neither"])
     backbone = keras_hub.models.Llama3Backbone(
         **{**_ROPE, "vocabulary_size": tokenizer.vocabulary_size()},
@@ -158,9 +159,11 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
             if system not in ("examples", "skipped"):
                 for seed, run in by_seed.items():
                     assert results["runs"][task][system][seed] == run
-    # Other training arguments into the same directory are refused before
-    # anything runs, rather than averaged with these runs.
-    with pytest.raises(ValueError, match="epochs=1, not 2"):
+
+    # Other training arguments, or another backend, into the same directory
+    # are refused before anything runs, rather than averaged with these
+    # runs (this process runs TensorFlow; the runs were made on PyTorch).
+    def rerun(*extra):
         superglue_ptuning.main(
             [
                 "--preset",
@@ -173,10 +176,15 @@ def test_superglue_example_on_a_tiny_preset(tmp_path):
                 "2",
                 "--encoder-hidden-size",
                 "8",
-                "--epochs",
-                "2",
+                *extra,
             ]
         )
+
+    with pytest.raises(ValueError, match="backend='torch', not 'tensorflow'"):
+        rerun()
+    monkeypatch.setattr(keras.config, "backend", lambda: "torch")
+    with pytest.raises(ValueError, match="epochs=1, not 2"):
+        rerun("--epochs", "2")
 
 
 def test_the_threshold_is_the_most_accurate_cut_on_its_labels():
